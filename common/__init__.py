@@ -1,0 +1,1 @@
+"""Shared building blocks: DICOM reading, pre-processing, metrics and plots."""

@@ -1,0 +1,106 @@
+"""Atomic file output and small I/O helpers.
+
+Every writer goes through a temporary file in the destination folder followed by ``os.replace``, so an
+interrupted run never leaves a half-written output behind and never destroys an earlier complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _json_default(obj: Any):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
+    """Serialise ``obj`` (numpy scalars and arrays allowed) to JSON atomically."""
+    text = json.dumps(obj, indent=indent, default=_json_default, allow_nan=False)
+    return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """PNG bytes of a uint8/uint16 (H, W) or uint8 (H, W, 3|4) RGB(A) array; bool is stored as 0/255."""
+    import cv2
+
+    a = np.asarray(array)
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    if a.dtype not in (np.uint8, np.uint16):
+        raise TypeError(f"PNG needs uint8 or uint16 data, got {a.dtype}")
+    if a.ndim == 3:
+        a = cv2.cvtColor(a, cv2.COLOR_RGB2BGR if a.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    ok, buf = cv2.imencode(".png", a)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def atomic_write_png(path: str | Path, array: np.ndarray) -> Path:
+    """Write an image array as PNG atomically (see :func:`encode_png` for accepted arrays)."""
+    return atomic_write_bytes(path, encode_png(array))
+
+
+def read_png(path: str | Path) -> np.ndarray:
+    """Read a PNG/TIFF keeping its bit depth; colour images come back RGB."""
+    import cv2
+
+    from common.errors import InputError
+
+    a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if a is None:
+        raise InputError(path, "missing or not a readable image file")
+    if a.ndim == 3:
+        a = cv2.cvtColor(a, cv2.COLOR_BGR2RGB if a.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+    return a
+
+
+def read_json(path: str | Path) -> Any:
+    """Load a JSON file, turning a missing or malformed file into an :class:`InputError`."""
+    from common.errors import InputError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"invalid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

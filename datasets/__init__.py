@@ -1,0 +1,1 @@
+"""Dataset converters into the canonical form, and the synthetic mammogram generator."""
