@@ -1,0 +1,78 @@
+# DeepLIMa — every target runs inside .venv, which `make install` creates on first use.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# detectron2 is not on PyPI under its own name; sal-detectron2 repackages upstream 0.6+ (pure-Python
+# fallback when its compiled _C does not match the interpreter). Its wheel is tagged cp310 only.
+D2_VERSION := 0.7.2
+D2_DIR := $(VENV)/wheels
+D2_WHEEL := $(D2_DIR)/sal_detectron2-$(D2_VERSION)-py3-none-any.whl
+
+DATA ?= data/synthetic
+CONFIG ?=
+OPTS ?=
+OUT ?= output
+
+.PHONY: help install test lint demo data train-mass train-calc ablate-mass ablate-calc bench clean
+
+help:
+	@echo "make demo        generate synthetic mammograms and run the pipeline on them"
+	@echo "make test        run the test suite"
+	@echo "make install     create .venv with every dependency (done automatically by other targets)"
+	@echo "make data        synthetic training data in $(DATA)"
+	@echo "make train-mass  CONFIG=mass_det/configs/faster_rcnn_R50_FPN_FL_NL.yaml OPTS='KEY VALUE ...'"
+	@echo "make train-calc  CONFIG=calc_seg/configs/unet_gn.yaml OPTS='KEY VALUE ...'"
+	@echo "make bench       run the benchmarks in bench/"
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PIP) install --disable-pip-version-check -q -r requirements.txt -r requirements-test.txt
+	@if ! $(PIP) show -q sal-detectron2 2>/dev/null; then \
+	  mkdir -p $(D2_DIR) && \
+	  $(PIP) download --disable-pip-version-check -q --no-deps --only-binary=:all: --python-version 3.10 \
+	    sal-detectron2==$(D2_VERSION) -d $(D2_DIR) && \
+	  mv -f $(D2_DIR)/sal_detectron2-$(D2_VERSION)-*.whl $(D2_WHEEL) && \
+	  $(PIP) install --disable-pip-version-check -q --no-deps $(D2_WHEEL); \
+	fi
+	$(PIP) install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	$(PY) -W ignore -c "import detectron2, torch, segmentation_models_pytorch, pydicom; print('environment ready: torch', torch.__version__, '| detectron2', detectron2.__version__)"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+data: $(STAMP)
+	$(PY) -m datasets.synthetic --out $(DATA) --n 24 --seed 0 --height 1024 --width 832
+
+demo: $(STAMP)
+	$(PY) -m scripts.demo --out demo_out
+
+train-mass: $(STAMP)
+	$(PY) -m mass_det.train_net --config-file $(or $(CONFIG),mass_det/configs/faster_rcnn_R50_FPN_FL_NL.yaml) $(OPTS)
+
+train-calc: $(STAMP)
+	$(PY) -m calc_seg.train_net --config $(or $(CONFIG),calc_seg/configs/unet_gn.yaml) $(if $(OPTS),--opts $(OPTS))
+
+ablate-mass: $(STAMP)
+	$(PY) -m mass_det.ablate --data $(DATA) --out $(OUT)/ablate_mass
+
+ablate-calc: $(STAMP)
+	$(PY) -m calc_seg.ablate --data $(DATA) --out $(OUT)/ablate_calc
+
+bench: $(STAMP)
+	$(PY) bench/preprocess.py
+	$(PY) bench/mass_det.py
+	$(PY) bench/calc_seg.py
+
+clean:
+	rm -rf demo_out output bench_out .pytest_cache
