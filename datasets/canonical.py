@@ -80,8 +80,10 @@ def write_split_json(
             "patient_id": str(im["patient_id"]),
             "sha256": sha256_file(path) if hash_files and path.exists() else None,
         }
-    shared = (patients["train"] & patients["val"]) | (patients["train"] & patients["test"]) | (
-        patients["val"] & patients["test"]
+    shared = (
+        (patients["train"] & patients["val"])
+        | (patients["train"] & patients["test"])
+        | (patients["val"] & patients["test"])
     )
     if shared:
         raise ValueError(f"patients in more than one split: {sorted(shared)[:5]}")
@@ -94,3 +96,533 @@ def write_split_json(
             "images": files,
         },
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Shapes -> masks and boxes. Every coordinate here is (x, y) = (column, row) in original image pixels,
+# top-left origin; masks are bool (H, W).
+
+POINT_RADIUS = 2  # px; a point annotation becomes a small disc, calc_seg dilates it to 900 px later
+LARGE_AREA_PX = (
+    900  # px; paper §4.3 dilates calcification labels smaller than 900 px, larger = "large"
+)
+VESSEL_ELONGATION = (
+    4.0  # major / minor axis (from second moments) above which a component is a line
+)
+VESSEL_MIN_LENGTH_PX = 20  # px; short elongated specks stay "dot"
+
+
+def _as_points(points) -> np.ndarray:
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if not np.all(np.isfinite(pts)):
+        raise ValueError("non-finite coordinate")
+    return pts
+
+
+def polygon_to_mask(points, shape: tuple[int, int]) -> np.ndarray:
+    """Rasterise a closed polygon outline ``(N, 2)`` (x, y) into a bool (H, W) mask with cv2.fillPoly.
+
+    The outline itself is drawn too, so one- or two-pixel-wide polygons are never empty. Parts
+    outside the image are clipped.
+    """
+    import cv2
+
+    mask = np.zeros(shape, np.uint8)
+    pts = np.round(_as_points(points)).astype(np.int32).reshape(-1, 1, 2)
+    cv2.fillPoly(mask, [pts], 1)
+    cv2.polylines(mask, [pts], True, 1)
+    return mask.astype(bool)
+
+
+def circle_to_mask(center, radius: float, shape: tuple[int, int]) -> np.ndarray:
+    """Filled disc of ``radius`` px around ``center`` (x, y), clipped to the image; bool (H, W)."""
+    h, w = shape
+    cx, cy = (float(v) for v in center)
+    yy, xx = np.ogrid[:h, :w]
+    return (xx - cx) ** 2 + (yy - cy) ** 2 <= float(radius) ** 2
+
+
+def points_to_mask(points, shape: tuple[int, int], radius: int = POINT_RADIUS) -> np.ndarray:
+    """Small discs (``radius`` px) at each (x, y) point, joined by a line when there are two.
+
+    Raw point marks (INbreast's one- and two-point calcification ROIs); calc_seg dilates them later.
+    """
+    import cv2
+
+    mask = np.zeros(shape, np.uint8)
+    pts = np.round(_as_points(points)).astype(np.int32)
+    for x, y in pts:
+        cv2.circle(mask, (int(x), int(y)), int(radius), 1, thickness=-1)
+    if len(pts) == 2:
+        cv2.line(mask, tuple(map(int, pts[0])), tuple(map(int, pts[1])), 1, thickness=1)
+    return mask.astype(bool)
+
+
+def box_to_mask(bbox, shape: tuple[int, int]) -> np.ndarray:
+    """Filled box ``[x, y, w, h]`` (pixels it overlaps), clipped to the image; bool (H, W)."""
+    h, w = shape
+    x, y, bw, bh = (float(v) for v in bbox)
+    mask = np.zeros(shape, bool)
+    x0, y0 = max(int(np.floor(x)), 0), max(int(np.floor(y)), 0)
+    x1, y1 = min(int(np.ceil(x + bw)), w), min(int(np.ceil(y + bh)), h)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def mask_bbox(mask: np.ndarray) -> list[float] | None:
+    """``[x, y, w, h]`` covering every True pixel (pixel edges: w = last col - first col + 1)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return [
+        float(cols[0]),
+        float(rows[0]),
+        float(cols[-1] - cols[0] + 1),
+        float(rows[-1] - rows[0] + 1),
+    ]
+
+
+def points_bbox(points) -> list[float]:
+    """``[x, y, w, h]`` of the extent of (x, y) points (outline coordinates, not pixel edges)."""
+    pts = _as_points(points)
+    x0, y0 = pts.min(axis=0)
+    x1, y1 = pts.max(axis=0)
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
+def clip_bbox(bbox, shape: tuple[int, int]) -> list[float] | None:
+    """Clip ``[x, y, w, h]`` to an (H, W) image; None when nothing of it is inside."""
+    h, w = shape
+    x, y, bw, bh = (float(v) for v in bbox)
+    x0, y0 = min(max(x, 0.0), w), min(max(y, 0.0), h)
+    x1, y1 = min(max(x + bw, 0.0), w), min(max(y + bh, 0.0), h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def mask_polygons(mask: np.ndarray) -> list[list[float]]:
+    """COCO polygons (flat [x0, y0, x1, y1, ...]) of the outer contours of a bool mask."""
+    import cv2
+
+    contours, _ = cv2.findContours(
+        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+
+
+# --------------------------------------------------------------------------------------------------
+# Calcification components
+
+
+def classify_component(component: np.ndarray) -> str:
+    """Calcification type of one connected component (bool (H, W) or its crop) by size and shape.
+
+    The paper (§4.3, Table 2) sorts calcification labels into dots, vessels and large regions "according
+    to the area and shape"; its exact thresholds are not published. The rule here:
+
+    * "vessel": elongated: major / minor axis of the pixel covariance >= ``VESSEL_ELONGATION`` (4) and
+      major axis length (4 standard deviations) >= ``VESSEL_MIN_LENGTH_PX`` (20 px);
+    * "large": otherwise, area >= ``LARGE_AREA_PX`` (900 px, the paper's dilation target);
+    * "dot": everything else (the default).
+
+    Thresholds are in pixels of the image the mask belongs to.
+    """
+    ys, xs = np.nonzero(component)
+    area = xs.size
+    if area == 0:
+        raise ValueError("empty component")
+    if area >= 3:
+        cov = np.cov(np.stack([xs, ys]).astype(np.float64)) + np.eye(2) / 12.0  # + pixel extent
+        small, big = np.sqrt(np.clip(np.linalg.eigvalsh(cov), 1e-12, None))
+        if big / small >= VESSEL_ELONGATION and 4.0 * big >= VESSEL_MIN_LENGTH_PX:
+            return "vessel"
+    return "large" if area >= LARGE_AREA_PX else "dot"
+
+
+def component_point(component: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[int]:
+    """[x, y] of the component pixel nearest its centroid (always inside, even for rings/curves)."""
+    ys, xs = np.nonzero(component)
+    i = int(np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2))
+    return [int(xs[i]) + offset[0], int(ys[i]) + offset[1]]
+
+
+_TYPE_CODE = {None: 0, "dot": 1, "vessel": 2, "large": 3}  # higher code wins inside one component
+_CODE_TYPE = {v: k for k, v in _TYPE_CODE.items()}
+
+
+def calc_components(mask: np.ndarray, type_map: np.ndarray | None = None) -> list[dict]:
+    """Split a calcification mask into 8-connected components.
+
+    Args:
+        mask: bool (H, W).
+        type_map: optional uint8 (H, W) of source type codes (0 none, 1 dot, 2 vessel, 3 large) as
+            painted by :class:`CalcMask`; a component takes the highest code under it, components with
+            none are typed by :func:`classify_component`.
+
+    Returns:
+        One dict per component, in label order: ``bbox`` [x, y, w, h] (pixel edges), ``area`` (px),
+        ``calc_type``, ``point`` [x, y] (a pixel of the component).
+    """
+    import cv2
+
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    out = []
+    for k in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[k])
+        comp = labels[y : y + h, x : x + w] == k
+        code = int(type_map[y : y + h, x : x + w][comp].max()) if type_map is not None else 0
+        out.append(
+            {
+                "bbox": [float(x), float(y), float(w), float(h)],
+                "area": float(area),
+                "calc_type": _CODE_TYPE[code] or classify_component(comp),
+                "point": component_point(comp, (x, y)),
+            }
+        )
+    return out
+
+
+class CalcMask:
+    """Accumulates the calcification shapes of one image into a mask plus the source types.
+
+    Each ``add_*`` takes an optional ``calc_type`` the source states ("dot", "vessel", "large");
+    shapes without one are typed per component by :func:`classify_component`. ``add_*`` return the
+    number of pixels the shape covers inside the image (0 = entirely outside).
+    """
+
+    def __init__(self, shape: tuple[int, int]):
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.mask = np.zeros(self.shape, bool)
+        self.types = np.zeros(self.shape, np.uint8)
+
+    def add_mask(self, mask: np.ndarray, calc_type: str | None = None) -> int:
+        mask = np.asarray(mask, bool)
+        if mask.shape != self.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from image {self.shape}")
+        if calc_type is not None and calc_type not in CALC_TYPES:
+            raise ValueError(f"calc_type must be one of {CALC_TYPES}, got {calc_type!r}")
+        self.mask |= mask
+        code = _TYPE_CODE[calc_type]
+        if code:
+            np.maximum(self.types, np.where(mask, code, 0).astype(np.uint8), out=self.types)
+        return int(mask.sum())
+
+    def add_polygon(self, points, calc_type: str | None = None) -> int:
+        return self.add_mask(polygon_to_mask(points, self.shape), calc_type)
+
+    def add_circle(self, center, radius: float, calc_type: str | None = None) -> int:
+        return self.add_mask(circle_to_mask(center, radius, self.shape), calc_type)
+
+    def add_points(self, points, calc_type: str | None = "dot", radius: int = POINT_RADIUS) -> int:
+        return self.add_mask(points_to_mask(points, self.shape, radius), calc_type)
+
+    def add_box(self, bbox, calc_type: str | None = None) -> int:
+        return self.add_mask(box_to_mask(bbox, self.shape), calc_type)
+
+    @property
+    def empty(self) -> bool:
+        return not self.mask.any()
+
+    def components(self) -> list[dict]:
+        return calc_components(self.mask, self.types)
+
+    def finish(self, out_dir: str | Path, image: dict) -> list[dict]:
+        """Write the mask of ``image`` (when not empty), set its ``mask_file``, return annotations."""
+        if self.empty:
+            image["mask_file"] = None
+            return []
+        image["mask_file"] = self.write(out_dir, image["stem"])
+        return [{"image_id": image["id"], **c} for c in self.components()]
+
+    def write(self, out_dir: str | Path, stem: str) -> str:
+        """Write ``OUT/calc_masks/<stem>.png`` (uint8 0/255); returns the OUT-relative name."""
+        from common.io import atomic_write_png
+
+        rel = f"calc_masks/{stem}.png"
+        atomic_write_png(Path(out_dir) / rel, self.mask.astype(np.uint8) * 255)
+        return rel
+
+
+# --------------------------------------------------------------------------------------------------
+# Conversion bookkeeping
+
+
+class ConversionReport:
+    """Problems met while converting one dataset, each naming the file (and row) it comes from.
+
+    Levels: "error" (a row or image was skipped), "warning" (converted, but something was changed or
+    guessed), "note" (intentionally not converted, e.g. a lesion type the canonical form has no place
+    for). Saved as ``OUT/conversion_report.json``.
+    """
+
+    LEVELS = ("error", "warning", "note")
+
+    def __init__(self, dataset: str):
+        self.dataset = dataset
+        self.problems: list[dict] = []
+
+    def add(self, level: str, file, message: str, row: int | str | None = None) -> None:
+        if level not in self.LEVELS:
+            raise ValueError(f"level must be one of {self.LEVELS}")
+        self.problems.append(
+            {
+                "level": level,
+                "file": None if file is None else str(file),
+                "row": row,
+                "message": message,
+            }
+        )
+
+    def error(self, file, message: str, row=None) -> None:
+        self.add("error", file, message, row)
+
+    def warning(self, file, message: str, row=None) -> None:
+        self.add("warning", file, message, row)
+
+    def note(self, file, message: str, row=None) -> None:
+        self.add("note", file, message, row)
+
+    def counts(self) -> dict[str, int]:
+        return {lvl: sum(p["level"] == lvl for p in self.problems) for lvl in self.LEVELS}
+
+    @staticmethod
+    def format(problem: dict) -> str:
+        where = problem["file"] or "-"
+        if problem["row"] is not None:
+            where += f", row {problem['row']}"
+        return f"{problem['level'].upper()} {where}: {problem['message']}"
+
+    def lines(self) -> list[str]:
+        return [self.format(p) for p in self.problems]
+
+    def save(self, out_dir: str | Path) -> Path:
+        return atomic_write_json(
+            Path(out_dir) / "conversion_report.json",
+            {"dataset": self.dataset, "counts": self.counts(), "problems": self.problems},
+        )
+
+    def print_summary(self, limit: int = 20, file=None) -> None:
+        import sys
+
+        file = file or sys.stderr
+        c = self.counts()
+        print(
+            f"{self.dataset}: {c['error']} errors, {c['warning']} warnings, {c['note']} notes",
+            file=file,
+        )
+        for line in self.lines()[:limit]:
+            print("  " + line, file=file)
+        if len(self.problems) > limit:
+            print(f"  ... {len(self.problems) - limit} more in conversion_report.json", file=file)
+
+
+def read_table(path: str | Path, delimiter: str = ",") -> list[tuple[int, dict[str, str]]]:
+    """Rows of a CSV file as ``(row, {column: value})`` with names and values stripped of whitespace.
+
+    ``row`` is the 1-based record number as a spreadsheet shows it (header = 1, first data row = 2),
+    which stays right when quoted cells span several lines. Handles a UTF-8 BOM and falls back to
+    Latin-1. Raises :class:`InputError` when the file is missing or has no header.
+    """
+    import csv
+
+    from common.errors import InputError
+
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise InputError(path, f"cannot read ({e.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    records = list(csv.reader(text.splitlines(keepends=True), delimiter=delimiter))
+    if not records or not any(c.strip() for c in records[0]):
+        raise InputError(path, "empty file or no header row")
+    header = [c.strip() for c in records[0]]
+    rows = []
+    for i, rec in enumerate(records[1:], start=2):
+        if not any(c.strip() for c in rec):
+            continue  # blank or ';;;;' line
+        values = [c.strip() for c in rec] + [""] * (len(header) - len(rec))
+        rows.append((i, dict(zip(header, values))))
+    return rows
+
+
+def require_columns(path, rows_or_header, columns: Sequence[str]) -> None:
+    """Raise :class:`InputError` naming the missing columns of a table."""
+    from common.errors import InputError
+
+    if rows_or_header and isinstance(rows_or_header[0], tuple):
+        have = set(rows_or_header[0][1])
+    else:
+        have = set(rows_or_header)
+    missing = [c for c in columns if c not in have]
+    if missing and rows_or_header:
+        raise InputError(path, f"missing column(s) {missing}; found {sorted(have)}")
+
+
+def unique_stem(name: str, used: set[str]) -> str:
+    """A file-name-safe version of ``name`` not in ``used`` (suffix _2, _3... on clashes); adds it."""
+    import re
+
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "image"
+    stem, k = base, 2
+    while stem in used:
+        stem, k = f"{base}_{k}", k + 1
+    used.add(stem)
+    return stem
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of a DICOM / TIFF / PGM / PNG file from its header, without decoding pixels."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            shape = tif.pages[0].shape
+        return int(shape[0]), int(shape[1])
+    if suffix in (".dcm", ".dicom", ""):
+        ds = read_dicom_header(path)
+        return int(ds.Rows), int(ds.Columns)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+    return int(h), int(w)
+
+
+def read_dicom_header(path: str | Path):
+    """pydicom dataset without pixel data; raises :class:`InputError` for unreadable files."""
+    import pydicom
+
+    from common.errors import InputError
+
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as e:  # pydicom raises several types for broken files
+        raise InputError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from None
+
+
+def dicom_pixel_spacing(ds) -> list[float] | None:
+    """[row_mm, col_mm] from PixelSpacing, else ImagerPixelSpacing, else None."""
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = getattr(ds, key, None)
+        if value is not None and len(value) == 2:
+            try:
+                return [float(value[0]), float(value[1])]
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing a canonical folder
+
+
+def build_coco(images: Sequence[dict], annotations: Sequence[dict], categories: list[dict]) -> dict:
+    """COCO dict with annotation ids 1..N (annotations need ``image_id``, ``bbox``; ``area`` optional)."""
+    anns = []
+    for i, a in enumerate(annotations, start=1):
+        ann = {"id": i, "image_id": a["image_id"], "category_id": 1, "iscrowd": 0}
+        ann.update({k: v for k, v in a.items() if k not in ("id", "image_id")})
+        ann["bbox"] = [float(v) for v in ann["bbox"]]
+        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
+        anns.append(ann)
+    return {"images": list(images), "annotations": anns, "categories": categories}
+
+
+def write_canonical(
+    out_dir: str | Path,
+    images: Sequence[dict],
+    mass_annotations: Sequence[dict],
+    calc_annotations: Sequence[dict],
+    seed: int,
+    report: ConversionReport | None = None,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    hash_files: bool = True,
+    info: dict | None = None,
+) -> dict:
+    """Write masses.json, calcifications.json, split.json (and conversion_report.json).
+
+    ``images`` are full image records (``id``, ``file_name``, ``stem``, ``height``, ``width``,
+    ``patient_id``, ``split``, ... and ``mask_file`` or None); ``mass_annotations`` /
+    ``calc_annotations`` reference them by ``image_id``. Calcification records keep ``mask_file``; the
+    mass file's records leave it out. Returns a summary dict.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = list(images)
+    for im in images:
+        if im.get("split") not in SPLITS:
+            raise ValueError(f"image {im.get('stem')} has no valid split")
+    calc_images = [{**im, "mask_file": im.get("mask_file")} for im in images]
+    mass_images = [{k: v for k, v in im.items() if k != "mask_file"} for im in images]
+    masses = build_coco(mass_images, mass_annotations, MASS_CATEGORIES)
+    calcs = build_coco(calc_images, calc_annotations, CALC_CATEGORIES)
+    if info:
+        masses["info"] = calcs["info"] = info
+    atomic_write_json(out_dir / "masses.json", masses)
+    atomic_write_json(out_dir / "calcifications.json", calcs)
+    write_split_json(out_dir, images, seed, ratios, hash_files=hash_files)
+
+    summary = {
+        "out": str(out_dir),
+        "images": len(images),
+        "patients": len({im["patient_id"] for im in images}),
+        "mass_annotations": len(masses["annotations"]),
+        "calc_annotations": len(calcs["annotations"]),
+        "images_with_masses": len({a["image_id"] for a in masses["annotations"]}),
+        "images_with_calc_masks": sum(im.get("mask_file") is not None for im in images),
+        "split_images": {s: sum(im["split"] == s for im in images) for s in SPLITS},
+        "calc_types": {
+            t: sum(a["calc_type"] == t for a in calcs["annotations"]) for t in CALC_TYPES
+        },
+    }
+    if report is not None:
+        report.save(out_dir)
+        summary["dataset"] = report.dataset
+        summary["problems"] = report.counts()
+    return summary
+
+
+def assign_splits(
+    images: Sequence[dict], seed: int, ratios: Sequence[float] = DEFAULT_RATIOS
+) -> None:
+    """Set ``split`` on every image record from :func:`patient_split` of their ``patient_id``."""
+    by_patient = patient_split([im["patient_id"] for im in images], seed, ratios)
+    for im in images:
+        im["split"] = by_patient[str(im["patient_id"])]
+
+
+def converter_main(convert, description: str, argv: Sequence[str] | None = None) -> int:
+    """Command line shared by the converters: ``--root DOWNLOAD_DIR --out OUT_DIR [--seed S]``.
+
+    Prints the summary as JSON on stdout and the problem list on stderr; exit code 0 when the canonical
+    folder was written (row-level problems are in conversion_report.json), 2 on an unusable download.
+    """
+    import argparse
+    import json
+    import sys
+
+    from common.errors import InputError
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--root", required=True, help="folder of the download, as published")
+    parser.add_argument("--out", required=True, help="canonical dataset folder to write")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the patient-level split")
+    parser.add_argument(
+        "--no-hash", action="store_true", help="skip the SHA-256 of every image in split.json"
+    )
+    args = parser.parse_args(argv)
+    try:
+        summary = convert(args.root, args.out, seed=args.seed, hash_files=not args.no_hash)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,235 @@
+"""BCDR (Breast Cancer Digital Repository) -> canonical form.
+
+Download layout: one folder per subset (``BCDR-D01_dataset``, ``BCDR-D02_dataset``, ``BCDR-F01_dataset``,
+...), each with ``bcdr_<subset>_outlines.csv`` and TIFF images under ``patient_<p>/study_<s>/``. ``--root``
+may be one subset folder or a folder holding several; every ``bcdr_*_outlines.csv`` below it is read.
+
+Outline CSV columns: patient_id, study_id, series, lesion_id, segmentation_id, image_view,
+image_filename, lw_x_points, lw_y_points, mammography_type, mammography_nodule,
+mammography_calcification, mammography_microcalcification, mammography_axillary_adenopathy,
+mammography_architectural_distortion, mammography_stroma_distortion, age, density, classification.
+
+Format facts honoured:
+
+* cells carry leading spaces (`` 1``, `` Benign``, `` patient_3/study_6/img_3_6_1_LCC.tif``);
+  ``lw_x_points`` / ``lw_y_points`` are space-separated outline coordinates (x = column, y = row,
+  top-left origin) with a leading space;
+* one row per outline; its lesion flags say what it is: ``mammography_nodule`` -> mass (box + polygon),
+  ``mammography_calcification`` / ``mammography_microcalcification`` -> calcification mask filled from
+  the outline (typed by :func:`datasets.canonical.classify_component`); rows with only other flags
+  (adenopathy, distortions) keep their image, lesion noted;
+* ``image_view`` 1-4 = RCC, LCC, RMLO, LMLO;
+* density 1-4 (BI-RADS), sometimes missing; classification Benign / Malign -> BENIGN / MALIGNANT.
+
+BCDR patient ids are used as they are across subsets: if two subsets reuse a number for different women,
+they only end up in the same split, which never leaks a patient.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from common.errors import InputError
+from datasets.canonical import (
+    CalcMask,
+    ConversionReport,
+    assign_splits,
+    clip_bbox,
+    converter_main,
+    image_size,
+    points_bbox,
+    read_table,
+    require_columns,
+    unique_stem,
+    write_canonical,
+)
+
+VIEWS = {1: ("R", "CC"), 2: ("L", "CC"), 3: ("R", "MLO"), 4: ("L", "MLO")}
+MASS_FLAGS = ("mammography_nodule",)
+CALC_FLAGS = ("mammography_calcification", "mammography_microcalcification")
+OTHER_FLAGS = (
+    "mammography_axillary_adenopathy",
+    "mammography_architectural_distortion",
+    "mammography_stroma_distortion",
+)
+REQUIRED = ("patient_id", "image_view", "image_filename", "lw_x_points", "lw_y_points")
+PATHOLOGY = {"benign": "BENIGN", "malign": "MALIGNANT", "malignant": "MALIGNANT"}
+
+
+def parse_points(xs: str, ys: str) -> np.ndarray:
+    """(N, 2) float (x, y) outline from the two space-separated cells; ValueError when malformed."""
+    x = [float(v) for v in xs.split()]
+    y = [float(v) for v in ys.split()]
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} x coordinates but {len(y)} y coordinates")
+    if not x:
+        raise ValueError("empty outline")
+    return np.stack([x, y], axis=1)
+
+
+def _flag(row: dict, name: str) -> bool:
+    value = row.get(name, "").strip()
+    try:
+        return float(value) > 0
+    except ValueError:
+        return value.lower() in ("true", "yes")
+
+
+def _int_or_none(value: str) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _polygon_area(pts: np.ndarray) -> float:
+    x, y = pts[:, 0], pts[:, 1]
+    return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2.0)
+
+
+def convert(
+    root: str | Path, out: str | Path, seed: int = 0, hash_files: bool = True, verbose: bool = True
+) -> dict:
+    """Convert a BCDR download at ``root`` into the canonical folder ``out``; returns a summary."""
+    root, out = Path(root), Path(out)
+    report = ConversionReport("bcdr")
+    tables = sorted(root.rglob("bcdr_*_outlines.csv"))
+    if not tables:
+        raise InputError(root, "no bcdr_*_outlines.csv found")
+
+    images: dict[Path, dict] = {}  # image path -> record (+ private keys while converting)
+    used_stems: set[str] = set()
+    for table in tables:
+        subset = re.sub(r"^bcdr_|_outlines$", "", table.stem, flags=re.IGNORECASE).lower()
+        rows = read_table(table)
+        require_columns(table, rows, REQUIRED)
+        seen_lesions: set[tuple] = set()
+        for rownum, row in tqdm(rows, desc=f"bcdr {subset}", disable=not verbose):
+            name = row["image_filename"].strip().lstrip("/\\")
+            if not name:
+                report.error(table, "empty image_filename", rownum)
+                continue
+            path = table.parent / name
+            if not path.is_file() and (root / name).is_file():
+                path = root / name
+            if not path.is_file():
+                report.error(table, f"image {name} not found", rownum)
+                continue
+            try:
+                pts = parse_points(row["lw_x_points"], row["lw_y_points"])
+            except ValueError as e:
+                report.error(table, f"bad lw_x_points/lw_y_points: {e}", rownum)
+                continue
+            is_mass = any(_flag(row, f) for f in MASS_FLAGS)
+            is_calc = any(_flag(row, f) for f in CALC_FLAGS)
+
+            image = images.get(path)
+            if image is None:
+                try:
+                    h, w = image_size(path)
+                except Exception as e:
+                    report.error(path, f"unreadable image ({e})")
+                    images[path] = {"_bad": True}
+                    continue
+                view_code = _int_or_none(row["image_view"])
+                laterality, view = VIEWS.get(view_code, (None, None))
+                if view_code not in VIEWS:
+                    report.warning(table, f"image_view {row['image_view']!r} not in 1-4", rownum)
+                density = _int_or_none(row.get("density", ""))
+                image = images[path] = {
+                    "id": len(images) + 1,
+                    "file_name": str(path.resolve()),
+                    "stem": unique_stem(f"bcdr_{subset}_{path.stem}", used_stems),
+                    "height": h,
+                    "width": w,
+                    "patient_id": f"bcdr_{row['patient_id']}",
+                    "laterality": laterality,
+                    "view": view,
+                    "pixel_spacing": None,
+                    "density": density if density in (1, 2, 3, 4) else None,
+                    "pathology": None,
+                    "subset": subset,
+                    "_masses": [],
+                    "_calc": [],  # outlines, rasterised per image at the end (memory)
+                }
+            if image.get("_bad"):
+                continue
+            h, w = image["height"], image["width"]
+            pathology = PATHOLOGY.get(row.get("classification", "").strip().lower())
+            if pathology == "MALIGNANT" or (pathology and image["pathology"] is None):
+                image["pathology"] = pathology
+
+            lesion_key = (path, row.get("lesion_id"), is_mass, is_calc)
+            if row.get("lesion_id") and lesion_key in seen_lesions:
+                report.warning(
+                    table, f"second outline of lesion {row['lesion_id']} on {name}; skipped", rownum
+                )
+                continue
+            seen_lesions.add(lesion_key)
+            if not (is_mass or is_calc):
+                flags = [f for f in OTHER_FLAGS if _flag(row, f)]
+                report.note(table, f"lesion {flags or 'without flags'} not converted", rownum)
+                continue
+            if np.any(pts < -0.5) or np.any(pts[:, 0] > w - 0.5) or np.any(pts[:, 1] > h - 0.5):
+                report.warning(table, f"outline leaves the {w}x{h} image; clipped", rownum)
+            if is_mass:
+                if len(pts) < 3:
+                    report.error(table, f"mass outline has {len(pts)} point(s)", rownum)
+                else:
+                    box = clip_bbox(points_bbox(pts), (h, w))
+                    if box is None:
+                        report.error(table, "mass outline entirely outside the image", rownum)
+                    else:
+                        image["_masses"].append(
+                            {
+                                "image_id": image["id"],
+                                "bbox": box,
+                                "area": _polygon_area(pts),
+                                "segmentation": [pts.reshape(-1).tolist()],
+                                "pathology": pathology,
+                                "lesion_id": row.get("lesion_id"),
+                            }
+                        )
+            if is_calc:
+                image["_calc"].append((table, rownum, pts))
+
+    records, mass_anns, calc_anns = [], [], []
+    for image in images.values():
+        if image.get("_bad"):
+            continue
+        mass_anns += image.pop("_masses")
+        calc = CalcMask((image["height"], image["width"]))
+        for table, rownum, pts in image.pop("_calc"):
+            added = calc.add_polygon(pts) if len(pts) >= 3 else calc.add_points(pts, None)
+            if not added:
+                report.error(table, "calcification outline entirely outside the image", rownum)
+        calc_anns += calc.finish(out, image)
+        records.append(image)
+    if not records:
+        raise InputError(root, "no image could be converted")
+    assign_splits(records, seed)
+    summary = write_canonical(
+        out,
+        records,
+        mass_anns,
+        calc_anns,
+        seed,
+        report,
+        hash_files=hash_files,
+        info={"source": "BCDR", "root": str(root.resolve())},
+    )
+    if verbose:
+        report.print_summary()
+    return summary
+
+
+def main(argv=None) -> int:
+    return converter_main(convert, "Convert BCDR into the canonical dataset form.", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""Shape rasterisation, component splitting and bookkeeping helpers of datasets.canonical."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from datasets.canonical import (
+    CalcMask,
+    ConversionReport,
+    assign_splits,
+    box_to_mask,
+    calc_components,
+    circle_to_mask,
+    classify_component,
+    clip_bbox,
+    mask_bbox,
+    patient_split,
+    points_bbox,
+    points_to_mask,
+    polygon_to_mask,
+    read_table,
+    unique_stem,
+)
+
+
+def test_polygon_mask_fills_inside_and_outline():
+    m = polygon_to_mask([(2, 3), (9, 3), (9, 7), (2, 7)], (12, 16))
+    assert m.dtype == bool and m.shape == (12, 16)
+    assert m[3:8, 2:10].all() and m.sum() == 8 * 5
+    thin = polygon_to_mask([(1, 1), (10, 1), (5, 1)], (4, 12))  # degenerate: a line
+    assert thin[1, 1:11].all() and thin.sum() == 10
+
+
+def test_circle_points_box_masks():
+    c = circle_to_mask((5, 4), 2, (10, 10))
+    assert c[4, 5] and c[4, 7] and c[2, 5] and not c[4, 8] and not c[2, 7]
+    assert c.sum() == 13
+    p = points_to_mask([(3, 3)], (8, 8), radius=1)
+    assert p.sum() == 5 and p[3, 3]
+    two = points_to_mask([(1, 1), (6, 1)], (4, 8), radius=0)
+    assert two[1, 1:7].all()
+    b = box_to_mask([1.5, 2, 3, 2], (6, 8))
+    assert b.sum() == 4 * 2 and b[2, 1] and b[3, 4] and not b[2, 5]
+
+
+def test_boxes():
+    m = np.zeros((10, 10), bool)
+    m[2:5, 3:8] = True
+    assert mask_bbox(m) == [3.0, 2.0, 5.0, 3.0]
+    assert mask_bbox(np.zeros((3, 3), bool)) is None
+    assert points_bbox([(1, 2), (4, 8), (3, 3)]) == [1.0, 2.0, 3.0, 6.0]
+    assert clip_bbox([-2, -1, 5, 4], (10, 10)) == [0.0, 0.0, 3.0, 3.0]
+    assert clip_bbox([12, 1, 5, 4], (10, 10)) is None
+
+
+def test_classify_component_rule():
+    dot = np.zeros((40, 40), bool)
+    dot[10:14, 10:14] = True
+    assert classify_component(dot) == "dot"
+    line = np.zeros((40, 80), bool)
+    line[20, 5:60] = True
+    line[21, 5:60] = True
+    assert classify_component(line) == "vessel"
+    short = np.zeros((10, 10), bool)
+    short[5, 2:6] = True  # elongated but only 4 px long
+    assert classify_component(short) == "dot"
+    blob = np.zeros((60, 60), bool)
+    blob[10:45, 10:45] = True  # 1225 px, round-ish
+    assert classify_component(blob) == "large"
+
+
+def test_calc_components_8_connectivity_and_types():
+    m = np.zeros((20, 30), bool)
+    m[2, 2] = m[3, 3] = True  # diagonal neighbours: one component
+    m[10:13, 10:13] = True
+    m[15, 20:29] = True
+    types = np.zeros(m.shape, np.uint8)
+    types[10:13, 10:13] = 3  # stated "large" by the source
+    comps = calc_components(m, types)
+    assert len(comps) == 3
+    by_box = {tuple(c["bbox"]): c for c in comps}
+    first = by_box[(2.0, 2.0, 2.0, 2.0)]
+    assert first["area"] == 2 and first["calc_type"] == "dot" and first["point"] in ([2, 2], [3, 3])
+    assert by_box[(10.0, 10.0, 3.0, 3.0)]["calc_type"] == "large"
+    assert by_box[(10.0, 10.0, 3.0, 3.0)]["point"] == [11, 11]
+    for c in comps:
+        x, y = c["point"]
+        assert m[y, x]
+
+
+def test_calc_mask_builder(tmp_path):
+    cm = CalcMask((20, 20))
+    assert cm.empty
+    assert cm.add_points([(5, 5)], radius=1) == 5
+    assert cm.add_circle((15, 15), 2, calc_type="large") == 13
+    assert cm.add_box([30, 30, 2, 2]) == 0  # outside
+    with pytest.raises(ValueError):
+        cm.add_box([0, 0, 1, 1], calc_type="cluster")
+    image = {"id": 7, "stem": "s1"}
+    anns = cm.finish(tmp_path, image)
+    assert image["mask_file"] == "calc_masks/s1.png"
+    from common.io import read_png
+
+    saved = read_png(tmp_path / "calc_masks/s1.png")
+    assert saved.dtype == np.uint8 and set(np.unique(saved)) == {0, 255}
+    assert (saved > 0).sum() == 18
+    assert sorted(a["calc_type"] for a in anns) == ["dot", "large"]
+    assert all(a["image_id"] == 7 for a in anns)
+    empty = {"id": 8, "stem": "s2"}
+    assert CalcMask((4, 4)).finish(tmp_path, empty) == [] and empty["mask_file"] is None
+
+
+def test_report_and_stems(tmp_path):
+    r = ConversionReport("x")
+    r.error("a.csv", "bad cell", row=3)
+    r.note("b.xml", "skipped")
+    assert r.counts() == {"error": 1, "warning": 0, "note": 1}
+    assert r.lines()[0] == "ERROR a.csv, row 3: bad cell"
+    r.save(tmp_path)
+    assert (tmp_path / "conversion_report.json").is_file()
+    used: set[str] = set()
+    assert unique_stem("P 1/a", used) == "P_1_a"
+    assert unique_stem("P 1/a", used) == "P_1_a_2"
+
+
+def test_read_table_multiline_cells_and_bom(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_bytes('\ufeffa, b\n1," x\ny "\n\n 2 ,z\n'.encode())
+    rows = read_table(p)
+    assert rows == [(2, {"a": "1", "b": "x\ny"}), (4, {"a": "2", "b": "z"})]  # blank line = row 3
+    s = tmp_path / "s.csv"
+    s.write_text("A;B\n1;2\n;;\n")
+    assert read_table(s, delimiter=";") == [(2, {"A": "1", "B": "2"})]
+
+
+def test_assign_splits_patient_disjoint_and_stable():
+    images = [{"patient_id": f"p{i // 2}"} for i in range(40)]
+    assign_splits(images, seed=3)
+    first = [im["split"] for im in images]
+    by_patient: dict[str, set] = {}
+    for im in images:
+        by_patient.setdefault(im["patient_id"], set()).add(im["split"])
+    assert all(len(s) == 1 for s in by_patient.values())
+    assert sorted(patient_split([f"p{i}" for i in range(20)], 3).values()).count("train") == 12
+    assign_splits(images, seed=3)
+    assert [im["split"] for im in images] == first
