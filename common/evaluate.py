@@ -1,0 +1,704 @@
+"""Lesion-level evaluation: the Python API and the command line of DeepLIMa's metrics.
+
+Boxes (mass detection)::
+
+    python -m common.evaluate boxes --gt GT.json --pred PRED.json [--hit iou|center|iop] [--iou 0.5]
+        [--fps 1,2,5,10] [--bootstrap N --seed S] --out REPORT.json [--plot FROC.png]
+
+Masks (calcification segmentation, the paper's IoP rule)::
+
+    python -m common.evaluate masks (--gt-dir GT/ | --gt-json calcifications.json [--split test])
+        --pred-dir PRED/ [--types TYPES.json] [--iop 0.25] [--binarize 0.5] [--fps 1,2,5,10]
+        [--pixel-spacing MM] [--missing-as-empty] [--bootstrap N --seed S] --out REPORT.json
+        [--plot FROC.png]
+
+Every evaluator of the project calls :func:`evaluate_boxes` / :func:`evaluate_masks` (also importable from
+``common.metrics``); the definitions live in :mod:`common.metrics.matching`, :mod:`common.metrics.froc` and
+:mod:`common.metrics.ap`.
+
+Exit status: 0 on success, 2 on an input error (one line ``error: PATH: reason`` on stderr; missing file,
+unknown image id, bad bbox, NaN score, mismatched mask size, ...), 1 on an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.errors import InputError
+from common.io import atomic_write_json, read_json, read_png
+from common.metrics.ap import (
+    ap_coco_101,
+    ap_voc_all_point,
+    coco_match_image,
+    mean_over_categories,
+)
+from common.metrics.bootstrap import bootstrap_froc
+from common.metrics.froc import (
+    curve_to_json,
+    froc_from_pooled,
+    pool_matches,
+    recall_of,
+    sensitivity_at_fp,
+)
+from common.metrics.matching import BOX_HIT_RULES, ImageMatch, match_image_boxes, match_image_masks
+
+logger = logging.getLogger(__name__)
+
+#: Calcification types of the paper's Table 4 (always reported when types are given).
+CALC_TYPES = ("dot", "vessel", "large")
+DEFAULT_FPS = (1, 2, 5, 10)
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """Replace NaN/inf floats by None recursively (REPORT.json is strict JSON)."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _summary(pooled: dict, fps: Iterable[float]) -> dict:
+    curve = froc_from_pooled(pooled)
+    return {
+        "recall": recall_of(pooled["lesion_scores"]),
+        "sensitivity_at_fp": sensitivity_at_fp(curve, fps),
+        "froc": curve_to_json(curve),
+        "n_lesions": int(len(pooled["lesion_scores"])),
+        "_curve": curve,
+    }
+
+
+# ============================================================================================ boxes
+def _load_gt_coco(gt_coco: dict | str | Path) -> tuple[dict, str]:
+    if isinstance(gt_coco, str | Path):
+        src = str(gt_coco)
+        gt = read_json(gt_coco)
+    else:
+        src, gt = "ground truth", gt_coco
+    if not isinstance(gt, dict) or not isinstance(gt.get("images"), list):
+        raise InputError(src, "not a COCO dataset (no 'images' list)")
+    return gt, src
+
+
+def _check_box(src: str, what: str, bbox) -> list[float]:
+    try:
+        b = [float(v) for v in bbox]
+    except (TypeError, ValueError):
+        raise InputError(src, f"{what}: bbox {bbox!r} is not 4 numbers") from None
+    if len(b) != 4 or not all(math.isfinite(v) for v in b) or b[2] < 0 or b[3] < 0:
+        raise InputError(
+            src, f"{what}: bad bbox {bbox!r} (need finite [x, y, w, h] with w, h >= 0)"
+        )
+    return b
+
+
+def _index_boxes(gt: dict, src: str, predictions, pred_src: str):
+    """Validate GT and predictions; group them by image (GT in annotation order, predictions in list
+    order)."""
+    image_ids = []
+    for i, im in enumerate(gt["images"]):
+        if "id" not in im:
+            raise InputError(src, f"images[{i}] has no 'id'")
+        image_ids.append(im["id"])
+    if len(set(image_ids)) != len(image_ids):
+        raise InputError(src, "duplicate image ids")
+    known = set(image_ids)
+    cats = [c["id"] for c in gt.get("categories", [])]
+    gt_by_img: dict = defaultdict(list)
+    for i, a in enumerate(gt.get("annotations", [])):
+        if a.get("image_id") not in known:
+            raise InputError(src, f"annotations[{i}]: unknown image_id {a.get('image_id')!r}")
+        b = _check_box(src, f"annotations[{i}]", a.get("bbox"))
+        cat = a.get("category_id", cats[0] if len(cats) == 1 else None)
+        if cat not in cats:
+            cats.append(cat)  # a GT category missing from 'categories' still has to be evaluated
+        area = float(a["area"]) if a.get("area") is not None else b[2] * b[3]
+        gt_by_img[a["image_id"]].append((b, bool(a.get("iscrowd", 0)), area, cat))
+
+    if isinstance(predictions, str | Path):
+        pred_src = str(predictions)
+        predictions = read_json(predictions)
+    if not isinstance(predictions, list):
+        raise InputError(pred_src, "predictions must be a list of COCO results")
+    pr_by_img: dict = defaultdict(list)
+    for i, p in enumerate(predictions):
+        if not isinstance(p, Mapping):
+            raise InputError(pred_src, f"[{i}] is not an object")
+        if p.get("image_id") not in known:
+            raise InputError(pred_src, f"[{i}]: unknown image_id {p.get('image_id')!r}")
+        b = _check_box(pred_src, f"[{i}]", p.get("bbox"))
+        try:
+            s = float(p["score"])
+        except (KeyError, TypeError, ValueError):
+            raise InputError(pred_src, f"[{i}]: missing or non-numeric score") from None
+        if not math.isfinite(s):
+            raise InputError(pred_src, f"[{i}]: score is {s}")
+        cat = p.get("category_id", cats[0] if len(cats) == 1 else None)
+        if cat not in cats:
+            raise InputError(pred_src, f"[{i}]: category_id {cat!r} not among GT categories {cats}")
+        pr_by_img[p["image_id"]].append((b, s, cat))
+    return image_ids, sorted(cats, key=str), gt_by_img, pr_by_img
+
+
+def _boxes(items, k=0) -> np.ndarray:
+    return np.asarray([it[k] for it in items], dtype=np.float64).reshape(-1, 4)
+
+
+def evaluate_boxes(
+    gt_coco: dict | str | Path,
+    predictions: list[dict] | str | Path,
+    hit: str = "iou",
+    iou_thr: float = 0.5,
+    fps: Iterable[float] = DEFAULT_FPS,
+    bootstrap: int = 0,
+    seed: int = 0,
+    max_dets: int = 100,
+) -> dict:
+    """Evaluate predicted boxes against a COCO ground truth.
+
+    Args:
+        gt_coco: COCO dict or path. Every image in ``images`` is evaluated (lesion-free ones count in FP per
+            image). Boxes ``bbox`` XYWH in original image pixels. ``iscrowd`` regions are not lesions; a
+            prediction hitting only them is ignored.
+        predictions: COCO results list (or path): ``image_id``, ``bbox`` XYWH, ``score``, ``category_id``
+            (optional when the GT has one category).
+        hit: FROC / recall hit rule: ``"iou"`` (IoU >= iou_thr), ``"center"`` (box centre inside the GT box)
+            or ``"iop"`` (intersection over predicted area >= iou_thr).
+        iou_thr: threshold of the hit rule. AP is always at IoU 0.5.
+        fps: FP-per-image levels of ``sensitivity_at_fp``.
+        bootstrap: number of bootstrap replicates (0 = none); images are resampled, or patients when every
+            GT image has a ``patient_id``.
+        max_dets: per-image, per-category cap of the COCO AP only (FROC and recall use every prediction).
+
+    Returns:
+        dict: ``ap50_coco`` (pycocotools AP at IoU .5, areaRng all, maxDets 100), ``ap50_voc`` (VOC2010+
+        all-point AP, same greedy matching, no cap), ``recall`` (fraction of lesions hit at any score),
+        ``sensitivity_at_fp`` {"1": ...}, ``froc`` {thresholds, fp_per_image, sensitivity, n_fp, n_found},
+        counts and settings, and ``bootstrap`` when asked. FROC and recall are class-agnostic (a prediction
+        may hit a GT box of any category); AP is averaged over the GT categories as COCO does. Undefined
+        values (no lesion at all) are None.
+
+    Raises:
+        InputError: unknown image id, bad bbox, NaN score, unknown category, unreadable file.
+    """
+    if hit not in BOX_HIT_RULES:
+        raise ValueError(f"unknown hit rule {hit!r}; choose from {sorted(BOX_HIT_RULES)}")
+    fps = list(fps)
+    gt, src = _load_gt_coco(gt_coco)
+    image_ids, cats, gt_by_img, pr_by_img = _index_boxes(gt, src, predictions, "predictions")
+
+    matches = []
+    for img in image_ids:
+        g, p = gt_by_img.get(img, []), pr_by_img.get(img, [])
+        matches.append(
+            match_image_boxes(
+                _boxes(p),
+                [it[1] for it in p],
+                _boxes(g),
+                [it[1] for it in g],
+                hit=hit,
+                thr=iou_thr,
+            )
+        )
+    pooled = pool_matches(matches)
+    summ = _summary(pooled, fps)
+
+    ap_coco, ap_voc = [], []
+    for cat in cats:
+        per_img_coco, per_img_voc = [], []
+        for img in sorted(image_ids):
+            g = [it for it in gt_by_img.get(img, []) if it[3] == cat]
+            p = [it for it in pr_by_img.get(img, []) if it[2] == cat]
+            args = (
+                _boxes(p),
+                [it[1] for it in p],
+                _boxes(g),
+                [it[1] for it in g],
+                [it[2] for it in g],
+            )
+            per_img_coco.append(coco_match_image(*args, iou_thr=0.5, max_dets=max_dets))
+            per_img_voc.append(coco_match_image(*args, iou_thr=0.5, max_dets=None))
+        ap_coco.append(ap_coco_101(per_img_coco))
+        ap_voc.append(ap_voc_all_point(per_img_voc))
+
+    report = {
+        "ap50_coco": mean_over_categories(ap_coco),
+        "ap50_voc": mean_over_categories(ap_voc),
+        "recall": summ["recall"],
+        "sensitivity_at_fp": summ["sensitivity_at_fp"],
+        "froc": summ["froc"],
+        "n_images": len(image_ids),
+        "n_lesions": summ["n_lesions"],
+        "n_predictions": int(len(pooled["pred_scores"])),
+        "hit": hit,
+        "iou_thr": float(iou_thr),
+    }
+    if bootstrap:
+        pids = [im.get("patient_id") for im in gt["images"]]
+        groups = pids if all(p is not None for p in pids) else None
+        report["bootstrap"] = bootstrap_froc(pooled, bootstrap, seed, fps, groups)
+    return _finite_or_none(report)
+
+
+# ============================================================================================ masks
+def _is_canonical(obj: Any) -> bool:
+    return isinstance(obj, dict) and "images" in obj and "annotations" in obj
+
+
+def _types_from_canonical(coco: dict) -> dict[str, list[dict]]:
+    stem_of = {im["id"]: im.get("stem") for im in coco["images"]}
+    out: dict[str, list[dict]] = defaultdict(list)
+    for a in coco["annotations"]:
+        if a.get("calc_type") is not None and a.get("point") is not None:
+            out[stem_of[a["image_id"]]].append({"type": a["calc_type"], "point": a["point"]})
+    return dict(out)
+
+
+def _spacing_of(spacing, stem: str):
+    """(row_mm, col_mm) or None from a float, a pair, or a dict stem -> pair."""
+    if spacing is None:
+        return None
+    if isinstance(spacing, Mapping):
+        return _spacing_of(spacing.get(stem), stem)
+    if isinstance(spacing, int | float):
+        return (float(spacing), float(spacing))
+    r, c = spacing
+    return (float(r), float(c))
+
+
+def _source(mapping: Mapping, stem: str) -> str:
+    """File name behind ``stem`` when the mapping reads files (:class:`LazyFiles`), else the stem."""
+    return mapping.source(stem) if hasattr(mapping, "source") else stem
+
+
+def _check_prob(stem: str, prob, shape, gt_src: str = "the GT mask") -> np.ndarray:
+    prob = np.asarray(prob)
+    if prob.ndim != 2:
+        raise InputError(stem, f"probability map must be 2-D, got shape {prob.shape}")
+    if prob.shape != tuple(shape):
+        raise InputError(
+            stem,
+            f"probability map is {prob.shape[1]}x{prob.shape[0]} (WxH) but the GT "
+            f"{gt_src} is {shape[1]}x{shape[0]} (WxH)",
+        )
+    if not np.issubdtype(prob.dtype, np.floating):
+        raise InputError(stem, f"probability map must be float in [0, 1], got {prob.dtype}")
+    if not np.isfinite(prob).all():
+        raise InputError(stem, "probability map contains NaN or inf")
+    if prob.size and (prob.min() < 0 or prob.max() > 1):
+        raise InputError(stem, f"probabilities outside [0, 1] (min {prob.min()}, max {prob.max()})")
+    return prob
+
+
+def evaluate_masks(
+    gt_masks: Mapping[str, np.ndarray],
+    prob_maps: Mapping[str, np.ndarray],
+    types: dict | str | Path | None = None,
+    iop_thr: float = 0.25,
+    binarize: float = 0.5,
+    fps: Iterable[float] = DEFAULT_FPS,
+    pixel_spacing=None,
+    patient_ids: Mapping[str, str] | None = None,
+    missing: str = "error",
+    bootstrap: int = 0,
+    seed: int = 0,
+) -> dict:
+    """Evaluate calcification probability maps with the paper's IoP rule.
+
+    Args:
+        gt_masks: stem -> (H, W) GT mask (non-zero = calcification). Every stem is one evaluated image,
+            lesion-free ones included. May be a lazy mapping (values are read one at a time).
+        prob_maps: stem -> (H, W) float probabilities in [0, 1], same pixel frame as the GT.
+        types: stem -> list of ``{"type": "dot"|"vessel"|"large", "point": [x, y]}``, or a canonical
+            ``calcifications.json`` (dict or path; images need ``stem``, annotations ``calc_type`` and
+            ``point``). Each GT component takes the type of the first point inside it.
+        iop_thr: IoP threshold of a true positive (paper: 0.25).
+        binarize: probability threshold defining predicted components (kept fixed; the FROC then sweeps
+            the component scores, i.e. their maximum probability).
+        pixel_spacing: mm per pixel: a float, (row_mm, col_mm), or stem -> pair / None. When None and
+            ``types`` is a canonical dataset, its images' ``pixel_spacing`` is used.
+        patient_ids: stem -> patient id for the patient-level bootstrap (taken from a canonical ``types``
+            when None).
+        missing: what a GT stem without probability map means: ``"error"`` (InputError) or ``"empty"``
+            (no prediction on that image, logged as a warning).
+
+    Returns:
+        dict: ``recall``, ``sensitivity_at_fp``, ``froc`` (see :mod:`common.metrics.froc`), counts, and when
+        types are given ``per_type`` {type: {recall, sensitivity_at_fp, froc, n_lesions}} where, for type T,
+        sensitivity = found T lesions / all T lesions while the FP axis stays the overall FP per image of
+        all predictions (this is how the paper's Table 4 reads); ``n_untyped`` counts GT components without
+        a type point (they count in the overall figures only). When every image has a pixel spacing:
+        ``area_cm2`` (sum of the full image areas, not the breast areas: the metric has no breast mask)
+        and ``fp_per_cm2`` (false positives of all predictions / area_cm2), and ``froc.fp_per_cm2`` per
+        threshold.
+
+    Raises:
+        InputError: size mismatch, NaN or out-of-range probability, missing or unknown prediction.
+    """
+    if missing not in ("error", "empty"):
+        raise ValueError("missing must be 'error' or 'empty'")
+    fps = list(fps)
+    canonical = None
+    if isinstance(types, str | Path):
+        types_src = str(types)
+        types = read_json(types)
+    else:
+        types_src = "types"
+    if _is_canonical(types):
+        canonical = types
+        types = _types_from_canonical(canonical)
+    if types is not None and not isinstance(types, Mapping):
+        raise InputError(
+            types_src, "types must map stem -> list of {type, point} or be a COCO dataset"
+        )
+    if canonical is not None:
+        by_stem = {im.get("stem"): im for im in canonical["images"]}
+        if pixel_spacing is None:
+            pixel_spacing = {s: im.get("pixel_spacing") for s, im in by_stem.items()}
+        if patient_ids is None:
+            patient_ids = {s: im.get("patient_id") for s, im in by_stem.items()}
+
+    stems = list(gt_masks.keys())
+    unknown = sorted(set(prob_maps.keys()) - set(stems))
+    if unknown:
+        raise InputError(
+            _source(prob_maps, unknown[0]),
+            f"prediction for an image without GT ({len(unknown)} such)",
+        )
+
+    matches: list[ImageMatch] = []
+    area_cm2 = 0.0
+    spacing_known = True
+    for stem in stems:
+        gt = np.asarray(gt_masks[stem])
+        if gt.ndim == 3:
+            gt = gt.any(axis=2)
+        if gt.ndim != 2:
+            raise InputError(_source(gt_masks, stem), f"GT mask must be 2-D, got shape {gt.shape}")
+        gt = gt != 0
+        if stem in prob_maps:
+            prob = _check_prob(
+                _source(prob_maps, stem), prob_maps[stem], gt.shape, _source(gt_masks, stem)
+            )
+        elif missing == "empty":
+            logger.warning(
+                "%s: no probability map, evaluated as an image without predictions", stem
+            )
+            prob = np.zeros(gt.shape, np.float32)
+        else:
+            raise InputError(stem, "no probability map for this GT image")
+        points = types.get(stem, []) if types is not None else None
+        try:
+            m = match_image_masks(gt, prob, iop_thr=iop_thr, binarize=binarize, type_points=points)
+        except ValueError as e:
+            raise InputError(_source(gt_masks, stem), str(e)) from None
+        matches.append(m)
+        sp = _spacing_of(pixel_spacing, stem)
+        if sp is None:
+            spacing_known = False
+        else:
+            area_cm2 += gt.size * sp[0] * sp[1] / 100.0
+
+    pooled = pool_matches(matches)
+    summ = _summary(pooled, fps)
+    report: dict[str, Any] = {
+        "recall": summ["recall"],
+        "sensitivity_at_fp": summ["sensitivity_at_fp"],
+        "froc": summ["froc"],
+        "n_images": len(stems),
+        "n_lesions": summ["n_lesions"],
+        "n_predictions": int(len(pooled["pred_scores"])),
+        "n_true_positive_predictions": int(sum(int(m.pred_hit.sum()) for m in matches)),
+        "iop_thr": float(iop_thr),
+        "binarize": float(binarize),
+    }
+    if types is not None:
+        names = list(CALC_TYPES)
+        for m in matches:
+            for t in m.lesion_types:
+                if t is not None and t not in names:
+                    names.append(t)
+        per_type = {}
+        for t in names:
+            s = _summary(pool_matches(matches, lesion_type=t), fps)
+            s.pop("_curve")
+            per_type[t] = s
+        report["per_type"] = per_type
+        report["n_untyped"] = int(sum(int(sum(t is None for t in m.lesion_types)) for m in matches))
+    if spacing_known and stems and area_cm2 > 0:
+        curve = summ["_curve"]
+        report["area_cm2"] = area_cm2
+        report["fp_per_cm2"] = float(pooled["pred_fp"].sum() / area_cm2)
+        report["froc"]["fp_per_cm2"] = [float(v) / area_cm2 for v in curve["n_fp"]]
+    if bootstrap:
+        groups = None
+        if patient_ids is not None:
+            pids = [patient_ids.get(s) for s in stems]
+            groups = pids if all(p is not None for p in pids) else None
+        report["bootstrap"] = bootstrap_froc(pooled, bootstrap, seed, fps, groups)
+    return _finite_or_none(report)
+
+
+# ============================================================================================ files
+class LazyFiles(Mapping):
+    """Read-on-access mapping stem -> array (keeps one image in memory at a time)."""
+
+    def __init__(self, files: dict[str, Any], reader, name=None):
+        self._files = files
+        self._reader = reader
+        self._name = name or str
+
+    def source(self, stem: str) -> str:
+        """The file behind ``stem`` (for error messages)."""
+        return self._name(self._files[stem])
+
+    def __getitem__(self, stem: str) -> np.ndarray:
+        return self._reader(self._files[stem])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+
+def read_gt_mask(path: str | Path) -> np.ndarray:
+    """GT mask PNG -> (H, W) bool, non-zero = lesion (any channel of a colour PNG)."""
+    a = read_png(path)
+    return (a != 0).any(axis=2) if a.ndim == 3 else a != 0
+
+
+def read_prob_map(path: str | Path) -> np.ndarray:
+    """Probability map -> (H, W) float32 in [0, 1].
+
+    ``.npy``: float array as is; 16-bit PNG: value / 65535; 8-bit PNG: value / 255.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        try:
+            a = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InputError(path, f"unreadable .npy ({e})") from None
+        if not np.issubdtype(a.dtype, np.floating):
+            raise InputError(path, f".npy probability map must be float, got {a.dtype}")
+    else:
+        a = read_png(path)
+        if a.ndim != 2:
+            raise InputError(path, f"probability PNG must be single-channel, got shape {a.shape}")
+        if a.dtype == np.uint16:
+            a = a.astype(np.float32) / 65535.0
+        elif a.dtype == np.uint8:
+            a = a.astype(np.float32) / 255.0
+        else:
+            raise InputError(path, f"unsupported PNG dtype {a.dtype}")
+    if a.ndim != 2:
+        raise InputError(path, f"probability map must be 2-D, got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise InputError(path, "probability map contains NaN or inf")
+    return a
+
+
+def _pred_files(pred_dir: Path) -> dict[str, Path]:
+    if not pred_dir.is_dir():
+        raise InputError(pred_dir, "prediction folder not found")
+    files: dict[str, Path] = {}
+    for p in sorted(pred_dir.iterdir()):
+        if p.suffix.lower() not in (".png", ".npy"):
+            continue
+        if p.stem in files:
+            raise InputError(p, f"two prediction files for stem {p.stem!r} ({files[p.stem].name})")
+        files[p.stem] = p
+    return files
+
+
+def _gt_from_dir(gt_dir: Path):
+    if not gt_dir.is_dir():
+        raise InputError(gt_dir, "GT folder not found")
+    files = {p.stem: p for p in sorted(gt_dir.glob("*.png"))}
+    if not files:
+        raise InputError(gt_dir, "no GT mask PNG in folder")
+    return LazyFiles(files, read_gt_mask)
+
+
+def _gt_from_canonical(gt_json: Path, split: str | None):
+    coco = read_json(gt_json)
+    if not _is_canonical(coco):
+        raise InputError(gt_json, "not a COCO dataset")
+    root = gt_json.parent
+    entries: dict[str, Any] = {}
+    for im in coco["images"]:
+        if split is not None and im.get("split") != split:
+            continue
+        stem = im.get("stem")
+        if stem is None:
+            raise InputError(gt_json, f"image {im.get('id')!r} has no 'stem'")
+        mf = im.get("mask_file")
+        entries[stem] = (root / mf if mf and not Path(mf).is_absolute() else mf, im)
+    if not entries:
+        raise InputError(gt_json, f"no image{'' if split is None else f' in split {split!r}'}")
+
+    def read(entry):
+        path, im = entry
+        if path is None:
+            return np.zeros((int(im["height"]), int(im["width"])), bool)
+        m = read_gt_mask(path)
+        if m.shape != (int(im["height"]), int(im["width"])):
+            raise InputError(
+                path,
+                f"mask is {m.shape[1]}x{m.shape[0]} (WxH) but the image record says "
+                f"{im['width']}x{im['height']}",
+            )
+        return m
+
+    return LazyFiles(
+        entries, read, name=lambda e: str(e[0] or f"{gt_json}: image {e[1].get('id')}")
+    ), coco
+
+
+def _parse_fps(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--fps wants numbers separated by commas, got {text!r}"
+        ) from None
+    if not vals or any(v < 0 for v in vals):
+        raise argparse.ArgumentTypeError("--fps needs non-negative values")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m common.evaluate", description=__doc__.split("\n")[0]
+    )
+    sub = ap.add_subparsers(dest="mode", required=True)
+
+    def common_args(p):
+        p.add_argument("--fps", type=_parse_fps, default=list(DEFAULT_FPS), help="FP/image levels")
+        p.add_argument("--out", required=True, type=Path, help="REPORT.json (written atomically)")
+        p.add_argument("--plot", type=Path, help="FROC plot PNG (FP per image on a log axis)")
+        p.add_argument("--bootstrap", type=int, default=0, metavar="N", help="bootstrap replicates")
+        p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+
+    b = sub.add_parser("boxes", help="mass detection: COCO GT vs COCO results")
+    b.add_argument("--gt", required=True, type=Path, help="COCO GT json")
+    b.add_argument("--pred", required=True, type=Path, help="COCO results json")
+    b.add_argument("--hit", choices=sorted(BOX_HIT_RULES), default="iou", help="FROC hit rule")
+    b.add_argument("--iou", type=float, default=0.5, help="threshold of the iou / iop hit rule")
+    common_args(b)
+
+    m = sub.add_parser("masks", help="calcification segmentation: IoP rule on probability maps")
+    g = m.add_mutually_exclusive_group(required=True)
+    g.add_argument("--gt-dir", type=Path, help="GT mask PNGs (non-zero = lesion), one per image")
+    g.add_argument("--gt-json", type=Path, help="canonical calcifications.json (all its images)")
+    m.add_argument("--split", help="with --gt-json: evaluate only images of this split")
+    m.add_argument(
+        "--pred-dir", required=True, type=Path, help="<stem>.png (8/16-bit) or <stem>.npy"
+    )
+    m.add_argument(
+        "--types", type=Path, help="stem -> [{type, point}] json, or calcifications.json"
+    )
+    m.add_argument("--iop", type=float, default=0.25, help="IoP threshold of a true positive")
+    m.add_argument(
+        "--binarize", type=float, default=0.5, help="probability threshold of components"
+    )
+    m.add_argument("--pixel-spacing", type=float, help="mm per pixel (isotropic), for FP per cm^2")
+    m.add_argument(
+        "--missing-as-empty",
+        action="store_true",
+        help="a GT image without prediction file counts as having no prediction (warning); "
+        "default: error",
+    )
+    common_args(m)
+    return ap
+
+
+def _run(args) -> dict:
+    if args.mode == "boxes":
+        report = evaluate_boxes(
+            args.gt,
+            args.pred,
+            hit=args.hit,
+            iou_thr=args.iou,
+            fps=args.fps,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+        )
+        curves = {"all": report["froc"]}
+    else:
+        if args.gt_dir is not None:
+            gt = _gt_from_dir(args.gt_dir)
+            types = args.types
+        else:
+            gt, coco = _gt_from_canonical(args.gt_json, args.split)
+            types = args.types if args.types is not None else coco
+        pred_files = {s: p for s, p in _pred_files(args.pred_dir).items()}
+        unknown = sorted(set(pred_files) - set(gt))
+        if unknown and args.gt_json is not None and args.split is not None:
+            # predictions of other splits are expected in a shared folder
+            pred_files = {s: p for s, p in pred_files.items() if s in gt}
+        elif unknown:
+            raise InputError(pred_files[unknown[0]], "prediction for an image without GT mask")
+        missing = sorted(set(gt) - set(pred_files))
+        if missing and not args.missing_as_empty:
+            raise InputError(
+                args.pred_dir / f"{missing[0]}.png",
+                f"no prediction (.png or .npy) for GT image {missing[0]!r} "
+                f"({len(missing)} missing; --missing-as-empty to accept)",
+            )
+        report = evaluate_masks(
+            gt,
+            LazyFiles(pred_files, read_prob_map),
+            types=types,
+            iop_thr=args.iop,
+            binarize=args.binarize,
+            fps=args.fps,
+            pixel_spacing=args.pixel_spacing,
+            missing="empty" if args.missing_as_empty else "error",
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+        )
+        curves = {"all": report["froc"]}
+        for t, s in report.get("per_type", {}).items():
+            if s["n_lesions"]:
+                curves[t] = s["froc"]
+    atomic_write_json(args.out, report)
+    if args.plot is not None:
+        from common.plots import plot_froc
+
+        plot_froc(curves, args.plot, title=f"FROC ({args.mode})", fps=args.fps)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        report = _run(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    sens = ", ".join(
+        f"{k}: {v if v is None else round(v, 4)}" for k, v in report["sensitivity_at_fp"].items()
+    )
+    extra = f"ap50_coco {report['ap50_coco']}  " if "ap50_coco" in report else ""
+    print(f"{extra}recall {report['recall']}  sensitivity@FP/image {{{sens}}}  -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
