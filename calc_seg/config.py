@@ -1,0 +1,136 @@
+"""Configuration of the calcification segmentation pipeline (paper §2.2, §4.2).
+
+A plain fvcore :class:`CfgNode` (no detectron2): YAML files may name a parent with ``_BASE_`` (resolved
+relative to the child file). Every key has a default here with the reason next to it; ``get_calc_seg_cfg``
+returns a fresh copy that is the one entry point used by training, inference, scripts and tests. New keys
+are never allowed at merge time, so a typo in a YAML file or in ``--opts`` is an error.
+"""
+
+from __future__ import annotations
+
+from fvcore.common.config import CfgNode as CN
+
+_C = CN()
+_C.VERSION = 1
+
+# ---------------------------------------------------------------------------------------------------
+_C.MODEL = CN()
+# smp encoder name. "vgg13_bn": each stage is two 3x3 conv + norm + ReLU followed by max-pooling, which
+# is the paper's Fig. 4 U-Net; with ENCODER_DEPTH 3 its widths are 64/128/256 + a 512 bottleneck.
+_C.MODEL.ENCODER = "vgg13_bn"
+_C.MODEL.ENCODER_DEPTH = 3  # paper: 3 downsampling + 3 upsampling stages
+_C.MODEL.DECODER_CHANNELS = [256, 128, 64]  # one per decoder stage, so its length equals ENCODER_DEPTH
+_C.MODEL.IN_CHANNELS = 1  # the windowed 8-bit grey image
+# 2 = background/calcification logits trained with weighted softmax cross-entropy (paper §2.2.2);
+# the calcification probability is softmax(...)[:, 1].
+_C.MODEL.NUM_CLASSES = 2
+_C.MODEL.NORM = "gn"  # "gn" (paper's model), "bn" or "ln" (= GroupNorm(1, C)), the Table 3 variants
+_C.MODEL.GN_GROUPS = 32  # upper bound; each layer uses the largest divisor of its channels <= this
+_C.MODEL.WEIGHTS = ""  # optional checkpoint (local path) to initialise from; no pretrained downloads
+
+# ---------------------------------------------------------------------------------------------------
+_C.DATA = CN()
+_C.DATA.ROOT = ""  # canonical dataset folder (datasets/canonical.py)
+_C.DATA.CACHE_DIR = ""  # pre-processed images + patch index; "" -> <OUTPUT_DIR>/cache
+_C.DATA.TRAIN_SPLIT = "train"
+_C.DATA.VAL_SPLIT = "val"
+_C.DATA.TEST_SPLIT = "test"
+_C.DATA.REMOVE_ARTIFACTS = True  # paper §2.2.1: vertical artifact lines look like calcifications
+_C.DATA.NUM_WORKERS = 2
+
+# ---------------------------------------------------------------------------------------------------
+# Label processing (paper §4.2.1). Areas in pixels of the original image, lengths in pixels.
+_C.LABELS = CN()
+_C.LABELS.MIN_AREA = 900  # components smaller than this are dilated (disc growth) up to this area
+# A component is a "vessel" when its skeleton is at least VESSEL_MIN_LENGTH long and it is thin:
+# skeleton_length**2 / area (length over mean width) >= VESSEL_MIN_ELONGATION.
+_C.LABELS.VESSEL_MIN_LENGTH = 40.0
+_C.LABELS.VESSEL_MIN_ELONGATION = 8.0
+# Otherwise a component this large is a "large" region (a cluster outlined as one area); else "dot".
+_C.LABELS.LARGE_MIN_AREA = 1500
+# Use calc_type of calcifications.json when one of its points lies in the component (the annotation is
+# authoritative); the shape classifier above decides only components without such a point.
+_C.LABELS.PREFER_CANONICAL_TYPE = True
+_C.LABELS.EXCLUDE_TYPES = ["vessel", "large"]  # patches touching these are left out of train/val
+
+# ---------------------------------------------------------------------------------------------------
+_C.PATCH = CN()
+_C.PATCH.SIZE = 512  # paper §4.2.1
+_C.PATCH.STRIDE = 256
+
+# ---------------------------------------------------------------------------------------------------
+_C.AUG = CN()
+_C.AUG.ENABLED = True
+_C.AUG.HFLIP_PROB = 0.5
+_C.AUG.VFLIP_PROB = 0.5
+_C.AUG.AFFINE_PROB = 0.5
+_C.AUG.SCALE = [0.9, 1.1]  # small zoom
+_C.AUG.ROTATE = 10.0  # degrees, +-
+_C.AUG.TRANSLATE = 0.05  # fraction of the patch, +-
+_C.AUG.BRIGHTNESS = 0.1
+_C.AUG.CONTRAST = 0.1
+_C.AUG.INTENSITY_PROB = 0.5
+_C.AUG.GAMMA = [90, 110]  # percent
+
+# ---------------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+_C.SOLVER.BATCH_SIZE = 8  # per process; half positive, half negative patches (paper §2.2.2)
+_C.SOLVER.BASE_LR = 0.01  # paper: Adam, initial learning rate 0.01, decreasing gradually
+_C.SOLVER.WEIGHT_DECAY = 0.0
+_C.SOLVER.LR_SCHEDULER = "cosine"  # "cosine" | "poly" | "step", stepped once per iteration
+_C.SOLVER.POLY_POWER = 0.9
+_C.SOLVER.STEPS = [0.6, 0.85]  # "step": fractions of the total iterations where LR *= GAMMA
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.MIN_LR_RATIO = 0.01  # cosine/poly end at BASE_LR * this
+_C.SOLVER.EPOCHS = 30
+# 0 -> every positive patch once per epoch: ceil(2 * n_pos / BATCH_SIZE) batches (over all processes)
+_C.SOLVER.ITERS_PER_EPOCH = 0
+_C.SOLVER.POS_WEIGHT = 10.0  # cross-entropy class weight of calcification pixels (background 1)
+_C.SOLVER.GRAD_CLIP = 0.0  # 0 = off
+
+# ---------------------------------------------------------------------------------------------------
+_C.TEST = CN()
+_C.TEST.WINDOW = 512
+_C.TEST.STRIDE = 256  # largest step; the windows are then spread evenly (nnU-Net step placement)
+_C.TEST.BATCH_SIZE = 4
+_C.TEST.BLEND = "mean"  # "mean" or "gaussian" weighting of overlapping windows
+_C.TEST.THRESHOLD = 0.5  # binarisation of the probability map for components / IoP matching
+_C.TEST.IOP_THR = 0.25  # paper §4.2.2
+_C.TEST.FPS = [1, 2, 5, 10]  # Table 3
+_C.TEST.EVAL_PERIOD = 1  # epochs between validations; the score is recall at 1 FP per image
+
+_C.SEED = 0
+_C.OUTPUT_DIR = "output/calc_seg"
+
+
+def get_calc_seg_cfg() -> CN:
+    """A fresh copy of the default configuration (merge YAML files into it)."""
+    return _C.clone()
+
+
+def load_calc_seg_cfg(config_file: str | None = None, opts: list | None = None) -> CN:
+    """Defaults, then ``config_file`` (with ``_BASE_`` chain), then ``KEY VALUE`` pairs; frozen."""
+    cfg = get_calc_seg_cfg()
+    if config_file:
+        cfg.merge_from_file(str(config_file))
+    if opts:
+        cfg.merge_from_list(list(opts))
+    check_cfg(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def check_cfg(cfg: CN) -> None:
+    """Reject inconsistent settings early, with the key that is wrong."""
+    if cfg.MODEL.NORM not in ("gn", "bn", "ln"):
+        raise ValueError(f"MODEL.NORM must be gn, bn or ln, got {cfg.MODEL.NORM!r}")
+    if len(cfg.MODEL.DECODER_CHANNELS) != cfg.MODEL.ENCODER_DEPTH:
+        raise ValueError("MODEL.DECODER_CHANNELS needs one entry per encoder stage (ENCODER_DEPTH)")
+    if cfg.SOLVER.BATCH_SIZE < 2 or cfg.SOLVER.BATCH_SIZE % 2:
+        raise ValueError("SOLVER.BATCH_SIZE must be even (half positive, half negative patches)")
+    if cfg.SOLVER.LR_SCHEDULER not in ("cosine", "poly", "step"):
+        raise ValueError(f"SOLVER.LR_SCHEDULER must be cosine, poly or step, got {cfg.SOLVER.LR_SCHEDULER!r}")
+    if cfg.TEST.BLEND not in ("mean", "gaussian"):
+        raise ValueError(f"TEST.BLEND must be mean or gaussian, got {cfg.TEST.BLEND!r}")
+    if not 0 < cfg.TEST.STRIDE <= cfg.TEST.WINDOW or not 0 < cfg.PATCH.STRIDE <= cfg.PATCH.SIZE:
+        raise ValueError("strides must be in (0, window size]")

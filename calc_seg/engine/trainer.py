@@ -1,0 +1,253 @@
+"""Training loop of the calcification U-Net: balanced patches, weighted CE, Adam, per-epoch validation.
+
+One process, or several under ``torchrun`` (``WORLD_SIZE`` set): the model is wrapped in
+``DistributedDataParallel`` and every rank draws its own share of the balanced batches
+(:class:`calc_seg.data.sampler.BalancedBatchSampler`); validation and checkpoints run on rank 0.
+
+Checkpoints (``OUTPUT_DIR/model_last.pth`` and ``model_best.pth``) hold the model, optimizer, scheduler,
+epoch, best score and the config; ``--resume`` continues from ``model_last.pth``. The model-selection
+score is the recall at 1 false positive per image of the IoP FROC on whole validation images
+(``common.metrics.evaluate_masks`` on sliding-window probability maps).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from calc_seg.data.dataset import CalcPatchDataset, build_augmentation
+from calc_seg.data.labels import LabelParams
+from calc_seg.data.patches import Study, build_patch_index, load_study, select_patches
+from calc_seg.data.sampler import BalancedBatchSampler
+from calc_seg.inference import predict_from_cfg
+from calc_seg.losses import build_loss
+from calc_seg.model import build_model
+
+logger = logging.getLogger("calc_seg")
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from the torchrun environment; (0, 1, 0) without it."""
+    ws = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), ws, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def cache_dir_of(cfg) -> Path:
+    return Path(cfg.DATA.CACHE_DIR or Path(cfg.OUTPUT_DIR) / "cache")
+
+
+def load_split(cfg, split: str) -> list[Study]:
+    """Cached, pre-processed studies of one split of ``cfg.DATA.ROOT``."""
+    from datasets.register import load_canonical_dicts
+
+    records = load_canonical_dicts(cfg.DATA.ROOT, "calc", split)
+    params = LabelParams.from_cfg(cfg)
+    return [load_study(r, cache_dir_of(cfg), params, cfg.DATA.REMOVE_ARTIFACTS) for r in records]
+
+
+def build_lr_lambda(cfg, total_iters: int):
+    """Multiplier of ``BASE_LR`` at iteration ``it`` (cosine / poly / step decay, see config)."""
+    s = cfg.SOLVER
+    floor = s.MIN_LR_RATIO
+    total = max(total_iters, 1)
+
+    def f(it: int) -> float:
+        t = min(it / total, 1.0)
+        if s.LR_SCHEDULER == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        if s.LR_SCHEDULER == "poly":
+            return floor + (1 - floor) * (1 - t) ** s.POLY_POWER
+        return s.GAMMA ** sum(t >= m for m in s.STEPS)
+
+    return f
+
+
+def evaluate_studies(model: nn.Module, studies: list[Study], cfg, device=None, progress=False):
+    """IoP FROC of ``model`` on whole images.
+
+    Returns (report, prob_maps): ``common.metrics.evaluate_masks`` report (recall,
+    sensitivity_at_fp, froc, per_type) and ``{stem: float32 (H, W)}`` probability maps.
+    """
+    from common.metrics import evaluate_masks
+
+    gt, probs, types = {}, {}, {}
+    it = studies
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(studies, desc="evaluate", leave=False)
+    for s in it:
+        probs[s.stem] = predict_from_cfg(model, s.array("image"), s.array("breast"), cfg, device)
+        gt[s.stem] = np.asarray(s.array("gt"), dtype=bool)
+        types[s.stem] = s.types
+    report = evaluate_masks(
+        gt, probs, types=types, iop_thr=cfg.TEST.IOP_THR, binarize=cfg.TEST.THRESHOLD,
+        fps=tuple(cfg.TEST.FPS),
+    )
+    return report, probs
+
+
+def recall_at(report: dict, fp: int | float = 1) -> float:
+    s = report.get("sensitivity_at_fp", {})
+    v = s.get(str(fp), s.get(fp, 0.0)) if isinstance(s, dict) else 0.0
+    return float(v or 0.0)
+
+
+class CalcSegTrainer:
+    """Builds model, data, optimizer and schedule from ``cfg``; :meth:`train` runs the epochs."""
+
+    def __init__(self, cfg, resume: bool = False):
+        self.cfg = cfg
+        self.rank, self.world_size, local_rank = dist_info()
+        self.distributed = self.world_size > 1
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        if self.distributed and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        seed_all(cfg.SEED + self.rank)
+        self.out = Path(cfg.OUTPUT_DIR)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+        self.model = build_model(cfg).to(self.device)
+        self.train_studies = load_split(cfg, cfg.DATA.TRAIN_SPLIT)
+        self.val_studies = load_split(cfg, cfg.DATA.VAL_SPLIT) if cfg.DATA.VAL_SPLIT else []
+        entries = select_patches(
+            build_patch_index(self.train_studies, cfg.PATCH.SIZE, cfg.PATCH.STRIDE, cache_dir_of(cfg))
+        )
+        self.dataset = CalcPatchDataset(
+            self.train_studies, entries, cfg.PATCH.SIZE, build_augmentation(cfg)
+        )
+        iters = cfg.SOLVER.ITERS_PER_EPOCH or None
+        self.sampler = BalancedBatchSampler(
+            self.dataset.positive, cfg.SOLVER.BATCH_SIZE, iters, cfg.SEED, self.rank, self.world_size
+        )
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.sampler, num_workers=cfg.DATA.NUM_WORKERS,
+            pin_memory=self.device.type == "cuda", persistent_workers=cfg.DATA.NUM_WORKERS > 0,
+        )
+        self.loss_fn = build_loss(cfg)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        )
+        self.iters_per_epoch = len(self.sampler)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, build_lr_lambda(cfg, self.iters_per_epoch * cfg.SOLVER.EPOCHS)
+        )
+        self.net = self.model
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.start_epoch, self.best_score, self.history = 0, -1.0, []
+        if resume:
+            self.resume()
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, epoch: int) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": epoch,
+            "best_score": self.best_score,
+            "history": self.history,
+            "cfg": self.cfg.dump(),
+        }
+
+    def save(self, name: str, epoch: int) -> Path:
+        path = self.out / name
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.checkpoint(epoch), tmp)
+        os.replace(tmp, path)
+        return path
+
+    def resume(self) -> bool:
+        """Continue from ``OUTPUT_DIR/model_last.pth`` if it exists; returns whether it did."""
+        path = self.out / "model_last.pth"
+        if not path.exists():
+            logger.warning("no %s to resume from; starting from scratch", path)
+            return False
+        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        self.best_score = float(ckpt.get("best_score", -1.0))
+        self.history = list(ckpt.get("history", []))
+        logger.info("resumed from %s at epoch %d", path, self.start_epoch)
+        return True
+
+    # ------------------------------------------------------------------ loop
+    def train_epoch(self, epoch: int, progress: bool = True) -> float:
+        from tqdm import tqdm
+
+        self.net.train()
+        self.sampler.set_epoch(epoch)
+        losses = []
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.cfg.SOLVER.EPOCHS}",
+                   disable=not progress or self.rank != 0, leave=False)
+        for images, targets in bar:
+            images, targets = images.to(self.device), targets.to(self.device)
+            loss = self.loss_fn(self.net(images), targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.SOLVER.GRAD_CLIP > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.SOLVER.GRAD_CLIP)
+            self.optimizer.step()
+            self.scheduler.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def validate(self) -> dict:
+        report, _ = evaluate_studies(self.model, self.val_studies, self.cfg, self.device)
+        return report
+
+    def train(self, progress: bool = True) -> dict:
+        """Run the remaining epochs; returns the last history entry."""
+        cfg = self.cfg
+        entry = {}
+        for epoch in range(self.start_epoch, cfg.SOLVER.EPOCHS):
+            t0 = time.time()
+            loss = self.train_epoch(epoch, progress)
+            entry = {"epoch": epoch + 1, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
+                     "time_s": round(time.time() - t0, 2)}
+            if self.rank == 0:
+                last = epoch + 1 == cfg.SOLVER.EPOCHS
+                if self.val_studies and ((epoch + 1) % cfg.TEST.EVAL_PERIOD == 0 or last):
+                    report = self.validate()
+                    entry["val_recall_at_1fp"] = recall_at(report, 1)
+                    entry["val_sensitivity_at_fp"] = report.get("sensitivity_at_fp")
+                    # model selection: recall at 1 FP/image (ties -> later epoch, lower loss)
+                    if entry["val_recall_at_1fp"] >= self.best_score:
+                        self.best_score = entry["val_recall_at_1fp"]
+                        entry["best"] = True
+                elif not self.val_studies:
+                    entry["best"] = True  # nothing to select on: the last model is the best
+                self.history.append(entry)
+                if entry.get("best"):
+                    self.save("model_best.pth", epoch)
+                self.save("model_last.pth", epoch)
+                with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps(entry) + "\n")
+                logger.info("epoch %d: %s", epoch + 1, entry)
+            if self.distributed:
+                torch.distributed.barrier()
+        return entry

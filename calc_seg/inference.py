@@ -1,0 +1,190 @@
+"""Whole-image inference by a sliding window over the breast (paper §2.2.2, test stage).
+
+The image is covered by ``window x window`` tiles whose starts are spread evenly between 0 and
+``size - window`` with at most ``stride`` between neighbours (nnU-Net's
+``compute_steps_for_sliding_window`` placement, so the last tile is flush with the edge and no tile
+hangs over it). Tiles that contain no breast pixel are skipped: the model never sees the empty
+background, which on a mammogram is often half of the frame. The remaining tiles run in batches;
+overlapping predictions are blended by averaging (``blend="mean"``) or with a Gaussian importance map
+that trusts tile centres more (``blend="gaussian"``, nnU-Net / MONAI style). Images smaller than a
+window are zero-padded at the bottom / right and the result cropped back.
+
+Because a tile is skipped only when it has no breast pixel, every breast pixel receives the same set of
+tile predictions as a naive full-frame sliding window: inside the breast both give identical output.
+Pixels covered by no evaluated tile get probability 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from calc_seg.model import logits_to_prob
+
+
+def compute_steps(size: int, window: int, stride: int) -> list[int]:
+    """Tile starts along one axis of length ``size >= window``: evenly spaced, step <= ``stride``.
+
+    ``ceil((size - window) / stride) + 1`` tiles, first at 0, last at ``size - window`` (nnU-Net's even
+    step placement with the step given in pixels).
+    """
+    if size < window:
+        raise ValueError(f"size {size} is smaller than the window {window}; pad first")
+    n = math.ceil((size - window) / stride) + 1
+    if n == 1:
+        return [0]
+    step = (size - window) / (n - 1)
+    return [int(round(step * i)) for i in range(n)]
+
+
+def window_positions(
+    shape: tuple[int, int], window: int, stride: int, breast_mask: np.ndarray | None = None
+) -> list[tuple[int, int]]:
+    """Top-left (y, x) of the tiles over an (H, W) frame (H, W >= window), skipping tiles with no
+    breast pixel when ``breast_mask`` (bool (H, W)) is given."""
+    h, w = shape
+    ys, xs = compute_steps(h, window, stride), compute_steps(w, window, stride)
+    if breast_mask is None:
+        return [(y, x) for y in ys for x in xs]
+    # summed-area table: O(1) "any breast pixel in this tile" per tile
+    sat = np.pad(np.asarray(breast_mask, dtype=bool).cumsum(0, dtype=np.int64).cumsum(1), ((1, 0), (1, 0)))
+    out = []
+    for y in ys:
+        for x in xs:
+            s = sat[y + window, x + window] - sat[y, x + window] - sat[y + window, x] + sat[y, x]
+            if s > 0:
+                out.append((y, x))
+    return out
+
+
+def gaussian_importance(window: int, sigma_scale: float = 1.0 / 8) -> np.ndarray:
+    """(window, window) float64 Gaussian weights, max 1, no zeros (nnU-Net's importance map)."""
+    c = (window - 1) / 2.0
+    g = np.exp(-0.5 * ((np.arange(window) - c) / (window * sigma_scale)) ** 2)
+    w = np.outer(g, g)
+    w /= w.max()
+    return np.maximum(w, w[w > 0].min())
+
+
+def default_to_prob(output: torch.Tensor) -> torch.Tensor:
+    """Model output (N, C, h, w) logits -> (N, h, w) probability (see ``calc_seg.model``)."""
+    return logits_to_prob(output)
+
+
+@torch.inference_mode()
+def predict_image(
+    model: nn.Module,
+    image: np.ndarray,
+    breast_mask: np.ndarray | None = None,
+    window: int = 512,
+    stride: int = 256,
+    batch_size: int = 4,
+    blend: str = "mean",
+    device: str | torch.device | None = None,
+    skip_background: bool = True,
+    to_prob: Callable[[torch.Tensor], torch.Tensor] = default_to_prob,
+) -> np.ndarray:
+    """Calcification probability map of a whole image.
+
+    Args:
+        model: maps (N, 1, window, window) float in [0, 1] to (N, C, window, window) output; it is put
+            in eval mode and run on ``device`` (default: the model's own device).
+        image: uint8 (H, W) pre-processed image (``common.preprocess``), original frame; float input is
+            taken as already scaled to [0, 1].
+        breast_mask: bool (H, W); tiles with no breast pixel are skipped when ``skip_background``.
+            None = every tile is evaluated.
+        window, stride: tile size and largest step in pixels (:func:`compute_steps`).
+        batch_size: tiles per forward pass.
+        blend: "mean" or "gaussian".
+        to_prob: output -> (N, window, window) probability; default sigmoid (C=1) / softmax[:, 1].
+
+    Returns:
+        float32 (H, W) probability in the original image frame; 0 where no tile was evaluated.
+    """
+    if blend not in ("mean", "gaussian"):
+        raise ValueError(f"blend must be 'mean' or 'gaussian', got {blend!r}")
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ValueError(f"image must be (H, W), got shape {img.shape}")
+    h, w = img.shape
+    x = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+    mask = None
+    if breast_mask is not None and skip_background:
+        mask = np.asarray(breast_mask, dtype=bool)
+        if mask.shape != img.shape:
+            raise ValueError(f"breast_mask shape {mask.shape} differs from image shape {img.shape}")
+    ph, pw = max(h, window), max(w, window)
+    if (ph, pw) != (h, w):  # pad small images at the bottom / right
+        x = np.pad(x, ((0, ph - h), (0, pw - w)))
+        if mask is not None:
+            mask = np.pad(mask, ((0, ph - h), (0, pw - w)))
+    positions = window_positions((ph, pw), window, stride, mask)
+
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    model.eval()
+    # float64 accumulators: a mean of identical values reproduces them exactly
+    acc = np.zeros((ph, pw), dtype=np.float64)
+    wsum = np.zeros((ph, pw), dtype=np.float64)
+    weight = gaussian_importance(window) if blend == "gaussian" else np.ones((window, window))
+    xt = torch.from_numpy(x)
+    for b in range(0, len(positions), batch_size):
+        chunk = positions[b : b + batch_size]
+        batch = torch.stack([xt[y : y + window, xx : xx + window] for y, xx in chunk])[:, None]
+        prob = to_prob(model(batch.to(device))).float().cpu().numpy()
+        for (y, xx), pr in zip(chunk, prob):
+            acc[y : y + window, xx : xx + window] += weight * pr
+            wsum[y : y + window, xx : xx + window] += weight
+    out = np.divide(acc, wsum, out=np.zeros_like(acc), where=wsum > 0)
+    return out[:h, :w].astype(np.float32)
+
+
+def predict_from_cfg(model: nn.Module, image: np.ndarray, breast_mask, cfg, device=None) -> np.ndarray:
+    """:func:`predict_image` with window, stride, batch size and blending from ``cfg.TEST``."""
+    t = cfg.TEST
+    return predict_image(model, image, breast_mask, window=t.WINDOW, stride=t.STRIDE,
+                         batch_size=t.BATCH_SIZE, blend=t.BLEND, device=device)
+
+
+def mask_components(prob: np.ndarray, threshold: float = 0.5, params=None) -> tuple[np.ndarray, list[dict]]:
+    """Binary mask and lesion components of a probability map.
+
+    Returns (bool (H, W) mask ``prob >= threshold``, components) where each component (8-connected) has
+    ``bbox`` [x, y, w, h] (original image pixels, top-left origin), ``area`` (pixels), ``score`` (its
+    maximum probability, the score the FROC sweeps) and ``type`` (shape classifier of
+    :mod:`calc_seg.data.labels`).
+    """
+    from scipy import ndimage as ndi
+
+    from calc_seg.data.labels import LabelParams, classify_component, label_components
+
+    params = params or LabelParams()
+    mask = np.asarray(prob) >= threshold
+    labels, n = label_components(mask)
+    comps = []
+    if n:
+        scores = ndi.maximum(prob, labels, index=np.arange(1, n + 1))
+        for i, sl in enumerate(ndi.find_objects(labels), start=1):
+            comp = labels[sl] == i
+            comps.append({
+                "bbox": [int(sl[1].start), int(sl[0].start), int(sl[1].stop - sl[1].start),
+                         int(sl[0].stop - sl[0].start)],
+                "area": int(comp.sum()),
+                "score": round(float(scores[i - 1]), 6),
+                "type": classify_component(comp, params),
+            })
+    return mask, comps
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.6) -> np.ndarray:
+    """uint8 (H, W, 3) RGB: the grey image with ``mask`` pixels tinted ``color``."""
+    rgb = np.repeat(np.asarray(image, dtype=np.uint8)[..., None], 3, axis=2).astype(np.float32)
+    m = np.asarray(mask, dtype=bool)
+    rgb[m] = (1 - alpha) * rgb[m] + alpha * np.asarray(color, dtype=np.float32)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)

@@ -1,0 +1,165 @@
+"""The calcification U-Net (paper §2.2.2, Fig. 4) and its normalisation variants (Table 3).
+
+The network is a ``segmentation_models_pytorch.Unet`` with 3 downsampling and 3 upsampling stages.
+The default encoder is smp's ``vgg13_bn``: every encoder stage is exactly the paper's "two convolution
+layers, each followed by a normalisation and ReLU" (then max-pooling), and smp's U-Net decoder blocks are
+two conv + norm + ReLU as well, with a two-conv bottleneck for VGG encoders. A ResNet encoder would add
+residual blocks and a stride-2 7x7 stem that the paper's figure does not have. ``MODEL.ENCODER`` still
+accepts any smp encoder name. No pretrained weights are ever downloaded (``encoder_weights=None``).
+
+smp builds every normalisation as ``BatchNorm2d``; :func:`retrofit_groupnorm` then swaps each for a
+``GroupNorm`` (the paper's model) the way ``detectron2.layers.FrozenBatchNorm2d.convert_frozen_batchnorm``
+converts modules: recursively, returning the new module. The layer-norm variant is the same retrofit with
+one group, i.e. ``GroupNorm(1, C)`` normalises each sample over (C, H, W).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+NORMS = ("gn", "bn", "ln")
+
+
+def largest_divisor_at_most(channels: int, groups: int) -> int:
+    """The largest ``g <= groups`` that divides ``channels`` (at least 1)."""
+    for g in range(min(groups, channels), 0, -1):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+def retrofit_groupnorm(module: nn.Module, groups: int = 32) -> nn.Module:
+    """Replace every ``BatchNorm2d`` in ``module`` by a ``GroupNorm``; returns the (new) module.
+
+    Each layer gets the largest group count ``<= groups`` that divides its channels (SMP decoders can
+    have 16-channel blocks; any width works). The affine weight and bias are copied, ``eps`` is kept,
+    running statistics are dropped (GroupNorm normalises with per-sample statistics in train and eval
+    alike, so it does not depend on the batch composition). ``groups=1`` gives layer normalisation over
+    (C, H, W).
+
+    Args:
+        module: any module; a bare ``BatchNorm2d`` is converted and returned.
+        groups: upper bound of the number of groups (GN paper default 32).
+    """
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    res = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.BatchNorm1d):
+        c = module.num_features
+        res = nn.GroupNorm(largest_divisor_at_most(c, groups), c, eps=module.eps, affine=True)
+        if module.affine:
+            with torch.no_grad():
+                res.weight.copy_(module.weight)
+                res.bias.copy_(module.bias)
+        res.to(device=module.weight.device if module.affine else None)
+    else:
+        for name, child in module.named_children():
+            new_child = retrofit_groupnorm(child, groups)
+            if new_child is not child:
+                module.add_module(name, new_child)
+    return res
+
+
+def count_batchnorm(module: nn.Module) -> int:
+    """Number of BatchNorm layers (of any dimension) inside ``module``."""
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def build_unet(
+    norm: str = "gn",
+    encoder: str = "vgg13_bn",
+    encoder_depth: int = 3,
+    decoder_channels: Sequence[int] = (256, 128, 64),
+    in_channels: int = 1,
+    classes: int = 2,
+    groups: int = 32,
+) -> nn.Module:
+    """Build the U-Net; the defaults are the paper's model.
+
+    Args:
+        norm: "gn" (GroupNorm, ``groups`` at most), "bn" (BatchNorm2d) or "ln" (GroupNorm(1, C)).
+        encoder: smp encoder name (built without pretrained weights).
+        encoder_depth: number of downsampling stages (the decoder has as many upsampling stages).
+        decoder_channels: widths of the decoder stages, ``len == encoder_depth``.
+        in_channels: image channels (1 for the windowed grey mammogram).
+        classes: output channels; 2 = softmax background/calcification logits, 1 = sigmoid logit.
+
+    Returns:
+        ``nn.Module`` mapping (N, in_channels, H, W) float to (N, classes, H, W) logits; H and W must be
+        multiples of ``2 ** encoder_depth``.
+    """
+    import segmentation_models_pytorch as smp
+
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if len(decoder_channels) != encoder_depth:
+        raise ValueError("decoder_channels needs one entry per encoder stage")
+    model = smp.Unet(
+        encoder_name=encoder,
+        encoder_depth=encoder_depth,
+        encoder_weights=None,
+        decoder_channels=tuple(int(c) for c in decoder_channels),
+        in_channels=in_channels,
+        classes=classes,
+        activation=None,
+    )
+    if norm == "gn":
+        model = retrofit_groupnorm(model, groups)
+    elif norm == "ln":
+        model = retrofit_groupnorm(model, 1)
+    return model
+
+
+def build_model(cfg) -> nn.Module:
+    """:func:`build_unet` from ``cfg.MODEL``; loads ``MODEL.WEIGHTS`` when set."""
+    m = cfg.MODEL
+    model = build_unet(
+        norm=m.NORM,
+        encoder=m.ENCODER,
+        encoder_depth=m.ENCODER_DEPTH,
+        decoder_channels=m.DECODER_CHANNELS,
+        in_channels=m.IN_CHANNELS,
+        classes=m.NUM_CLASSES,
+        groups=m.GN_GROUPS,
+    )
+    if m.WEIGHTS:
+        load_weights(model, m.WEIGHTS)
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint written by the trainer (``{"model": state_dict, ...}``) or a bare state dict.
+
+    Raises:
+        common.errors.InputError: the file is missing or is not a checkpoint of this model.
+    """
+    from common.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "weights file not found (give a local checkpoint path)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is an input error
+        raise InputError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
+    if not isinstance(state, dict):
+        raise InputError(path, "checkpoint holds no state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0:2]
+        raise InputError(path, f"weights do not fit this model config: {' '.join(first)}") from None
+    return ckpt if isinstance(ckpt, dict) else {"model": state}
+
+
+def logits_to_prob(logits: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) logits -> (N, H, W) calcification probability (sigmoid for C=1, softmax[:,1] else)."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return torch.softmax(logits, dim=1)[:, 1]

@@ -1,0 +1,71 @@
+"""Train the calcification U-Net.
+
+    python -m calc_seg.train_net --config calc_seg/configs/unet_gn.yaml [--resume] \
+        [--opts DATA.ROOT /data/canonical SOLVER.EPOCHS 10]
+    torchrun --nproc_per_node 4 -m calc_seg.train_net --config ...   # multi-GPU
+
+``--eval-only`` evaluates ``MODEL.WEIGHTS`` (or ``OUTPUT_DIR/model_best.pth``) on the test split and
+writes ``OUTPUT_DIR/test_report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from calc_seg.config import load_calc_seg_cfg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML config (calc_seg/configs/...)")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/model_last.pth")
+    p.add_argument("--eval-only", action="store_true", help="evaluate on the test split and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE pairs overriding the config")
+    return p
+
+
+def setup(args):
+    cfg = load_calc_seg_cfg(args.config, args.opts)
+    if not cfg.DATA.ROOT:
+        raise SystemExit("error: DATA.ROOT is not set (use --opts DATA.ROOT /path/to/canonical)")
+    Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.OUTPUT_DIR) / "config.yaml").write_text(cfg.dump())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    return cfg
+
+
+def main(args) -> int:
+    cfg = setup(args)
+    if args.eval_only:
+        import torch
+
+        from calc_seg.engine.trainer import evaluate_studies, load_split
+        from calc_seg.model import build_model, load_weights
+
+        model = build_model(cfg)
+        if not cfg.MODEL.WEIGHTS:
+            load_weights(model, Path(cfg.OUTPUT_DIR) / "model_best.pth")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        report, _ = evaluate_studies(model.to(device), load_split(cfg, cfg.DATA.TEST_SPLIT), cfg,
+                                     device, progress=not args.no_progress)
+        from common.io import atomic_write_json
+
+        atomic_write_json(Path(cfg.OUTPUT_DIR) / "test_report.json", report)
+        print(json.dumps({"sensitivity_at_fp": report.get("sensitivity_at_fp")}))
+        return 0
+    from calc_seg.engine.trainer import CalcSegTrainer
+
+    trainer = CalcSegTrainer(cfg, resume=args.resume)
+    last = trainer.train(progress=not args.no_progress)
+    if trainer.rank == 0:
+        print(json.dumps({"best_val_recall_at_1fp": trainer.best_score, "last": last}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(build_parser().parse_args()))
