@@ -1,0 +1,97 @@
+"""Configuration keys of the mass detector, added to detectron2's defaults as new nodes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+
+def add_mass_det_config(cfg: CN) -> CN:
+    """Add the mass detector's nodes to a detectron2 config (call before ``merge_from_file``).
+
+    New nodes: ``MODEL.NONLOCAL``, ``MODEL.FOCAL_LOSS``, ``SOLVER.OPTIMIZER``, ``INPUT.MAMMO``,
+    ``TEST.FROC``, ``DATASETS.CANONICAL``. Defaults leave detectron2's models unchanged (no non-local
+    blocks, softmax cross-entropy); the YAMLs under ``mass_det/configs`` switch them on.
+    """
+    _C = cfg
+
+    # Non-local blocks (Wang et al. 2018, embedded dot product) in the late stage(s) of the ResNet;
+    # read by build_nonlocal_resnet_backbone / build_nonlocal_resnet_fpn_backbone.
+    _C.MODEL.NONLOCAL = CN()
+    _C.MODEL.NONLOCAL.ENABLED = False
+    # Stages that get blocks; the paper keeps them in the late stage to limit the extra cost.
+    _C.MODEL.NONLOCAL.STAGES = ["res5"]
+    # Blocks per stage, placed after the last NUM_BLOCKS residual blocks of the stage.
+    _C.MODEL.NONLOCAL.NUM_BLOCKS = 1
+    # Width of theta/phi/g as a fraction of the stage width (Wang et al.: 1/2).
+    _C.MODEL.NONLOCAL.INTER_CHANNELS = 0.5
+    # 2x2 max-pool on phi and g: the affinity matrix shrinks 4x, the output stays full resolution.
+    _C.MODEL.NONLOCAL.SUBSAMPLE = True
+    # Norm after the output projection; its gamma starts at 0 (block = identity) and must be trainable,
+    # so FrozenBN is refused. GN does not depend on the (small) detection batch size.
+    _C.MODEL.NONLOCAL.NORM = "GN"
+
+    # Sigmoid focal loss in the Fast R-CNN box classifier (FocalLossROIHeads).
+    _C.MODEL.FOCAL_LOSS = CN()
+    # False keeps softmax cross-entropy even under FocalLossROIHeads (for ablations).
+    _C.MODEL.FOCAL_LOSS.ENABLED = False
+    _C.MODEL.FOCAL_LOSS.GAMMA = 2.0  # focusing parameter of eq. (1); 0 = sigmoid cross-entropy
+    _C.MODEL.FOCAL_LOSS.ALPHA = 0.25  # weight of positives; -1 disables class weighting
+
+    # Optimizer; SOLVER.BASE_LR, WEIGHT_DECAY, CLIP_GRADIENTS and the LR schedule still apply.
+    _C.SOLVER.OPTIMIZER = CN()
+    _C.SOLVER.OPTIMIZER.NAME = "ADAM"  # "ADAM" (paper §4.1.1) or "SGD" (uses SOLVER.MOMENTUM/NESTEROV)
+    _C.SOLVER.OPTIMIZER.BETAS = (0.9, 0.999)  # Adam only
+    _C.SOLVER.OPTIMIZER.EPS = 1e-8  # Adam only
+
+    # Mammogram input: every image goes through common.preprocess (window to 8 bits, breast mask,
+    # artifact removal) and is replicated to 3 channels for the ImageNet-shaped stem.
+    _C.INPUT.MAMMO = CN()
+    _C.INPUT.MAMMO.REMOVE_ARTIFACTS = True  # passed to common.preprocess
+    # Flip right breasts to face the same way; boxes are flipped with the image and predictions are
+    # mapped back, so outputs stay in the original frame.
+    _C.INPUT.MAMMO.NORMALIZE_LATERALITY = False
+    _C.INPUT.MAMMO.CACHE_SIZE = 32  # pre-processed images kept in memory per data-loader worker
+    _C.INPUT.MAMMO.CACHE_DIR = ""  # optional on-disk cache of pre-processed uint8 images
+    # Training augmentation (paper §4.1.1: horizontal flip, translation and scaling). Scaling: the
+    # short edge is drawn from INPUT.MIN_SIZE_TRAIN, and RandomExtent zooms by SCALE_RANGE.
+    _C.INPUT.MAMMO.HFLIP_PROB = 0.5
+    _C.INPUT.MAMMO.EXTENT_PROB = 0.5  # probability of the translation/zoom below
+    _C.INPUT.MAMMO.SCALE_RANGE = (0.85, 1.15)  # extent size / image size (<1 zooms in, >1 pads)
+    _C.INPUT.MAMMO.SHIFT_RANGE = (0.1, 0.1)  # max shift of the extent centre, fraction of (w, h)
+
+    # FROC / AP evaluation through common.metrics.evaluate_boxes.
+    _C.TEST.FROC = CN()
+    _C.TEST.FROC.FPS = (1, 2, 5, 10)  # false positives per image at which sensitivity is reported
+    _C.TEST.FROC.HIT = "iou"  # hit rule of common.metrics ("iou", "center", "iop")
+    _C.TEST.FROC.IOU_THRESH = 0.5
+
+    # Canonical dataset folders registered in setup() as <prefix>_mass_{train,val,test}
+    # (datasets.register.register_canonical). Relative paths are relative to the working directory.
+    _C.DATASETS.CANONICAL = CN()
+    _C.DATASETS.CANONICAL.ROOTS = ["synthetic=data/synthetic"]  # "prefix=path" entries
+    return cfg
+
+
+def get_mass_det_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
+    """detectron2 defaults + :func:`add_mass_det_config`, then ``config_file`` and ``opts`` merged."""
+    cfg = get_cfg()
+    add_mass_det_config(cfg)
+    if config_file:
+        cfg.merge_from_file(str(config_file))
+    if opts:
+        cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def parse_canonical_roots(entries: Sequence[str]) -> list[tuple[str, str]]:
+    """``["prefix=path", ...]`` -> ``[(prefix, path), ...]``; raises ValueError on a malformed entry."""
+    out = []
+    for entry in entries:
+        prefix, sep, path = str(entry).partition("=")
+        if not sep or not prefix.strip() or not path.strip():
+            raise ValueError(f"DATASETS.CANONICAL.ROOTS entries are 'prefix=path', got {entry!r}")
+        out.append((prefix.strip(), path.strip()))
+    return out
