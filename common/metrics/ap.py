@@ -86,8 +86,9 @@ def coco_match_image(
         thr = min(iou_thr, 1 - 1e-10)
         gt_taken = np.zeros(G, bool)
         n_keep = int((~gt_ig).sum())
-        for d in range(D):
-            cand = (~gt_taken | crowd) & (ious[d] >= thr)
+        over = ious >= thr
+        for d in np.flatnonzero(over.any(axis=1)):  # a prediction without any IoU >= thr never matches
+            cand = (~gt_taken | crowd) & over[d]
             m = -1
             for part in (slice(0, n_keep), slice(n_keep, G)):  # non-ignored GT first
                 c = np.flatnonzero(cand[part]) + (part.start or 0)
