@@ -1,0 +1,104 @@
+"""Sliding-window inference: exact reconstruction with an identity model, breast-only tiling."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from calc_seg.inference import compute_steps, mask_components, predict_image, window_positions
+
+
+class Identity(nn.Module):
+    """Returns its input; counts the tiles it sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.tiles = 0
+
+    def forward(self, x):
+        self.tiles += x.shape[0]
+        return x
+
+
+def first_channel(out):
+    return out[:, 0]
+
+
+def _image(h, w, seed=0):
+    return np.random.default_rng(seed).integers(1, 256, (h, w)).astype(np.uint8)
+
+
+def test_compute_steps_even_placement():
+    assert compute_steps(512, 512, 256) == [0]
+    assert compute_steps(1024, 512, 256) == [0, 256, 512]
+    steps = compute_steps(1100, 512, 256)
+    assert steps[0] == 0 and steps[-1] == 1100 - 512 and len(steps) == 4
+    assert max(np.diff(steps)) <= 256 and max(np.diff(steps)) - min(np.diff(steps)) <= 1
+    with pytest.raises(ValueError):
+        compute_steps(100, 512, 256)
+
+
+@pytest.mark.parametrize("blend", ["mean", "gaussian"])
+def test_identity_reconstructs_whole_image(blend):
+    img = _image(150, 130)
+    prob = predict_image(Identity(), img, np.ones(img.shape, bool), window=64, stride=40,
+                         blend=blend, to_prob=first_channel)
+    assert prob.dtype == np.float32 and prob.shape == img.shape
+    if blend == "mean":
+        assert np.array_equal(prob, img.astype(np.float32) / 255)
+    assert np.array_equal(np.round(prob * 255).astype(np.uint8), img)
+
+
+def test_breast_only_matches_full_frame_inside_breast_and_skips_tiles():
+    img = _image(200, 160, seed=1)
+    breast = np.zeros(img.shape, bool)
+    breast[20:120, :70] = True
+    full_model, breast_model = Identity(), Identity()
+    full = predict_image(full_model, img, None, window=48, stride=32, to_prob=first_channel)
+    part = predict_image(breast_model, img, breast, window=48, stride=32, to_prob=first_channel)
+    assert np.array_equal(part[breast], full[breast])
+    assert np.array_equal(part[breast], img[breast].astype(np.float32) / 255)
+    n_all = len(window_positions(img.shape, 48, 32))
+    assert full_model.tiles == n_all
+    assert breast_model.tiles == len(window_positions(img.shape, 48, 32, breast)) < n_all
+    # a pixel no evaluated tile covers is 0
+    assert part[199, 159] == 0
+    # no breast at all: nothing is evaluated
+    empty = Identity()
+    assert not predict_image(empty, img, np.zeros(img.shape, bool), 48, 32, to_prob=first_channel).any()
+    assert empty.tiles == 0
+
+
+def test_small_image_is_padded_and_cropped_back():
+    img = _image(30, 50)
+    prob = predict_image(Identity(), img, None, window=64, stride=32, to_prob=first_channel)
+    assert prob.shape == (30, 50)
+    assert np.array_equal(prob, img.astype(np.float32) / 255)
+
+
+def test_batching_does_not_change_the_result():
+    img = _image(100, 100)
+    a = predict_image(Identity(), img, None, 32, 20, batch_size=1, to_prob=first_channel)
+    b = predict_image(Identity(), img, None, 32, 20, batch_size=7, to_prob=first_channel)
+    assert np.array_equal(a, b)
+
+
+def test_default_prob_from_two_class_logits():
+    class Const(nn.Module):
+        def forward(self, x):
+            z = torch.zeros_like(x)
+            return torch.cat([z, z], 1)  # equal logits -> p = 0.5
+
+    prob = predict_image(Const(), _image(40, 40), None, 32, 16)
+    assert np.allclose(prob, 0.5)
+
+
+def test_mask_components():
+    prob = np.zeros((50, 60), np.float32)
+    prob[5:8, 5:9] = 0.9
+    prob[30, 40] = 0.6
+    mask, comps = mask_components(prob, 0.5)
+    assert mask.sum() == 13 and len(comps) == 2
+    c = sorted(comps, key=lambda c: c["bbox"][1])
+    assert c[0]["bbox"] == [5, 5, 4, 3] and c[0]["area"] == 12 and c[0]["score"] == pytest.approx(0.9)
+    assert c[1]["type"] == "dot"

@@ -1,0 +1,101 @@
+"""Label processing on hand-made masks: component types and the 900-px dilation (paper §4.2.1)."""
+
+import numpy as np
+
+from calc_seg.data.labels import (
+    LabelParams,
+    classify_component,
+    dilate_small_components,
+    label_components,
+    process_mask,
+)
+
+
+def _disc(shape, cy, cx, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def test_classify_dot_vessel_large():
+    p = LabelParams()
+    assert classify_component(_disc((40, 40), 20, 20, 3), p) == "dot"
+    line = np.zeros((30, 200), bool)
+    line[14:17, 10:190] = True  # 180 x 3: long and thin
+    assert classify_component(line, p) == "vessel"
+    arc = np.zeros((200, 200), bool)  # curved vessel: low axis ratio, still a thin skeleton
+    arc[_disc((200, 200), 100, 100, 80) & ~_disc((200, 200), 100, 100, 76)] = True
+    arc[100:, :] = False
+    assert classify_component(arc, p) == "vessel"
+    assert classify_component(_disc((120, 120), 60, 60, 30), p) == "large"  # ~2800 px blob
+    short = np.zeros((20, 40), bool)
+    short[9:11, 5:25] = True  # elongated but shorter than VESSEL_MIN_LENGTH
+    assert classify_component(short, p) == "dot"
+
+
+def test_thresholds_come_from_params():
+    blob = _disc((120, 120), 60, 60, 30)
+    assert classify_component(blob, LabelParams(large_min_area=5000)) == "dot"
+
+
+def test_single_pixel_dilated_to_min_area():
+    m = np.zeros((100, 100), bool)
+    m[50, 50] = True
+    grown = dilate_small_components(label_components(m)[0], 900)
+    area = int((grown == 1).sum())
+    assert 900 <= area <= 900 + 2 * np.pi * 18  # one disc ring at most
+    ys, xs = np.nonzero(grown)
+    assert abs(ys.mean() - 50) < 0.5 and abs(xs.mean() - 50) < 0.5  # a disc around the dot
+
+
+def test_dilation_in_corner_is_clipped_but_reaches_area():
+    m = np.zeros((100, 100), bool)
+    m[0, 0] = True
+    grown = dilate_small_components(label_components(m)[0], 900)
+    assert (grown == 1).sum() >= 900 and grown.shape == (100, 100)
+
+
+def test_neighbours_do_not_merge_and_large_stay():
+    m = np.zeros((120, 160), bool)
+    m[60, 40] = m[60, 52] = True  # two dots 12 px apart: their discs would overlap
+    big = _disc(m.shape, 60, 120, 20)  # 1257 px, unchanged
+    m |= big
+    labels, n = label_components(m)
+    grown = dilate_small_components(labels, 900)
+    assert n == 3
+    a, b = labels[60, 40], labels[60, 52]
+    for i in (a, b):  # each grows only inside its own Voronoi cell and stays one piece
+        assert (grown == i).sum() >= 900
+        assert label_components(grown == i)[1] == 1
+    # the boundary between the two grown dots is their bisector (x = 46): no pixel crosses it
+    assert (np.nonzero(grown == a)[1] <= 46).all() and (np.nonzero(grown == b)[1] >= 46).all()
+    big_label = labels[60, 120]
+    assert np.array_equal(grown == big_label, labels == big_label)
+
+
+def test_process_mask_types_exclusion_and_canonical_preference():
+    m = np.zeros((200, 300), bool)
+    m[20, 20] = True  # dot
+    m[100:103, 40:250] = True  # vessel
+    m |= _disc(m.shape, 160, 60, 30)  # large
+    out = process_mask(m, LabelParams())
+    types = sorted(c["type"] for c in out.components)
+    assert types == ["dot", "large", "vessel"]
+    assert all(c["type_source"] == "shape" for c in out.components)
+    assert out.excluded[101, 100] and out.excluded[160, 60] and not out.excluded[20, 20]
+    assert out.train_mask.sum() > m.sum()  # the dot grew to 900 px
+    for c in out.components:  # the point lies in its component
+        x, y = c["point"]
+        assert out.labels[y, x] == c["label"]
+    # calcifications.json says the "vessel" is a dot: the annotation wins
+    out2 = process_mask(m, LabelParams(), canonical=[{"calc_type": "dot", "point": [100, 101]}])
+    vessel = [c for c in out2.components if c["bbox"][0] == 40][0]
+    assert vessel["type"] == "dot" and vessel["type_source"] == "canonical"
+    assert not out2.excluded[101, 100]
+    out3 = process_mask(m, LabelParams(prefer_canonical_type=False),
+                        canonical=[{"calc_type": "dot", "point": [100, 101]}])
+    assert out3.excluded[101, 100]
+
+
+def test_empty_mask():
+    out = process_mask(np.zeros((50, 60), bool))
+    assert out.components == [] and not out.train_mask.any() and not out.excluded.any()

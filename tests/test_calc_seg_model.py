@@ -1,0 +1,104 @@
+"""calc_seg model and configs: GroupNorm retrofit, norm variants, every YAML parses."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from calc_seg.config import get_calc_seg_cfg, load_calc_seg_cfg
+from calc_seg.model import (
+    build_model,
+    build_unet,
+    count_batchnorm,
+    largest_divisor_at_most,
+    load_weights,
+    retrofit_groupnorm,
+)
+from common.errors import InputError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "calc_seg" / "configs"
+SMALL = {"encoder": "vgg11_bn", "decoder_channels": (64, 32, 16)}
+
+
+@pytest.mark.parametrize("norm", ["gn", "bn", "ln"])
+def test_norm_variants_shape_and_layers(norm):
+    model = build_unet(norm, **SMALL).eval()
+    out = model(torch.rand(2, 1, 32, 48))
+    assert out.shape == (2, 2, 32, 48)
+    gns = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    if norm == "bn":
+        assert count_batchnorm(model) > 0 and not gns
+    else:
+        assert count_batchnorm(model) == 0
+        assert "BatchNorm" not in repr(model)
+        assert gns and all(m.num_channels % m.num_groups == 0 for m in gns)
+        if norm == "ln":
+            assert {m.num_groups for m in gns} == {1}
+        else:  # the 16-channel decoder block gets 16 groups, the rest 32
+            assert {m.num_groups for m in gns} == {16, 32}
+
+
+def test_default_model_is_papers_unet():
+    model = build_unet()
+    assert count_batchnorm(model) == 0
+    assert model.encoder.out_channels == [64, 128, 256, 512]  # 3 downsampling stages + bottleneck
+    assert len(model.decoder.blocks) == 3
+    assert model.encoder.features[0].in_channels == 1
+
+
+def test_retrofit_copies_affine_and_returns_new_module():
+    bn = nn.BatchNorm2d(24)
+    with torch.no_grad():
+        bn.weight.uniform_()
+        bn.bias.uniform_()
+    gn = retrofit_groupnorm(bn, groups=32)
+    assert isinstance(gn, nn.GroupNorm) and gn.num_groups == 24  # largest divisor of 24 <= 32
+    assert torch.equal(gn.weight, bn.weight) and torch.equal(gn.bias, bn.bias)
+    seq = nn.Sequential(nn.Conv2d(1, 20, 3), nn.BatchNorm2d(20), nn.Sequential(nn.BatchNorm2d(48)))
+    out = retrofit_groupnorm(seq, 16)
+    assert out is seq and count_batchnorm(seq) == 0
+    assert seq[1].num_groups == 10 and seq[2][0].num_groups == 16
+
+
+def test_largest_divisor():
+    assert largest_divisor_at_most(16, 32) == 16
+    assert largest_divisor_at_most(96, 32) == 32
+    assert largest_divisor_at_most(7, 4) == 1
+    assert largest_divisor_at_most(12, 1) == 1
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_yaml_parses(path):
+    cfg = load_calc_seg_cfg(path)
+    assert cfg.MODEL.NORM in ("gn", "bn", "ln")
+    assert len(cfg.MODEL.DECODER_CHANNELS) == cfg.MODEL.ENCODER_DEPTH
+
+
+def test_yaml_norms_and_unknown_keys(tmp_path):
+    assert load_calc_seg_cfg(CONFIG_DIR / "unet_bn.yaml").MODEL.NORM == "bn"
+    assert load_calc_seg_cfg(CONFIG_DIR / "unet_ln.yaml").MODEL.NORM == "ln"
+    quick = load_calc_seg_cfg(CONFIG_DIR / "quick_schedules" / "unet_gn_instant_test.yaml")
+    assert quick.MODEL.NORM == "gn" and quick.PATCH.SIZE == 64  # two-level _BASE_ chain
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("MODEL:\n  NROM: gn\n")
+    with pytest.raises(KeyError):
+        load_calc_seg_cfg(bad)
+    with pytest.raises(ValueError):
+        load_calc_seg_cfg(None, ["MODEL.NORM", "in"])
+
+
+def test_weights_missing_and_round_trip(tmp_path):
+    cfg = get_calc_seg_cfg()
+    cfg.merge_from_list(["MODEL.ENCODER", "vgg11_bn", "MODEL.DECODER_CHANNELS", [64, 32, 16]])
+    model = build_model(cfg)
+    with pytest.raises(InputError, match="weights file not found"):
+        load_weights(model, tmp_path / "nope.pth")
+    torch.save({"model": model.state_dict()}, tmp_path / "m.pth")
+    other = build_model(cfg)
+    load_weights(other, tmp_path / "m.pth")
+    x = torch.rand(1, 1, 32, 32)
+    assert torch.allclose(model.eval()(x), other.eval()(x))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError):
+        load_weights(other, tmp_path / "junk.pth")
