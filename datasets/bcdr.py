@@ -42,6 +42,7 @@ from datasets.canonical import (
     converter_main,
     image_size,
     points_bbox,
+    polygon_area,
     read_table,
     require_columns,
     unique_stem,
@@ -86,11 +87,6 @@ def _int_or_none(value: str) -> int | None:
         return None
 
 
-def _polygon_area(pts: np.ndarray) -> float:
-    x, y = pts[:, 0], pts[:, 1]
-    return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2.0)
-
-
 def convert(
     root: str | Path, out: str | Path, seed: int = 0, hash_files: bool = True, verbose: bool = True
 ) -> dict:
@@ -102,6 +98,7 @@ def convert(
         raise InputError(root, "no bcdr_*_outlines.csv found")
 
     images: dict[Path, dict] = {}  # image path -> record (+ private keys while converting)
+    left_out: set[Path] = set()  # images with an unusable lesion row: incomplete ground truth
     used_stems: set[str] = set()
     for table in tables:
         subset = re.sub(r"^bcdr_|_outlines$", "", table.stem, flags=re.IGNORECASE).lower()
@@ -122,7 +119,8 @@ def convert(
             try:
                 pts = parse_points(row["lw_x_points"], row["lw_y_points"])
             except ValueError as e:
-                report.error(table, f"bad lw_x_points/lw_y_points: {e}", rownum)
+                report.error(table, f"bad lw_x_points/lw_y_points: {e}; {name} left out", rownum)
+                left_out.add(path)
                 continue
             is_mass = any(_flag(row, f) for f in MASS_FLAGS)
             is_calc = any(_flag(row, f) for f in CALC_FLAGS)
@@ -141,7 +139,7 @@ def convert(
                     report.warning(table, f"image_view {row['image_view']!r} not in 1-4", rownum)
                 density = _int_or_none(row.get("density", ""))
                 image = images[path] = {
-                    "id": len(images) + 1,
+                    "id": None,  # numbered once the images left out are known
                     "file_name": str(path.resolve()),
                     "stem": unique_stem(f"bcdr_{subset}_{path.stem}", used_stems),
                     "height": h,
@@ -177,36 +175,44 @@ def convert(
             if np.any(pts < -0.5) or np.any(pts[:, 0] > w - 0.5) or np.any(pts[:, 1] > h - 0.5):
                 report.warning(table, f"outline leaves the {w}x{h} image; clipped", rownum)
             if is_mass:
-                if len(pts) < 3:
-                    report.error(table, f"mass outline has {len(pts)} point(s)", rownum)
+                box = clip_bbox(points_bbox(pts), (h, w)) if len(pts) >= 3 else None
+                if box is None:
+                    report.error(
+                        table,
+                        f"mass outline ({len(pts)} points) unusable or outside; {name} left out",
+                        rownum,
+                    )
+                    left_out.add(path)
                 else:
-                    box = clip_bbox(points_bbox(pts), (h, w))
-                    if box is None:
-                        report.error(table, "mass outline entirely outside the image", rownum)
-                    else:
-                        image["_masses"].append(
-                            {
-                                "image_id": image["id"],
-                                "bbox": box,
-                                "area": _polygon_area(pts),
-                                "segmentation": [pts.reshape(-1).tolist()],
-                                "pathology": pathology,
-                                "lesion_id": row.get("lesion_id"),
-                            }
-                        )
+                    image["_masses"].append(
+                        {
+                            "bbox": box,
+                            "area": polygon_area(pts),
+                            "segmentation": [pts.reshape(-1).tolist()],
+                            "pathology": pathology,
+                            "lesion_id": row.get("lesion_id"),
+                        }
+                    )
             if is_calc:
                 image["_calc"].append((table, rownum, pts))
 
     records, mass_anns, calc_anns = [], [], []
-    for image in images.values():
-        if image.get("_bad"):
+    for path, image in images.items():
+        if image.get("_bad") or path in left_out:
             continue
-        mass_anns += image.pop("_masses")
         calc = CalcMask((image["height"], image["width"]))
         for table, rownum, pts in image.pop("_calc"):
             added = calc.add_polygon(pts) if len(pts) >= 3 else calc.add_points(pts, None)
             if not added:
-                report.error(table, "calcification outline entirely outside the image", rownum)
+                report.error(
+                    table, f"calcification outline outside the image; {path.name} left out", rownum
+                )
+                left_out.add(path)
+        if path in left_out:
+            continue
+        image["id"] = len(records) + 1
+        for ann in image.pop("_masses"):
+            mass_anns.append({**ann, "image_id": image["id"]})
         calc_anns += calc.finish(out, image)
         records.append(image)
     if not records:

@@ -191,6 +191,13 @@ def points_bbox(points) -> list[float]:
     return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
 
 
+def polygon_area(points) -> float:
+    """Area enclosed by a polygon outline (x, y) in px² (shoelace formula)."""
+    pts = _as_points(points)
+    x, y = pts[:, 0], pts[:, 1]
+    return float(abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))) / 2.0)
+
+
 def clip_bbox(bbox, shape: tuple[int, int]) -> list[float] | None:
     """Clip ``[x, y, w, h]`` to an (H, W) image; None when nothing of it is inside."""
     h, w = shape

@@ -147,6 +147,7 @@ def bcdr_root(tmp_path):
         "p1lcc": "patient_1/study_1/img_1_1_2_LCC.tif",
         "p2": "patient_2/study_2/img_2_2_1_RMLO.tif",
         "p3": "patient_3/study_3/img_3_3_1_LMLO.tif",
+        "p4": "patient_4/study_4/img_4_4_1_RMLO.tif",
     }
     import tifffile
 
@@ -158,7 +159,7 @@ def bcdr_root(tmp_path):
         _bcdr_row(1, 1, 1, names["p1cc"], " 10 20 20 10", " 5 5 15 15", nodule=1),
         _bcdr_row(1, 2, 1, names["p1cc"], " 30 34 34 30", " 20 20 24 24", calc=1),
         _bcdr_row(1, 3, 2, names["p1lcc"], " 40 44", " 30 30", micro=1, density=" NaN"),
-        _bcdr_row(2, 4, 3, names["p2"], " 1 2 3", " 1 2", nodule=1),
+        _bcdr_row(4, 4, 3, names["p4"], " 1 2 3", " 1 2", nodule=1),  # image left out
         _bcdr_row(2, 5, 3, "patient_2/study_2/missing.tif", " 1 2 3", " 1 2 3", nodule=1),
         _bcdr_row(3, 6, 4, names["p3"], " 5 9 9", " 5 5 9", stroma=1),
         _bcdr_row(2, 7, 3, names["p2"], " 50 70 70 50", " 40 40 60 60", nodule=1),
@@ -205,6 +206,7 @@ def test_bcdr_outlines_to_boxes_and_masks(bcdr_root, tmp_path):
     report = read_json(out / "conversion_report.json")
     errs = {p["row"]: p for p in report["problems"] if p["level"] == "error"}
     assert "3 x coordinates but 2 y" in errs[5]["message"]
+    assert "img_4_4_1_RMLO.tif left out" in errs[5]["message"]
     assert "missing.tif not found" in errs[6]["message"]
     assert errs[5]["file"].endswith("bcdr_d01_outlines.csv")
     assert any(p["level"] == "warning" and p["row"] == 8 for p in report["problems"])

@@ -1,0 +1,178 @@
+"""INbreast, CBIS-DDSM and VinDr-Mammo converters on DICOM fixtures in each published layout."""
+
+from __future__ import annotations
+
+import plistlib
+
+import numpy as np
+import pytest
+
+from common.io import read_json, read_png
+from datasets.canonical import points_to_mask, polygon_to_mask
+
+H, W = 48, 64
+
+
+def write_dicom(path, pixels=None, rows=H, cols=W, transfer_syntax=None, **attrs):
+    """A minimal MG DICOM file; ``pixels`` uint8/uint16 (rows, cols) or encapsulated bytes."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop_class = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MG"
+    if pixels is None:
+        pixels = np.full((rows, cols), 100, np.uint16)
+    if isinstance(pixels, bytes):  # already encoded (e.g. JPEG 2000 stand-in)
+        ds.Rows, ds.Columns, bits = rows, cols, 16
+        ds.PixelData = pixels
+    else:
+        ds.Rows, ds.Columns = pixels.shape
+        bits = 8 * pixels.dtype.itemsize
+        ds.PixelData = pixels.tobytes()
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _by_stem(coco):
+    images = {im["stem"]: im for im in coco["images"]}
+    anns: dict[str, list] = {s: [] for s in images}
+    id2stem = {im["id"]: im["stem"] for im in coco["images"]}
+    for a in coco["annotations"]:
+        anns[id2stem[a["image_id"]]].append(a)
+    return images, anns
+
+
+def _errors(out):
+    return [
+        p for p in read_json(out / "conversion_report.json")["problems"] if p["level"] == "error"
+    ]
+
+
+def _assert_patient_disjoint(out):
+    split = read_json(out / "split.json")
+    sets = [set(split["patients"][s]) for s in ("train", "val", "test")]
+    assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
+    return split
+
+
+# ------------------------------------------------------------------------------------------ INbreast
+
+
+def _roi(name, points):
+    return {
+        "Name": name,
+        "NumberOfPoints": len(points),
+        "Point_px": [f"({x:.6f}, {y:.6f})" if not isinstance(x, str) else x for x, y in points],
+        "Point_mm": ["(0.0, 0.0, 0.0)"] * len(points),
+        "Type": 15,
+    }
+
+
+MASS = [(10, 5), (20, 5), (20, 15), (10, 15)]
+CLUSTER = [(28, 35), (38, 35), (38, 42), (28, 42)]
+
+
+@pytest.fixture
+def inbreast_root(tmp_path):
+    root = tmp_path / "INbreast Release 1.0"
+    csv = [
+        "Patient ID;Patient age;Laterality;View;Acquisition date;File Name;ACR;Bi-Rads",
+        "removed;removed;R;CC;201001;1001;2;4c",
+        "removed;removed;R;MLO;201001;1002;2;4c",
+        "removed;removed;L;CC;201002;1003;;1",
+        "removed;removed;L;MLO;201002;1004;3;2",  # no DICOM
+        "removed;removed;L;CC;201003;1005;1;2",  # broken XML
+        "removed;removed;L;MLO;201003;1006;1;2",  # calcification with a malformed point
+        ";;;;;;;",
+    ]
+    root.mkdir()
+    (root / "INbreast.csv").write_text("\n".join(csv) + "\n", encoding="latin-1")
+    for key, pat, side, view in [
+        (1001, "aaa111", "R", "CC"),
+        (1002, "aaa111", "R", "ML"),
+        (1003, "bbb222", "L", "CC"),
+        (1005, "ccc333", "L", "CC"),
+        (1006, "ccc333", "L", "MLO"),
+    ]:
+        write_dicom(
+            root / "AllDICOMs" / f"{key}_{pat}_MG_{side}_{view}_ANON.dcm",
+            PixelSpacing=[0.07, 0.07],
+            PatientID="anon",
+        )
+    xml = root / "AllXML"
+    xml.mkdir()
+    rois = [
+        _roi("Mass", MASS),
+        _roi("Calcification", [(40, 30)]),
+        _roi("Calcification", [(50, 10), (52, 11)]),
+        _roi("Cluster", CLUSTER),
+        _roi("Spiculated Region", [(1, 1), (3, 1), (3, 3)]),
+    ]
+    plist = {"Images": [{"ImageIndex": 0, "NumberOfROIs": len(rois), "ROIs": rois}]}
+    (xml / "1001.xml").write_bytes(plistlib.dumps(plist, fmt=plistlib.FMT_XML))
+    (xml / "1005.xml").write_text("<plist><dict><key>Images</key>")
+    bad = {"Images": [{"ROIs": [_roi("Calcification", [("(4; 5)", None)])]}]}
+    (xml / "1006.xml").write_bytes(plistlib.dumps(bad, fmt=plistlib.FMT_XML))
+    return root
+
+
+def test_inbreast(inbreast_root, tmp_path):
+    from datasets import inbreast
+
+    out = tmp_path / "out"
+    summary = inbreast.convert(inbreast_root.parent, out, seed=1, verbose=False)
+    assert summary["images"] == 3
+    masses, calcs = read_json(out / "masses.json"), read_json(out / "calcifications.json")
+    images, anns = _by_stem(masses)
+    assert sorted(images) == ["inbreast_1001", "inbreast_1002", "inbreast_1003"]
+    im = images["inbreast_1001"]
+    assert im["patient_id"] == images["inbreast_1002"]["patient_id"] == "inbreast_aaa111"
+    assert (im["laterality"], im["view"], im["density"], im["birads"]) == ("R", "CC", 2, "4c")
+    assert im["pixel_spacing"] == [0.07, 0.07] and (im["height"], im["width"]) == (H, W)
+    assert images["inbreast_1003"]["density"] is None
+    assert im["file_name"].endswith("AllDICOMs/1001_aaa111_MG_R_CC_ANON.dcm")
+    (m,) = anns["inbreast_1001"]
+    assert m["bbox"] == [10.0, 5.0, 10.0, 10.0] and m["area"] == 100.0
+    assert m["segmentation"] == [[10.0, 5.0, 20.0, 5.0, 20.0, 15.0, 10.0, 15.0]]
+    assert anns["inbreast_1002"] == [] and anns["inbreast_1003"] == []
+
+    cimages, canns = _by_stem(calcs)
+    mask = read_png(out / cimages["inbreast_1001"]["mask_file"]) > 0
+    expected = (
+        points_to_mask([(40, 30)], (H, W))
+        | points_to_mask([(50, 10), (52, 11)], (H, W))
+        | polygon_to_mask(CLUSTER, (H, W))
+    )
+    assert np.array_equal(mask, expected)
+    comps = sorted(canns["inbreast_1001"], key=lambda a: a["bbox"][0])
+    assert [c["calc_type"] for c in comps] == ["large", "dot", "dot"]
+    assert comps[0]["bbox"] == [28.0, 35.0, 11.0, 8.0]
+    assert comps[1]["bbox"] == [38.0, 28.0, 5.0, 5.0] and comps[1]["area"] == 13
+    assert comps[2]["bbox"] == [48.0, 8.0, 7.0, 6.0]
+    for c in comps:
+        assert mask[c["point"][1], c["point"][0]]
+    assert cimages["inbreast_1002"]["mask_file"] is None
+
+    errors = _errors(out)
+    assert any(
+        p["row"] == 5 and "no DICOM" in p["message"] and "1004" in p["message"] for p in errors
+    )
+    assert any(p["file"].endswith("1005.xml") and "left out" in p["message"] for p in errors)
+    assert any(p["file"].endswith("1006.xml") and p["row"] == "ROI 0" for p in errors)
+    notes = [
+        p for p in read_json(out / "conversion_report.json")["problems"] if p["level"] == "note"
+    ]
+    assert any("Spiculated Region" in p["message"] for p in notes)
+    _assert_patient_disjoint(out)
