@@ -176,3 +176,248 @@ def test_inbreast(inbreast_root, tmp_path):
     ]
     assert any("Spiculated Region" in p["message"] for p in notes)
     _assert_patient_disjoint(out)
+
+
+# ----------------------------------------------------------------------------------------- CBIS-DDSM
+
+MASS_COLUMNS = (
+    "patient_id,breast_density,left or right breast,image view,abnormality id,abnormality type,"
+    "mass shape,mass margins,assessment,pathology,subtlety,image file path,cropped image file path,"
+    "ROI mask file path"
+)
+CALC_COLUMNS = (
+    "patient_id,breast density,left or right breast,image view,abnormality id,abnormality type,"
+    "calc type,calc distribution,assessment,pathology,subtlety,image file path,"
+    "cropped image file path,ROI mask file path"
+)
+
+
+def _uid(n):
+    return f"1.3.6.1.4.1.9590.100.1.2.{n}"
+
+
+def _cell(folder, study, series, name, messy=False):
+    path = f"{folder}/{_uid(study)}/{_uid(series)}/{name}"
+    return f'" {path}\n"' if messy else path  # whitespace and a newline inside the quoted cell
+
+
+@pytest.fixture
+def cbis_root(tmp_path):
+    root = tmp_path / "cbis"
+    data = root / "CBIS-DDSM"
+    crop = (np.arange(10 * 12).reshape(10, 12) % 97 + 3).astype(np.uint16)  # a crop: many values
+
+    def full(folder, study, series, rows=H):
+        write_dicom(
+            data
+            / folder
+            / f"07-20-2016-DDSM-{study}"
+            / "1.000000-full mammogram images-1"
+            / "1-1.dcm",
+            np.full((rows, W), 500, np.uint16),
+            StudyInstanceUID=_uid(study),
+            SeriesInstanceUID=_uid(series),
+        )
+
+    def roi_series(folder, study, series, mask, crop_first=True, mask_shape=(H, W)):
+        m = np.zeros(mask_shape, np.uint8)
+        m[mask] = 255
+        files = [crop, m] if crop_first else [m, crop]
+        for i, pixels in enumerate(files, start=1):
+            write_dicom(
+                data
+                / f"{folder}"
+                / f"09-06-2017-DDSM-{study}"
+                / "1.000000-ROI mask images-2"
+                / f"1-{i}.dcm",
+                pixels,
+                StudyInstanceUID=_uid(study),
+                SeriesInstanceUID=_uid(series),
+            )
+
+    # P_00001: one image, two masses; the crop comes first in one series and second in the other
+    full("Mass-Training_P_00001_LEFT_CC", 10, 11)
+    roi_series("Mass-Training_P_00001_LEFT_CC_1", 12, 13, np.s_[5:15, 10:20])
+    roi_series("Mass-Training_P_00001_LEFT_CC_2", 14, 15, np.s_[30:40, 40:52], crop_first=False)
+    # P_00002: ROI mask 40 rows high, image 48: reported, never stretched
+    full("Mass-Training_P_00002_RIGHT_MLO", 20, 21)
+    roi_series("Mass-Training_P_00002_RIGHT_MLO_1", 22, 23, np.s_[5:15, 5:15], mask_shape=(40, W))
+    # P_00003: calcifications, one VASCULAR line, one small cluster
+    full("Calc-Training_P_00003_LEFT_MLO", 30, 31)
+    roi_series("Calc-Training_P_00003_LEFT_MLO_1", 32, 33, np.s_[20, 5:40])
+    roi_series("Calc-Training_P_00003_LEFT_MLO_2", 34, 35, np.s_[35:38, 50:53])
+    # P_00004 (test set): image file never downloaded
+    mass_rows = [
+        MASS_COLUMNS,
+        ",".join(
+            [
+                "P_00001",
+                "3",
+                "LEFT",
+                "CC",
+                "1",
+                "mass",
+                "OVAL",
+                "CIRCUMSCRIBED",
+                "4",
+                "MALIGNANT",
+                "5",
+                _cell("Mass-Training_P_00001_LEFT_CC", 10, 11, "000000.dcm", messy=True),
+                _cell("Mass-Training_P_00001_LEFT_CC_1", 12, 13, "000000.dcm"),
+                _cell("Mass-Training_P_00001_LEFT_CC_1", 12, 13, "000001.dcm", messy=True),
+            ]
+        ),
+        ",".join(
+            [
+                "P_00001",
+                "3",
+                "LEFT",
+                "CC",
+                "2",
+                "mass",
+                "IRREGULAR",
+                "SPICULATED",
+                "3",
+                "BENIGN",
+                "2",
+                _cell("Mass-Training_P_00001_LEFT_CC", 10, 11, "000000.dcm"),
+                _cell("Mass-Training_P_00001_LEFT_CC_2", 14, 15, "000000.dcm"),
+                _cell("Mass-Training_P_00001_LEFT_CC_2", 14, 15, "000001.dcm"),
+            ]
+        ),
+        ",".join(
+            [
+                "P_00002",
+                "2",
+                "RIGHT",
+                "MLO",
+                "1",
+                "mass",
+                "ROUND",
+                "OBSCURED",
+                "3",
+                "BENIGN",
+                "3",
+                _cell("Mass-Training_P_00002_RIGHT_MLO", 20, 21, "000000.dcm"),
+                _cell("Mass-Training_P_00002_RIGHT_MLO_1", 22, 23, "000000.dcm"),
+                _cell("Mass-Training_P_00002_RIGHT_MLO_1", 22, 23, "000001.dcm"),
+            ]
+        ),
+    ]
+    calc_rows = [
+        CALC_COLUMNS,
+        ",".join(
+            [
+                "P_00003",
+                "4",
+                "LEFT",
+                "MLO",
+                "1",
+                "calcification",
+                "VASCULAR",
+                "SEGMENTAL",
+                "2",
+                "BENIGN_WITHOUT_CALLBACK",
+                "3",
+                _cell("Calc-Training_P_00003_LEFT_MLO", 30, 31, "000000.dcm"),
+                _cell("Calc-Training_P_00003_LEFT_MLO_1", 32, 33, "000000.dcm"),
+                _cell("Calc-Training_P_00003_LEFT_MLO_1", 32, 33, "000001.dcm"),
+            ]
+        ),
+        ",".join(
+            [
+                "P_00003",
+                "4",
+                "LEFT",
+                "MLO",
+                "2",
+                "calcification",
+                "PLEOMORPHIC",
+                "CLUSTERED",
+                "4",
+                "MALIGNANT",
+                "4",
+                _cell("Calc-Training_P_00003_LEFT_MLO", 30, 31, "000000.dcm"),
+                _cell("Calc-Training_P_00003_LEFT_MLO_2", 34, 35, "000000.dcm"),
+                _cell("Calc-Training_P_00003_LEFT_MLO_2", 34, 35, "000001.dcm"),
+            ]
+        ),
+    ]
+    test_rows = [
+        MASS_COLUMNS,
+        ",".join(
+            [
+                "P_00004",
+                "1",
+                "LEFT",
+                "CC",
+                "1",
+                "mass",
+                "OVAL",
+                "CIRCUMSCRIBED",
+                "4",
+                "MALIGNANT",
+                "5",
+                _cell("Mass-Test_P_00004_LEFT_CC", 40, 41, "000000.dcm"),
+                _cell("Mass-Test_P_00004_LEFT_CC_1", 42, 43, "000000.dcm"),
+                _cell("Mass-Test_P_00004_LEFT_CC_1", 42, 43, "000001.dcm"),
+            ]
+        ),
+    ]
+    (root / "mass_case_description_train_set.csv").write_text("\n".join(mass_rows) + "\n")
+    (root / "calc_case_description_train_set.csv").write_text("\n".join(calc_rows) + "\n")
+    (root / "mass_case_description_test_set.csv").write_text("\n".join(test_rows) + "\n")
+    return root
+
+
+def test_cbis_ddsm(cbis_root, tmp_path):
+    from datasets import cbis_ddsm
+
+    out = tmp_path / "out"
+    summary = cbis_ddsm.convert(cbis_root, out, seed=0, verbose=False)
+    assert summary["images"] == 2
+    masses, calcs = read_json(out / "masses.json"), read_json(out / "calcifications.json")
+    images, anns = _by_stem(masses)
+    mstem, cstem = (
+        "cbis_ddsm_Mass-Training_P_00001_LEFT_CC",
+        "cbis_ddsm_Calc-Training_P_00003_LEFT_MLO",
+    )
+    assert sorted(images) == sorted([mstem, cstem])
+    im = images[mstem]
+    assert (im["patient_id"], im["laterality"], im["view"], im["density"]) == (
+        "P_00001",
+        "L",
+        "CC",
+        3,
+    )
+    assert im["pathology"] == "MALIGNANT" and im["source_split"] == "train"
+    assert "1.000000-full mammogram images-1" in im["file_name"]
+    a = sorted(anns[mstem], key=lambda x: x["abnormality_id"])
+    assert [x["bbox"] for x in a] == [[10.0, 5.0, 10.0, 10.0], [40.0, 30.0, 12.0, 10.0]]
+    assert [x["area"] for x in a] == [100.0, 120.0]
+    assert (
+        a[0]["shape"] == "OVAL"
+        and a[1]["margins"] == "SPICULATED"
+        and a[1]["pathology"] == "BENIGN"
+    )
+    assert a[0]["segmentation"] and len(a[0]["segmentation"][0]) >= 8
+    assert images[cstem]["density"] == 4 and anns[cstem] == []
+
+    cimages, canns = _by_stem(calcs)
+    mask = read_png(out / cimages[cstem]["mask_file"]) > 0
+    expected = np.zeros((H, W), bool)
+    expected[20, 5:40] = True
+    expected[35:38, 50:53] = True
+    assert np.array_equal(mask, expected)
+    comps = sorted(canns[cstem], key=lambda x: x["bbox"][0])
+    assert [c["bbox"] for c in comps] == [[5.0, 20.0, 35.0, 1.0], [50.0, 35.0, 3.0, 3.0]]
+    assert [c["calc_type"] for c in comps] == ["vessel", "dot"]
+    assert cimages[mstem]["mask_file"] is None
+
+    errors = _errors(out)
+    size = [p for p in errors if "not stretched" in p["message"]]
+    assert len(size) == 1 and size[0]["row"] == 4 and "64x40" in size[0]["message"]
+    assert size[0]["file"].endswith("mass_case_description_train_set.csv")
+    missing = [p for p in errors if p["file"].endswith("mass_case_description_test_set.csv")]
+    assert len(missing) == 1 and missing[0]["row"] == 2 and _uid(41) in missing[0]["message"]
+    _assert_patient_disjoint(out)
