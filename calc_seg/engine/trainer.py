@@ -158,6 +158,8 @@ class CalcSegTrainer:
         self.start_epoch, self.best_score, self.history = 0, -1.0, []
         if resume:
             self.resume()
+        if self.start_epoch == 0 and self.rank == 0:  # a fresh run starts a fresh log
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, epoch: int) -> dict:

@@ -1,0 +1,172 @@
+"""Training: loss goes down on tiny data; trainer epochs, checkpoints, resume; predict script."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from calc_seg.config import get_calc_seg_cfg
+from calc_seg.data import patches
+from calc_seg.losses import WeightedCrossEntropy
+from calc_seg.model import build_unet
+from common.io import atomic_write_json, atomic_write_png
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = REPO / "calc_seg" / "configs" / "quick_schedules" / "unet_gn_instant_test.yaml"
+
+
+def _scene(seed, h=96, w=128):
+    """A flat 'breast' on the left with a few bright dots (the calcifications) and their mask."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w), np.uint8)
+    img[:, : w - 24] = 70
+    img[:, : w - 24] += rng.integers(0, 20, (h, w - 24)).astype(np.uint8)
+    gt = np.zeros((h, w), bool)
+    for _ in range(4):
+        y, x = rng.integers(4, h - 4), rng.integers(4, w - 30)
+        img[y - 1 : y + 2, x - 1 : x + 2] = 240
+        gt[y - 1 : y + 2, x - 1 : x + 2] = True
+    return img, gt
+
+
+def _canonical(root: Path, n=5):
+    """A canonical folder whose 'images' are .npy arrays (read by a stand-in pre-processing)."""
+    root.mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    for i in range(n):
+        img, gt = _scene(i)
+        np.save(root / f"im{i}.npy", img)
+        atomic_write_png(root / "calc_masks" / f"im{i}.png", gt.astype(np.uint8) * 255)
+        images.append({"id": i + 1, "file_name": f"im{i}.npy", "stem": f"im{i}", "height": img.shape[0],
+                       "width": img.shape[1], "patient_id": f"p{i}", "split": ["train", "train", "train", "val", "test"][i % 5],
+                       "mask_file": f"calc_masks/im{i}.png"})
+    atomic_write_json(root / "calcifications.json", {"images": images, "annotations": anns,
+                                                     "categories": [{"id": 1, "name": "calcification"}]})
+    return root
+
+
+@pytest.fixture
+def npy_preprocess(monkeypatch):
+    def load_image(path, remove_artifacts=True):
+        img = np.load(path)
+        return img, img > 0, {"source": str(path)}
+
+    monkeypatch.setattr(patches, "load_image", load_image)
+
+
+def test_weighted_ce_weights_positive_pixels():
+    logits = torch.zeros(1, 2, 2, 2)
+    target = torch.tensor([[[1, 0], [0, 0]]])
+    assert torch.isclose(WeightedCrossEntropy(10.0)(logits, target), torch.log(torch.tensor(2.0)))
+    logits[0, 1] = 2.0  # predicts calcification everywhere: errors on 3 background pixels
+    high = WeightedCrossEntropy(10.0)(logits, target)
+    low = WeightedCrossEntropy(1.0)(logits, target)
+    assert high < low  # the correct positive pixel counts ten times
+    one = WeightedCrossEntropy(5.0)(torch.zeros(1, 1, 2, 2), target)
+    assert torch.isfinite(one)
+
+
+def test_few_iterations_lower_the_loss():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    imgs, masks = zip(*[_scene(i, 32, 32 + 24) for i in range(4)])
+    x = torch.from_numpy(np.stack(imgs)[:, None, :, :32].astype(np.float32) / 255)
+    y = torch.from_numpy(np.stack(masks)[:, :, :32].astype(np.int64))
+    model = build_unet("gn", encoder="vgg11_bn", decoder_channels=(32, 16, 8))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = WeightedCrossEntropy(10.0)
+    losses = []
+    for _ in range(8):
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def _quick_cfg(root, out, epochs=1):
+    from calc_seg.config import load_calc_seg_cfg
+
+    return load_calc_seg_cfg(QUICK, ["DATA.ROOT", str(root), "OUTPUT_DIR", str(out),
+                                     "PATCH.SIZE", 32, "PATCH.STRIDE", 32, "TEST.WINDOW", 32,
+                                     "TEST.STRIDE", 32, "SOLVER.EPOCHS", epochs, "SOLVER.ITERS_PER_EPOCH", 2,
+                                     "MODEL.DECODER_CHANNELS", [32, 16, 8], "LABELS.MIN_AREA", 9])
+
+
+def test_trainer_checkpoints_and_resume(tmp_path, npy_preprocess):
+    from calc_seg.engine.trainer import CalcSegTrainer
+
+    torch.set_num_threads(1)
+    root = _canonical(tmp_path / "data")
+    out = tmp_path / "out"
+    t = CalcSegTrainer(_quick_cfg(root, out, epochs=1))
+    last = t.train(progress=False)
+    assert last["epoch"] == 1 and np.isfinite(last["loss"]) and 0 <= last["val_recall_at_1fp"] <= 1
+    assert (out / "model_last.pth").exists() and (out / "model_best.pth").exists()
+    ckpt = torch.load(out / "model_last.pth", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "epoch", "cfg"} <= set(ckpt)
+    t2 = CalcSegTrainer(_quick_cfg(root, out, epochs=2), resume=True)
+    assert t2.start_epoch == 1 and t2.scheduler.last_epoch == 2
+    assert t2.train(progress=False)["epoch"] == 2
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(s)["epoch"] for s in lines] == [1, 2]
+
+
+def test_predict_script_round_trip_and_failures(tmp_path):
+    pre = pytest.importorskip("common.preprocess")
+    del pre
+    from common.io import read_png
+
+    cfg = get_calc_seg_cfg()
+    cfg.merge_from_file(str(QUICK))
+    model = build_unet("gn", encoder=cfg.MODEL.ENCODER, decoder_channels=cfg.MODEL.DECODER_CHANNELS)
+    torch.save({"model": model.state_dict()}, tmp_path / "w.pth")
+    img, _ = _scene(0, 96, 128)
+    atomic_write_png(tmp_path / "in" / "good.png", img)
+    (tmp_path / "in" / "bad.png").write_bytes(b"not an image")
+    cmd = [sys.executable, str(REPO / "scripts" / "predict_calc.py"), "--config", str(QUICK),
+           "--weights", str(tmp_path / "w.pth"), "--input", str(tmp_path / "in"),
+           "--output", str(tmp_path / "out"), "--device", "cpu"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert "bad.png" in r.stderr and "good.png" not in r.stderr.replace("written", "")
+    out = tmp_path / "out"
+    prob = read_png(out / "good_prob.png")
+    assert prob.dtype == np.uint16 and prob.shape == img.shape
+    assert read_png(out / "good_mask.png").shape == img.shape
+    assert read_png(out / "good_overlay.png").shape == (*img.shape, 3)
+    meta = json.loads((out / "good.json").read_text())
+    assert {"components", "threshold", "source"} <= set(meta)
+    for c in meta["components"]:
+        assert {"bbox", "area", "score", "type"} <= set(c)
+    assert not (out / "bad_prob.png").exists()
+
+    r = subprocess.run(cmd[:5] + [str(tmp_path / "missing.pth")] + cmd[6:], capture_output=True,
+                       text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2 and "weights file not found" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_ablation_writes_tables(tmp_path, npy_preprocess):
+    from calc_seg import ablate
+
+    torch.set_num_threads(1)
+    root = _canonical(tmp_path / "data")
+    out = tmp_path / "abl"
+    opts = ["PATCH.SIZE", 32, "PATCH.STRIDE", 32, "TEST.WINDOW", 32, "TEST.STRIDE", 32,
+            "SOLVER.ITERS_PER_EPOCH", 1, "MODEL.DECODER_CHANNELS", [32, 16, 8], "LABELS.MIN_AREA", 9]
+    assert ablate.main(["--data", str(root), "--out", str(out), "--epochs", "1", "--config", str(QUICK),
+                        "--no-progress", "--opts", *map(str, opts)]) == 0
+    t3 = json.loads((out / "table3.json").read_text())
+    assert list(t3) == ["U-Net BN", "U-Net LN", "U-Net GN"] and list(t3["U-Net GN"]) == ["1", "2", "5", "10"]
+    t4 = json.loads((out / "table4.json").read_text())
+    assert list(t4["recall"]) == ["Dot", "Vessel", "Large Region"]
+    assert "| U-Net GN |" in (out / "table3.md").read_text()
+    assert (out / "froc.png").stat().st_size > 0
+    for norm in ("bn", "ln", "gn"):
+        assert (out / f"unet_{norm}" / "test_report.json").exists()
