@@ -421,3 +421,112 @@ def test_cbis_ddsm(cbis_root, tmp_path):
     missing = [p for p in errors if p["file"].endswith("mass_case_description_test_set.csv")]
     assert len(missing) == 1 and missing[0]["row"] == 2 and _uid(41) in missing[0]["message"]
     _assert_patient_disjoint(out)
+
+
+# --------------------------------------------------------------------------------------- VinDr-Mammo
+
+VINDR_HEADER = (
+    "study_id,series_id,image_id,laterality,view_position,height,width,breast_birads,"
+    "breast_density,finding_categories,finding_birads,xmin,ymin,xmax,ymax,split"
+)
+
+
+def _vindr_row(study, image, side, view, cats, box, split="training", density="DENSITY C", h=H):
+    coords = ",".join(str(v) for v in box) if box else ",,,"
+    birads = "BI-RADS 4" if box else ""
+    return (
+        f'{study},ser{study},{image},{side},{view},{h},{W},BI-RADS 4,{density},"{cats}",{birads},'
+        f"{coords},{split}"
+    )
+
+
+@pytest.fixture
+def vindr_root(tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    root = tmp_path / "vindr-mammo" / "1.0.0"
+    j2k = encapsulate([b"\xff\x4f\xff\x51" + bytes(28)])  # a JPEG 2000 stand-in, never decoded
+    for study, image, rows in [
+        ("s1", "a", H),
+        ("s1", "b", H),
+        ("s2", "c", H),
+        ("s3", "d", H),
+        ("s4", "e", H),
+        ("s5", "f", 40),
+    ]:
+        write_dicom(
+            root / "images" / study / f"{image}.dicom",
+            j2k,
+            rows=rows,
+            transfer_syntax=JPEG2000Lossless,
+            ImagerPixelSpacing=[0.085, 0.085],
+        )
+    rows = [
+        VINDR_HEADER,
+        _vindr_row("s1", "a", "L", "CC", "['Mass']", (10.5, 5.0, 30.5, 25.0)),
+        _vindr_row("s1", "a", "L", "CC", "['Suspicious Calcification']", (40, 30, 44, 34)),
+        _vindr_row("s1", "a", "L", "CC", "['Mass', 'Suspicious Calcification']", (2, 2, 8, 8)),
+        _vindr_row("s1", "b", "L", "MLO", "['No Finding']", None, density="DENSITY A"),
+        _vindr_row("s2", "c", "R", "CC", "['Architectural Distortion']", (1, 1, 9, 9)),
+        _vindr_row("s2", "c", "R", "CC", "['Mass']", (50, 40, 70, 60)),  # runs off the image
+        _vindr_row("s3", "d", "R", "MLO", "['Mass']", (5, 5, 20, 20), split="test"),
+        _vindr_row("s4", "e", "L", "CC", "['Mass']", (30, 5, 20, 20)),  # xmax < xmin
+        _vindr_row("s5", "f", "L", "CC", "['Mass']", (1, 1, 5, 5)),  # CSV says 48 rows, DICOM 40
+        _vindr_row("s6", "g", "L", "CC", "['Mass']", (1, 1, 5, 5)),  # no DICOM
+        _vindr_row("s3", "d", "R", "MLO", "Mass]", (5, 5, 9, 9), split="test"),  # not a list
+    ]
+    (root / "finding_annotations.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_vindr(vindr_root, tmp_path):
+    from datasets import vindr
+
+    out = tmp_path / "out"
+    summary = vindr.convert(vindr_root.parent.parent, out, seed=0, verbose=False)
+    assert summary["images"] == 3
+    masses, calcs = read_json(out / "masses.json"), read_json(out / "calcifications.json")
+    images, anns = _by_stem(masses)
+    assert sorted(images) == ["vindr_a", "vindr_b", "vindr_c"]
+    a = images["vindr_a"]
+    assert (a["patient_id"], a["laterality"], a["view"], a["density"]) == ("vindr_s1", "L", "CC", 3)
+    assert a["pixel_spacing"] == [0.085, 0.085] and (a["height"], a["width"]) == (H, W)
+    assert images["vindr_b"]["density"] == 1 and anns["vindr_b"] == []
+    boxes = sorted(x["bbox"] for x in anns["vindr_a"])
+    assert boxes == [[2.0, 2.0, 6.0, 6.0], [10.5, 5.0, 20.0, 20.0]]
+    assert anns["vindr_c"][0]["bbox"] == [50.0, 40.0, 14.0, 8.0]  # clipped to 64x48
+
+    cimages, canns = _by_stem(calcs)
+    mask = read_png(out / cimages["vindr_a"]["mask_file"]) > 0
+    expected = np.zeros((H, W), bool)
+    expected[30:34, 40:44] = True
+    expected[2:8, 2:8] = True
+    assert np.array_equal(mask, expected)
+    comps = sorted(canns["vindr_a"], key=lambda c: c["bbox"][0])
+    assert [c["bbox"] for c in comps] == [[2.0, 2.0, 6.0, 6.0], [40.0, 30.0, 4.0, 4.0]]
+    assert all(c["calc_type"] == "dot" for c in comps)
+
+    split = _assert_patient_disjoint(out)
+    assert all(im["split"] in ("train", "val") for im in images.values())  # s3 (test) left out
+    assert split["patients"]["test"] == []
+    errors = _errors(out)
+    rows = {p["row"]: p["message"] for p in errors}
+    assert "empty box" in rows[9] and "CSV size 64x48 but DICOM 64x40" in rows[10]
+    assert "no DICOM" in rows[11] and "not a Python list" in rows[12]
+    assert all(p["file"].endswith("finding_annotations.csv") for p in errors)
+
+
+def test_vindr_keeps_published_test_split(vindr_root, tmp_path):
+    from datasets import vindr
+
+    table = vindr_root / "finding_annotations.csv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join(lines[:-1]) + "\n")  # drop the malformed row: s3 converts
+    splits = []
+    for seed in (0, 0, 5):
+        vindr.convert(vindr_root, tmp_path / f"o{len(splits)}", seed=seed, verbose=False)
+        split = _assert_patient_disjoint(tmp_path / f"o{len(splits)}")
+        assert split["patients"]["test"] == ["vindr_s3"]
+        splits.append(split["patients"])
+    assert splits[0] == splits[1]
