@@ -182,9 +182,6 @@ def _draw_image_params(rng: np.random.Generator, height: int, width: int, view: 
         "background_signal": round(float(rng.uniform(0.0, 0.04)), 4),
         "noise_sigma": round(float(rng.uniform(0.004, 0.010)), 5),
         "artifact": bool(rng.random() < 0.3),
-        "pixel_spacing_mm": round(
-            float(rng.choice([0.07, 0.085, 0.1])) * FULL_FIELD[0] / height, 5
-        ),
     }
 
 
@@ -299,19 +296,19 @@ def _parenchyma(
 
 
 class _Placer:
-    """Rejection sampling of lesion centres inside the breast, away from skin, muscle and other lesions."""
+    """Rejection sampling of lesion centres: the disc of ``radius`` around a centre lies inside the breast,
+    off the pectoral muscle, and apart from every lesion placed before."""
 
-    def __init__(self, rng, dist: np.ndarray, forbidden: np.ndarray, h: int):
+    def __init__(self, rng, room: np.ndarray, h: int):
         self.rng = rng
         self.step = max(1, h // 256)  # candidate grid; the exact check below is at full resolution
-        self.dist = dist
-        self.forbidden = forbidden
+        self.dist = room  # (H, W) px of free space around each pixel (skin, muscle)
         self.placed: list[tuple[float, float, float]] = []
         self.gap = max(4.0, 0.01 * h)
 
     def place(self, radius: float, tries: int = 60) -> tuple[int, int] | None:
         s = self.step
-        grid = (self.dist[::s, ::s] >= radius + 2) & ~self.forbidden[::s, ::s]
+        grid = self.dist[::s, ::s] >= radius + 2
         cand = np.flatnonzero(grid)
         if len(cand) == 0:
             return None
@@ -459,6 +456,7 @@ def render_image(
     density: str,
     view: str,
     artifact: bool | None = None,
+    pixel_spacing_mm: float = 0.085,
 ) -> dict:
     """Draw one synthetic mammogram.
 
@@ -472,6 +470,7 @@ def render_image(
     h, w = height, width
     rng = np.random.default_rng([seed, patient, view_index, 1])
     params = _draw_image_params(rng, h, w, view)
+    params["pixel_spacing_mm"] = pixel_spacing_mm
     geo = _breast_geometry(rng, h, w, view)
     breast = _fill(_breast_polygon(geo), (h, w))
     muscle = np.zeros_like(breast)
@@ -523,10 +522,13 @@ def render_image(
     s = s + float(rng.uniform(0.02, 0.035)) * vessels
 
     # lesions
-    forbidden = cv2.dilate(
-        muscle, np.ones((3, 3), np.uint8), iterations=max(1, int(0.02 * h))
-    ).astype(bool)
-    placer = _Placer(rng, dist, forbidden, h)
+    # free distance around a lesion centre: to the skin, the image border and, on MLO, the pectoral muscle
+    ys, xs = np.arange(h, dtype=np.float32)[:, None], np.arange(w, dtype=np.float32)[None, :]
+    room = np.minimum(dist, np.minimum(np.minimum(ys, h - 1 - ys), np.minimum(xs, w - 1 - xs)))
+    if pect is not None:
+        to_muscle = cv2.distanceTransform((1 - muscle).astype(np.uint8), cv2.DIST_L2, 3)
+        room = np.minimum(room, to_muscle - 0.01 * h)
+    placer = _Placer(rng, room, h)
     lesion_free = rng.random() < 0.25
     n_mass = 0 if lesion_free else int(rng.choice([0, 1, 1, 2]))
     n_calc = 0 if lesion_free else int(rng.choice([0, 1, 2, 3], p=[0.2, 0.4, 0.25, 0.15]))
@@ -989,7 +991,7 @@ def _mass_annotation(footprint: np.ndarray) -> dict:
 # dataset
 
 
-def _study_plan(seed: int, n: int) -> list[dict]:
+def _study_plan(seed: int, n: int, height: int) -> list[dict]:
     plan = []
     for i in range(n):
         rng = np.random.default_rng([seed, i, 0])
@@ -998,6 +1000,10 @@ def _study_plan(seed: int, n: int) -> list[dict]:
                 "patient_id": f"S{seed}P{i:04d}",
                 "laterality": "L" if rng.random() < 0.5 else "R",
                 "density": str(rng.choice(DENSITIES, p=[0.15, 0.4, 0.35, 0.1])),
+                # one detector per patient; a smaller image stands for the same field of view
+                "pixel_spacing_mm": round(
+                    float(rng.choice([0.07, 0.085, 0.1])) * FULL_FIELD[0] / height, 5
+                ),
             }
         )
     return plan
@@ -1046,7 +1052,7 @@ def generate(
     if window_mode not in (None, *WINDOW_MODES):
         raise ValueError(f"window_mode must be one of {WINDOW_MODES}, got {window_mode}")
     out = Path(out_dir)
-    plan = _study_plan(seed, n)
+    plan = _study_plan(seed, n, height)
     split = patient_split([s["patient_id"] for s in plan], seed, ratios)
     images, mass_anns, calc_anns, manifest_images = [], [], [], []
     jobs = [(i, st, VIEWS.index(v), v) for i, st in enumerate(plan) for v in views]
@@ -1054,7 +1060,8 @@ def generate(
         jobs, desc="synthetic mammograms", unit="img", disable=not progress
     ):
         img = render_image(
-            seed, i, vi, height, width, st["laterality"], st["density"], view, artifact
+            seed, i, vi, height, width, st["laterality"], st["density"], view, artifact,
+            pixel_spacing_mm=st["pixel_spacing_mm"],
         )
         p = img["params"]
         if photometric is not None:

@@ -14,10 +14,10 @@ from pydicom.pixels import apply_modality_lut
 
 from common.io import read_png, sha256_file
 from datasets.canonical import CALC_TYPES
-from datasets.synthetic import MG_FOR_PRESENTATION, generate, main
+from datasets.synthetic import MASS_SHAPES, MG_FOR_PRESENTATION, generate, main, render_image
 
 H, W = 512, 416
-SEED = 2  # this seed's 8 images cover every calcification type, both photometrics and an artifact
+SEED = 8  # its 8 images cover every calc type, window mode, BitsStored, photometric; has artifacts
 
 
 @pytest.fixture(scope="module")
@@ -317,3 +317,15 @@ def test_rejects_bad_arguments(tmp_path):
         generate(tmp_path, n=1, height=64, width=64, progress=False)
     with pytest.raises(ValueError):
         generate(tmp_path, n=1, height=H, width=W, bits_stored=10, progress=False)
+
+
+def test_lesion_variety_over_many_images():
+    shapes, types, lesion_free = set(), set(), 0
+    for k in range(24):
+        img = render_image(11, k, k % 2, 256, 208, "LR"[k % 2], "ABCD"[k % 4], ("CC", "MLO")[k % 2])
+        shapes |= {m["shape"] for m in img["masses"]}
+        types |= {r["type"] for r in img["calc_records"]}
+        lesion_free += img["params"]["lesion_free"]
+        assert img["signal"].shape == (256, 208) and img["signal"].dtype == np.float32
+    assert shapes == set(MASS_SHAPES) and types == set(CALC_TYPES)
+    assert 0 < lesion_free < 24
