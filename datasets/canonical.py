@@ -103,13 +103,11 @@ def write_split_json(
 # top-left origin; masks are bool (H, W).
 
 POINT_RADIUS = 2  # px; a point annotation becomes a small disc, calc_seg dilates it to 900 px later
-LARGE_AREA_PX = (
-    900  # px; paper §4.3 dilates calcification labels smaller than 900 px, larger = "large"
-)
-VESSEL_ELONGATION = (
-    4.0  # major / minor axis (from second moments) above which a component is a line
-)
-VESSEL_MIN_LENGTH_PX = 20  # px; short elongated specks stay "dot"
+# Calcification type rule (classify_component); same defaults as calc_seg's LabelParams so that the
+# converters and the label processing agree on a component's type.
+VESSEL_MIN_LENGTH_PX = 40  # skeleton pixels
+VESSEL_MIN_ELONGATION = 8.0  # skeleton_length**2 / area, i.e. length over mean width
+LARGE_MIN_AREA_PX = 1500  # px; a region outlined around a crowded cluster
 
 
 def _as_points(points) -> np.ndarray:
@@ -223,29 +221,37 @@ def mask_polygons(mask: np.ndarray) -> list[list[float]]:
 # Calcification components
 
 
-def classify_component(component: np.ndarray) -> str:
+def classify_component(
+    component: np.ndarray,
+    vessel_min_length: float = VESSEL_MIN_LENGTH_PX,
+    vessel_min_elongation: float = VESSEL_MIN_ELONGATION,
+    large_min_area: int = LARGE_MIN_AREA_PX,
+) -> str:
     """Calcification type of one connected component (bool (H, W) or its crop) by size and shape.
 
     The paper (§4.3, Table 2) sorts calcification labels into dots, vessels and large regions "according
-    to the area and shape"; its exact thresholds are not published. The rule here:
+    to the area and shape" without publishing thresholds. The rule, in pixels of the component's image:
 
-    * "vessel": elongated: major / minor axis of the pixel covariance >= ``VESSEL_ELONGATION`` (4) and
-      major axis length (4 standard deviations) >= ``VESSEL_MIN_LENGTH_PX`` (20 px);
-    * "large": otherwise, area >= ``LARGE_AREA_PX`` (900 px, the paper's dilation target);
+    * "vessel": thin and long: the skeleton (``skimage.morphology.skeletonize``) has at least
+      ``vessel_min_length`` pixels and ``skeleton_length**2 / area`` >= ``vessel_min_elongation``
+      (holds for curved vessels too);
+    * "large": otherwise, an area of at least ``large_min_area`` pixels;
     * "dot": everything else (the default).
 
-    Thresholds are in pixels of the image the mask belongs to.
+    Converters use it only for shapes whose type the source does not state.
     """
-    ys, xs = np.nonzero(component)
+    from skimage.morphology import skeletonize
+
+    comp = np.asarray(component, dtype=bool)
+    ys, xs = np.nonzero(comp)
     area = xs.size
     if area == 0:
         raise ValueError("empty component")
-    if area >= 3:
-        cov = np.cov(np.stack([xs, ys]).astype(np.float64)) + np.eye(2) / 12.0  # + pixel extent
-        small, big = np.sqrt(np.clip(np.linalg.eigvalsh(cov), 1e-12, None))
-        if big / small >= VESSEL_ELONGATION and 4.0 * big >= VESSEL_MIN_LENGTH_PX:
-            return "vessel"
-    return "large" if area >= LARGE_AREA_PX else "dot"
+    crop = np.pad(comp[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], 1)
+    length = max(int(skeletonize(crop).sum()), 1)
+    if length >= vessel_min_length and length * length / area >= vessel_min_elongation:
+        return "vessel"
+    return "large" if area >= large_min_area else "dot"
 
 
 def component_point(component: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[int]:

@@ -65,9 +65,14 @@ def test_classify_component_rule():
     short = np.zeros((10, 10), bool)
     short[5, 2:6] = True  # elongated but only 4 px long
     assert classify_component(short) == "dot"
+    arc = np.zeros((80, 80), bool)
+    yy, xx = np.ogrid[:80, :80]
+    arc[(np.hypot(yy - 40, xx - 40).round() == 30) & (xx < 40)] = True  # a curved vessel
+    assert classify_component(arc) == "vessel"
     blob = np.zeros((60, 60), bool)
-    blob[10:45, 10:45] = True  # 1225 px, round-ish
+    blob[5:50, 5:50] = True  # 2025 px, square
     assert classify_component(blob) == "large"
+    assert classify_component(blob, large_min_area=5000) == "dot"
 
 
 def test_calc_components_8_connectivity_and_types():
