@@ -559,8 +559,12 @@ def write_canonical(
     ratios: Sequence[float] = DEFAULT_RATIOS,
     hash_files: bool = True,
     info: dict | None = None,
+    prune_masks: bool = True,
 ) -> dict:
     """Write masses.json, calcifications.json, split.json (and conversion_report.json).
+
+    With ``prune_masks``, PNGs under ``OUT/calc_masks`` that no image references (left by an earlier
+    run into the same folder) are deleted, so the folder always describes one conversion.
 
     ``images`` are full image records (``id``, ``file_name``, ``stem``, ``height``, ``width``,
     ``patient_id``, ``split``, ... and ``mask_file`` or None); ``mass_annotations`` /
@@ -579,6 +583,11 @@ def write_canonical(
     calcs = build_coco(calc_images, calc_annotations, CALC_CATEGORIES)
     if info:
         masses["info"] = calcs["info"] = info
+    if prune_masks:  # masks left by an earlier conversion into the same folder
+        keep = {Path(im["mask_file"]).name for im in images if im.get("mask_file")}
+        for old in (out_dir / "calc_masks").glob("*.png"):
+            if old.name not in keep:
+                old.unlink()
     atomic_write_json(out_dir / "masses.json", masses)
     atomic_write_json(out_dir / "calcifications.json", calcs)
     write_split_json(out_dir, images, seed, ratios, hash_files=hash_files)

@@ -62,7 +62,9 @@ def parse_info(path: Path, report: ConversionReport) -> dict[str, list[dict]]:
         ref = tokens[0].lower()
         if len(tokens) < 3 or tokens[2].upper() not in CLASSES:
             report.error(
-                path, f"{ref}: expected 'REFNUM BG CLASS ...', got {line.strip()!r}", lineno
+                path,
+                f"{ref}: expected 'REFNUM BG CLASS ...', got {line.strip()!r}; image left out",
+                lineno,
             )
             findings.setdefault(ref, []).append({"cls": None, "line": lineno})
             continue
@@ -111,8 +113,7 @@ def convert(
         rows = findings[ref]
         first = rows[0]["line"]
         if any(r["cls"] is None for r in rows):
-            report.error(info, f"{ref}: image left out (a line of it could not be parsed)", first)
-            continue
+            continue  # reported by parse_info
         path = pgms.get(ref)
         if path is None:
             report.error(info, f"{ref}: image file {ref}.pgm not found under {root}", first)

@@ -218,3 +218,64 @@ def test_bcdr_missing_columns(tmp_path):
     (tmp_path / "bcdr_x_outlines.csv").write_text("patient_id,image_view\n1,1\n")
     with pytest.raises(InputError, match="lw_x_points"):
         bcdr.convert(tmp_path, tmp_path / "out", verbose=False)
+
+
+def test_rerun_prunes_stale_masks_and_registers(mias_root, tmp_path):
+    out = tmp_path / "out"
+    mias.convert(mias_root, out, verbose=False)
+    (out / "calc_masks" / "stale.png").write_bytes(b"")
+    mias.convert(mias_root, out, verbose=False)
+    assert sorted(p.name for p in (out / "calc_masks").iterdir()) == ["mias_mdb002.png"]
+
+    from datasets.register import load_canonical_dicts
+
+    dicts = load_canonical_dicts(out, "calc")
+    (with_mask,) = [d for d in dicts if d["mask_file"]]
+    assert with_mask["annotations"][0]["calc_type"] == "large"
+    assert with_mask["file_name"] == str((mias_root / "mdb002.pgm").resolve())
+    pytest.importorskip("detectron2")
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from datasets.register import register_canonical
+
+    names = register_canonical(out, "mias")
+    try:
+        assert "mias_mass_train" in names and "mias_calc_test" in names
+        total = sum(len(DatasetCatalog.get(f"mias_mass_{s}")) for s in ("train", "val", "test"))
+        assert total == 5
+        assert MetadataCatalog.get("mias_mass_val").thing_classes == ["mass"]
+    finally:
+        for name in names:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+
+
+def test_cli_module_entry_point(mias_root, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "cli"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "datasets.mias",
+            "--root",
+            str(mias_root),
+            "--out",
+            str(out),
+            "--seed",
+            "2",
+            "--no-hash",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["images"] == 5
+    assert "mias: 3 errors" in proc.stderr  # the problem summary is printed
+    assert read_json(out / "split.json")["seed"] == 2
