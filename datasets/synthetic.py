@@ -48,11 +48,12 @@ import numpy as np
 
 from common.io import atomic_write_bytes, atomic_write_json, atomic_write_png
 from datasets.canonical import (
-    CALC_CATEGORIES,
     DEFAULT_RATIOS,
-    MASS_CATEGORIES,
+    calc_components,
+    mask_bbox,
+    mask_polygons,
     patient_split,
-    write_split_json,
+    write_canonical,
 )
 
 GENERATOR_VERSION = "1.0"
@@ -70,9 +71,8 @@ DENSE_FRACTION = {
 }  # share of the breast that is fibroglandular
 MASS_SHAPES = ("round", "oval", "irregular", "spiculated")
 WINDOW_MODES = ("single", "multi", "absent")
-S_MAX = (
-    1.25  # largest signal value the stored range must hold (calcification on dense tissue, text)
-)
+S_MAX = 1.25  # largest signal the stored range must hold (calcification on dense tissue, text)
+CALC_TYPE_CODE = {"dot": 1, "vessel": 2, "large": 3}  # canonical codes (datasets.canonical)
 # DICOM Patient Orientation (row direction, column direction) per laterality and view.
 PATIENT_ORIENTATION = {
     ("R", "CC"): ["A", "R"],
@@ -139,18 +139,6 @@ def _bezier(p0, p1, p2, n: int) -> np.ndarray:
     t = np.linspace(0.0, 1.0, n)[:, None]
     p0, p1, p2 = (np.asarray(p, dtype=np.float64) for p in (p0, p1, p2))
     return (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
-
-
-def _bbox_of(mask: np.ndarray) -> list[float] | None:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return None
-    return [
-        float(xs.min()),
-        float(ys.min()),
-        float(xs.max() - xs.min() + 1),
-        float(ys.max() - ys.min() + 1),
-    ]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -951,40 +939,28 @@ def dicom_bytes(ds) -> bytes:
 
 
 def _calc_annotations(calc_mask: np.ndarray, owner: np.ndarray, records: list) -> list[dict]:
-    """One record per 8-connected component; a component covering several records takes the widest type."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(calc_mask, connectivity=8)
-    rank = {"dot": 0, "vessel": 1, "large": 2}
-    out = []
-    for k in range(1, n):
-        x, y, bw, bh, area = (int(v) for v in stats[k])
-        comp = labels[y : y + bh, x : x + bw] == k
-        owners = sorted({int(o) for o in np.unique(owner[y : y + bh, x : x + bw][comp]) if o >= 0})
-        types = [records[o]["type"] for o in owners] or ["dot"]
-        ctype = max(types, key=rank.__getitem__)
-        ys, xs = np.nonzero(comp)
-        my, mx = ys.mean(), xs.mean()
-        j = int(
-            np.argmin((ys - my) ** 2 + (xs - mx) ** 2)
-        )  # the component pixel nearest its centroid
-        out.append(
-            {
-                "bbox": [float(x), float(y), float(bw), float(bh)],
-                "area": float(area),
-                "calc_type": ctype,
-                "point": [int(x + xs[j]), int(y + ys[j])],
-                "records": owners,
-            }
+    """Canonical calcification records (one per 8-connected component, see
+    :func:`datasets.canonical.calc_components`) plus the generator records each component covers."""
+    lut = np.array([0] + [CALC_TYPE_CODE[r["type"]] for r in records], np.uint8)
+    type_map = lut[owner + 1]  # owner -1 (no record) -> code 0
+    comps = calc_components(calc_mask > 0, type_map)
+    _, labels = cv2.connectedComponents(calc_mask, connectivity=8)  # same labels, same order
+    for k, comp in enumerate(comps, start=1):
+        x, y, bw, bh = (int(v) for v in comp["bbox"])
+        inside = labels[y : y + bh, x : x + bw] == k
+        comp["records"] = sorted(
+            int(o) for o in np.unique(owner[y : y + bh, x : x + bw][inside]) if o >= 0
         )
-    return out
+    return comps
 
 
 def _mass_annotation(footprint: np.ndarray) -> dict:
-    bbox = _bbox_of(footprint)
-    contours, _ = cv2.findContours(
-        footprint.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-    )
-    seg = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
-    return {"bbox": bbox, "area": float(footprint.sum()), "segmentation": seg}
+    """Tight box [x, y, w, h], area and COCO polygons of a mass footprint (bool (H, W))."""
+    return {
+        "bbox": mask_bbox(footprint),
+        "area": float(footprint.sum()),
+        "segmentation": mask_polygons(footprint),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1060,7 +1036,15 @@ def generate(
         jobs, desc="synthetic mammograms", unit="img", disable=not progress
     ):
         img = render_image(
-            seed, i, vi, height, width, st["laterality"], st["density"], view, artifact,
+            seed,
+            i,
+            vi,
+            height,
+            width,
+            st["laterality"],
+            st["density"],
+            view,
+            artifact,
             pixel_spacing_mm=st["pixel_spacing_mm"],
         )
         p = img["params"]
@@ -1107,12 +1091,9 @@ def generate(
             ann = _mass_annotation(m.pop("footprint"))
             mass_anns.append(
                 {
-                    "id": len(mass_anns) + 1,
                     "image_id": image_id,
-                    "category_id": 1,
                     "bbox": ann["bbox"],
                     "area": ann["area"],
-                    "iscrowd": 0,
                     "segmentation": ann["segmentation"],
                     "shape": m["shape"],
                     "contrast": m["contrast"],
@@ -1124,12 +1105,9 @@ def generate(
         for c in comps:
             calc_anns.append(
                 {
-                    "id": len(calc_anns) + 1,
                     "image_id": image_id,
-                    "category_id": 1,
                     "bbox": c["bbox"],
                     "area": c["area"],
-                    "iscrowd": 0,
                     "calc_type": c["calc_type"],
                     "point": c["point"],
                 }
@@ -1156,21 +1134,10 @@ def generate(
         "version": GENERATOR_VERSION,
         "seed": seed,
     }
-    atomic_write_json(
-        out / "masses.json",
-        {"info": info, "images": images, "annotations": mass_anns, "categories": MASS_CATEGORIES},
-    )
-    calc_images = [{**im, "mask_file": f"calc_masks/{im['stem']}.png"} for im in images]
-    atomic_write_json(
-        out / "calcifications.json",
-        {
-            "info": info,
-            "images": calc_images,
-            "annotations": calc_anns,
-            "categories": CALC_CATEGORIES,
-        },
-    )
-    write_split_json(out, images, seed, ratios)
+    # the synthetic truth is exhaustive: every image has a mask file, empty when it has no calcification
+    for im in images:
+        im["mask_file"] = f"calc_masks/{im['stem']}.png"
+    write_canonical(out, images, mass_anns, calc_anns, seed, ratios=ratios, info=info)
     atomic_write_json(
         out / "manifest.json",
         {

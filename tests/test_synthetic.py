@@ -22,7 +22,9 @@ SEED = 8  # its 8 images cover every calc type, window mode, BitsStored, photome
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    return generate(tmp_path_factory.mktemp("syn") / "a", n=4, seed=SEED, height=H, width=W, progress=False)
+    return generate(
+        tmp_path_factory.mktemp("syn") / "a", n=4, seed=SEED, height=H, width=W, progress=False
+    )
 
 
 def _load(root: Path):
@@ -49,14 +51,19 @@ def _isolated_dot_counts(stored: np.ndarray, thr: float) -> np.ndarray:
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             if dy or dx:
-                mins = np.minimum(mins, np.abs(centre - a[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]))
+                mins = np.minimum(
+                    mins, np.abs(centre - a[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w])
+                )
     return (mins > thr).sum(axis=0)
 
 
 def test_outputs_exist(dataset):
     masses, calcs, manifest = _load(dataset)
     assert len(masses["images"]) == 8 and [im["id"] for im in masses["images"]] == list(range(1, 9))
-    assert masses["categories"][0]["name"] == "mass" and calcs["categories"][0]["name"] == "calcification"
+    assert (
+        masses["categories"][0]["name"] == "mass"
+        and calcs["categories"][0]["name"] == "calcification"
+    )
     assert [im["stem"] for im in calcs["images"]] == [im["stem"] for im in masses["images"]]
     for im in calcs["images"]:
         assert (dataset / im["file_name"]).is_file()
@@ -66,8 +73,20 @@ def test_outputs_exist(dataset):
         assert im["height"] == H and im["width"] == W
         assert im["laterality"] in ("L", "R") and im["view"] in ("CC", "MLO")
         assert im["density"] in (1, 2, 3, 4) and len(im["pixel_spacing"]) == 2
-    for key in ("bits_stored", "photometric", "window", "rescale_slope", "rescale_intercept",
-                "artifact_columns", "density", "view", "laterality", "masses", "calcifications", "text_boxes"):
+    for key in (
+        "bits_stored",
+        "photometric",
+        "window",
+        "rescale_slope",
+        "rescale_intercept",
+        "artifact_columns",
+        "density",
+        "view",
+        "laterality",
+        "masses",
+        "calcifications",
+        "text_boxes",
+    ):
         assert all(key in m for m in manifest.values()), key
     assert (dataset / "split.json").is_file()
     # every study is one breast seen in CC and MLO
@@ -130,9 +149,11 @@ def test_window_shows_breast_and_calcifications(dataset):
             x, y, w, h = (int(v) for v in ann["bbox"])
             ring = breast.copy()
             ring[max(0, y - 8) : y + h + 8, max(0, x - 8) : x + w + 8] &= ~calc[
-                max(0, y - 8) : y + h + 8, max(0, x - 8) : x + w + 8]
+                max(0, y - 8) : y + h + 8, max(0, x - 8) : x + w + 8
+            ]
             around = u[max(0, y - 8) : y + h + 8, max(0, x - 8) : x + w + 8][
-                ring[max(0, y - 8) : y + h + 8, max(0, x - 8) : x + w + 8]]
+                ring[max(0, y - 8) : y + h + 8, max(0, x - 8) : x + w + 8]
+            ]
             px, py = ann["point"]
             if ann["calc_type"] == "dot":  # a dot's pixels are the calcification itself
                 assert u[py, px] > np.median(around) + 30
@@ -174,7 +195,9 @@ def test_mass_boxes_inside_image_and_breast(dataset):
         im = masses["images"][ann["image_id"] - 1]
         x, y, w, h = ann["bbox"]
         assert x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= W and y + h <= H
-        assert 0.015 * H <= max(w, h) <= 0.1 * H  # diameters of 2-6 % of the height (oval, irregular)
+        assert (
+            0.015 * H <= max(w, h) <= 0.1 * H
+        )  # diameters of 2-6 % of the height (oval, irregular)
         footprint = np.zeros((H, W), np.uint8)
         for poly in ann["segmentation"]:
             cv2.fillPoly(footprint, [np.array(poly, np.int32).reshape(-1, 2)], 1)
@@ -197,7 +220,9 @@ def test_calc_components_match_annotations(dataset):
     for im in calcs["images"]:
         mask = read_png(dataset / im["mask_file"]) > 0
         anns = [a for a in calcs["annotations"] if a["image_id"] == im["id"]]
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(
+            mask.astype(np.uint8), connectivity=8
+        )
         assert n - 1 == len(anns)
         seen = set()
         for a in anns:
@@ -241,10 +266,26 @@ def test_artifact_column_is_the_only_dotted_column(dataset):
 
 
 def test_artifact_changes_only_its_column(tmp_path):
-    on = generate(tmp_path / "on", n=1, seed=5, height=H, width=W, views=("CC",), artifact=True,
-                  progress=False)
-    off = generate(tmp_path / "off", n=1, seed=5, height=H, width=W, views=("CC",), artifact=False,
-                   progress=False)
+    on = generate(
+        tmp_path / "on",
+        n=1,
+        seed=5,
+        height=H,
+        width=W,
+        views=("CC",),
+        artifact=True,
+        progress=False,
+    )
+    off = generate(
+        tmp_path / "off",
+        n=1,
+        seed=5,
+        height=H,
+        width=W,
+        views=("CC",),
+        artifact=False,
+        progress=False,
+    )
     (f,) = sorted(on.glob("images/*.dcm"))
     a = pydicom.dcmread(f).pixel_array.astype(int)
     b = pydicom.dcmread(off / "images" / f.name).pixel_array.astype(int)
@@ -261,7 +302,10 @@ def test_monochrome1_is_inverted(tmp_path):
     m2 = generate(tmp_path / "m2", photometric="MONOCHROME2", **kw)
     (f1,) = sorted(m1.glob("images/*.dcm"))
     d1, d2 = pydicom.dcmread(f1), pydicom.dcmread(m2 / "images" / f1.name)
-    assert d1.PhotometricInterpretation == "MONOCHROME1" and d2.PhotometricInterpretation == "MONOCHROME2"
+    assert (
+        d1.PhotometricInterpretation == "MONOCHROME1"
+        and d2.PhotometricInterpretation == "MONOCHROME2"
+    )
     a1, a2 = d1.pixel_array.astype(int), d2.pixel_array.astype(int)
     assert np.array_equal(a1, (1 << 14) - 1 - a2)
     breast = read_png(m1 / "breast_masks" / f"{f1.stem}.png") > 0
@@ -304,8 +348,24 @@ def test_split_is_patient_disjoint(dataset):
 
 
 def test_cli_small_image(tmp_path, capsys):
-    assert main(["--out", str(tmp_path / "cli"), "--n", "1", "--seed", "9", "--height", "256",
-                 "--width", "208", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "--out",
+                str(tmp_path / "cli"),
+                "--n",
+                "1",
+                "--seed",
+                "9",
+                "--height",
+                "256",
+                "--width",
+                "208",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     masses, calcs, _ = _load(tmp_path / "cli")
     assert len(masses["images"]) == 2
     ds = pydicom.dcmread(tmp_path / "cli" / masses["images"][0]["file_name"])
