@@ -13,6 +13,13 @@ Image records (shared by both COCO files) carry ``id``, ``file_name`` (relative 
 ``laterality`` ("L"/"R"/None), ``view`` ("CC", "MLO", ...), ``pixel_spacing`` ([row_mm, col_mm] or None),
 ``density`` (BI-RADS 1-4 or None), ``split`` and, in ``calcifications.json``, ``mask_file``.
 Boxes are ``[x, y, w, h]`` in original image pixels, top-left origin, x along columns.
+
+Besides the split helpers this module holds what the converters (``datasets/<source>.py``) share:
+shape rasterisation (polygons, circles, points, boxes -> bool masks), :class:`CalcMask` (one image's
+calcification mask plus the types its source states) and :func:`calc_components` /
+:func:`classify_component` (8-connected components, "dot" / "vessel" / "large"),
+:class:`ConversionReport` (per-row problems, ``conversion_report.json``), :func:`read_table`, DICOM
+header helpers, and :func:`write_canonical` / :func:`converter_main` (the common output and CLI).
 """
 
 from __future__ import annotations
@@ -367,7 +374,8 @@ class ConversionReport:
 
     Levels: "error" (a row or image was skipped), "warning" (converted, but something was changed or
     guessed), "note" (intentionally not converted, e.g. a lesion type the canonical form has no place
-    for). Saved as ``OUT/conversion_report.json``.
+    for). ``row`` is the spreadsheet row of a table (header = 1) or a label such as "ROI 3". Saved as
+    ``OUT/conversion_report.json``.
     """
 
     LEVELS = ("error", "warning", "note")
