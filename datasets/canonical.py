@@ -485,6 +485,16 @@ def require_columns(path, rows_or_header, columns: Sequence[str]) -> None:
         raise InputError(path, f"missing column(s) {missing}; found {sorted(have)}")
 
 
+def check_root(root: str | Path) -> Path:
+    """``root`` as a Path; :class:`InputError` when it is not an existing folder."""
+    from common.errors import InputError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "download folder not found")
+    return root
+
+
 def unique_stem(name: str, used: set[str]) -> str:
     """A file-name-safe version of ``name`` not in ``used`` (suffix _2, _3... on clashes); adds it."""
     import re

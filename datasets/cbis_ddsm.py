@@ -43,6 +43,7 @@ from datasets.canonical import (
     CalcMask,
     ConversionReport,
     assign_splits,
+    check_root,
     converter_main,
     dicom_pixel_spacing,
     mask_bbox,
@@ -155,7 +156,7 @@ def convert(
     root: str | Path, out: str | Path, seed: int = 0, hash_files: bool = True, verbose: bool = True
 ) -> dict:
     """Convert a CBIS-DDSM download at ``root`` into the canonical folder ``out``; returns a summary."""
-    root, out = Path(root), Path(out)
+    root, out = check_root(root), Path(out)
     report = ConversionReport("cbis_ddsm")
     tables = sorted(p for p in root.rglob("*.csv") if _TABLE.match(p.name))
     if not tables:

@@ -36,6 +36,7 @@ from datasets.canonical import (
     CalcMask,
     ConversionReport,
     assign_splits,
+    check_root,
     clip_bbox,
     converter_main,
     dicom_pixel_spacing,
@@ -107,7 +108,7 @@ def convert(
     root: str | Path, out: str | Path, seed: int = 0, hash_files: bool = True, verbose: bool = True
 ) -> dict:
     """Convert an INbreast download at ``root`` into the canonical folder ``out``; returns a summary."""
-    root, out = Path(root), Path(out)
+    root, out = check_root(root), Path(out)
     report = ConversionReport("inbreast")
     table = _find_csv(root)
     rows = read_table(table, delimiter=";")

@@ -33,6 +33,7 @@ from datasets.canonical import (
     CalcMask,
     ConversionReport,
     assign_splits,
+    check_root,
     clip_bbox,
     converter_main,
     image_size,
@@ -102,7 +103,7 @@ def convert(
     root: str | Path, out: str | Path, seed: int = 0, hash_files: bool = True, verbose: bool = True
 ) -> dict:
     """Convert a mini-MIAS download at ``root`` into the canonical folder ``out``; returns a summary."""
-    root, out = Path(root), Path(out)
+    root, out = check_root(root), Path(out)
     report = ConversionReport("mias")
     info = _find_info(root)
     findings = parse_info(info, report)

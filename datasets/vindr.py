@@ -37,6 +37,7 @@ from common.errors import InputError
 from datasets.canonical import (
     CalcMask,
     ConversionReport,
+    check_root,
     clip_bbox,
     converter_main,
     dicom_pixel_spacing,
@@ -105,7 +106,7 @@ def convert(
     root: str | Path, out: str | Path, seed: int = 0, hash_files: bool = True, verbose: bool = True
 ) -> dict:
     """Convert a VinDr-Mammo download at ``root`` into the canonical folder ``out``; returns a summary."""
-    root, out = Path(root), Path(out)
+    root, out = check_root(root), Path(out)
     report = ConversionReport("vindr")
     tables = sorted(root.rglob("finding_annotations.csv"))
     if not tables:
