@@ -169,6 +169,7 @@ def convert(
             "pixel_spacing": dicom_pixel_spacing(ds),
             "density": DENSITY.get(first["breast_density"].upper()),
             "birads": first.get("breast_birads") or None,
+            "pathology": None,  # VinDr gives BI-RADS assessments, no biopsy results
             "source_split": "test" if published == "test" else "training",
         }
         calc = CalcMask((h, w))

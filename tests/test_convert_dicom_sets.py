@@ -530,3 +530,14 @@ def test_vindr_keeps_published_test_split(vindr_root, tmp_path):
         assert split["patients"]["test"] == ["vindr_s3"]
         splits.append(split["patients"])
     assert splits[0] == splits[1]
+
+
+def test_cbis_path_cells():
+    from datasets.cbis_ddsm import clean_path, series_uid
+
+    cell = " Mass-Training_P_00001_LEFT_CC_1/1.3.6.1.4.1.9590.100.1.2.12/\n1.3.6.1.4.1.9590.100.1.2.13/000001.dcm\n"
+    assert clean_path(cell) == (
+        "Mass-Training_P_00001_LEFT_CC_1/1.3.6.1.4.1.9590.100.1.2.12/1.3.6.1.4.1.9590.100.1.2.13/000001.dcm"
+    )
+    assert series_uid(cell) == "1.3.6.1.4.1.9590.100.1.2.13"
+    assert series_uid("no/uid/here.dcm") is None
