@@ -86,6 +86,22 @@ def get_mass_det_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -
     return cfg
 
 
+def resolve_device(cfg: CN) -> CN:
+    """Fall back to ``MODEL.DEVICE cpu`` (with a warning) when CUDA is asked for but absent."""
+    import logging
+
+    import torch
+
+    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning("CUDA is not available: running on the CPU")
+        was_frozen = cfg.is_frozen()
+        cfg.defrost()
+        cfg.MODEL.DEVICE = "cpu"
+        if was_frozen:
+            cfg.freeze()
+    return cfg
+
+
 def parse_canonical_roots(entries: Sequence[str]) -> list[tuple[str, str]]:
     """``["prefix=path", ...]`` -> ``[(prefix, path), ...]``; raises ValueError on a malformed entry."""
     out = []

@@ -1,5 +1,6 @@
 """Data loading for the mass detector: pre-processed mammograms, augmentation, dataset registration."""
 
 from .mapper import MassDatasetMapper, build_mass_augmentations, gray_to_model_input
+from .register import register_mass_datasets
 
-__all__ = ["MassDatasetMapper", "build_mass_augmentations", "gray_to_model_input"]
+__all__ = ["MassDatasetMapper", "build_mass_augmentations", "gray_to_model_input", "register_mass_datasets"]

@@ -68,17 +68,24 @@ def dataset_dicts_to_coco(dicts: list[dict]) -> dict:
 
 
 def summarize_report(report: dict, fps) -> OrderedDict:
-    """Flat floats from an ``evaluate_boxes`` report: AP50_COCO, AP50_VOC, recall, sens_at_<k>fp."""
+    """Flat floats from an ``evaluate_boxes`` report: AP50_COCO, AP50_VOC, recall, sens_at_<k>fp.
+
+    Values the report leaves undefined (None, e.g. a split without any mass) become NaN.
+    """
     out = OrderedDict()
-    out["AP50_COCO"] = float(report["ap50_coco"])
-    out["AP50_VOC"] = float(report["ap50_voc"])
-    out["recall"] = float(report["recall"])
-    sens = report.get("sensitivity_at_fp", {})
+    out["AP50_COCO"] = _float(report.get("ap50_coco"))
+    out["AP50_VOC"] = _float(report.get("ap50_voc"))
+    out["recall"] = _float(report.get("recall"))
+    sens = report.get("sensitivity_at_fp") or {}
     for fp in fps:
         key = _fp_key(fp)
-        value = sens.get(key, sens.get(str(fp), sens.get(fp)))
-        out[f"sens_at_{key}fp"] = float("nan") if value is None else float(value)
+        out[f"sens_at_{key}fp"] = _float(sens.get(key, sens.get(str(fp))))
     return out
+
+
+def _float(value) -> float:
+    """The report writes undefined values (e.g. no lesion in the set) as None; detectron2 wants floats."""
+    return float("nan") if value is None else float(value)
 
 
 def _fp_key(fp) -> str:
