@@ -16,6 +16,12 @@ Every evaluator of the project calls :func:`evaluate_boxes` / :func:`evaluate_ma
 ``common.metrics``); the definitions live in :mod:`common.metrics.matching`, :mod:`common.metrics.froc` and
 :mod:`common.metrics.ap`.
 
+Masks: a GT image without prediction file is an error unless ``--missing-as-empty`` (then it counts as
+an image without any prediction, with a warning); a prediction file without GT image is an error, except
+with ``--gt-json ... --split S`` where predictions of the other splits may share the folder and are
+skipped. With ``--gt-json`` images whose ``mask_file`` is null are lesion-free images of the evaluation.
+FP per cm^2 divides by the full image area (``--pixel-spacing`` or the canonical images' spacing).
+
 Exit status: 0 on success, 2 on an input error (one line ``error: PATH: reason`` on stderr; missing file,
 unknown image id, bad bbox, NaN score, mismatched mask size, ...), 1 on an unexpected failure.
 """

@@ -91,6 +91,9 @@ def test_center_rule_border_included_and_iou_rule_exact_threshold():
     assert match_image_boxes(on_border, [1.0], gt, hit="center").pred_hit.tolist() == [True]
     assert match_image_boxes(on_border, [1.0], gt, hit="iou").pred_hit.tolist() == [False]
     assert match_image_boxes(outside, [1.0], gt, hit="center").pred_hit.tolist() == [False]
+    # centre (0, 0) on the top-left corner -> hit; centre (-0.5, 50) just left of the box -> miss
+    corner = [[-40, -40, 80, 80], [-10.5, 40, 20, 20]]
+    assert match_image_boxes(corner, [1, 1], gt, hit="center").pred_hit.tolist() == [True, False]
     # IoU([0,0,10,10], [0,0,10,20]) = 100 / 200 = .5 exactly -> hit at thr .5 (>=)
     assert match_image_boxes([[0, 0, 10, 20]], [1], [[0, 0, 10, 10]], thr=0.5).pred_hit[0]
     # 100 / 205 < .5 -> miss
@@ -352,3 +355,47 @@ def test_thousands_of_predictions_are_fast():
     r = evaluate_boxes(gt, preds)
     assert time.perf_counter() - t0 < 5.0
     assert len(r["froc"]["thresholds"]) == len({p["score"] for p in preds})
+
+
+def _naive_froc(gt, preds, thr=0.5):
+    """Independent brute force: for every distinct score, re-evaluate from scratch with plain loops."""
+
+    def iou(a, b):
+        iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+        ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+        if iw <= 0 or ih <= 0:
+            return 0.0
+        return iw * ih / (a[2] * a[3] + b[2] * b[3] - iw * ih)
+
+    lesions = [(a["image_id"], a["bbox"]) for a in gt["annotations"]]
+    fppi, sens = [], []
+    for t in sorted({p["score"] for p in preds}, reverse=True):
+        kept = [p for p in preds if p["score"] >= t]
+        found, n_fp = set(), 0
+        for p in kept:
+            hit = [
+                i
+                for i, (im, b) in enumerate(lesions)
+                if im == p["image_id"] and iou(p["bbox"], b) >= thr
+            ]
+            found.update(hit)
+            n_fp += not hit
+        fppi.append(n_fp / len(gt["images"]))
+        sens.append(len(found) / len(lesions))
+    return fppi, sens
+
+
+def test_froc_equals_brute_force_on_random_cases():
+    for seed in range(40):
+        gt, preds = _random_case(np.random.default_rng(100 + seed))
+        for a in gt["annotations"]:
+            a["iscrowd"] = 0
+        if not gt["annotations"]:
+            continue
+        r = evaluate_boxes(gt, preds, fps=(0.5, 1, 3))
+        fppi, sens = _naive_froc(gt, preds)
+        assert r["froc"]["fp_per_image"] == pytest.approx(fppi, abs=1e-12)
+        assert r["froc"]["sensitivity"] == pytest.approx(sens, abs=1e-12)
+        for k in (0.5, 1, 3):
+            best = max([s for f, s in zip(fppi, sens) if f <= k], default=0.0)
+            assert r["sensitivity_at_fp"][str(k)] == pytest.approx(best, abs=1e-12)
