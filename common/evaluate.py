@@ -62,6 +62,8 @@ logger = logging.getLogger(__name__)
 #: Calcification types of the paper's Table 4 (always reported when types are given).
 CALC_TYPES = ("dot", "vessel", "large")
 DEFAULT_FPS = (1, 2, 5, 10)
+#: probabilities this far outside [0, 1] (float rounding of blended sliding windows) are clipped, not refused
+PROB_TOL = 1e-5
 
 
 def _finite_or_none(obj: Any) -> Any:
@@ -305,8 +307,12 @@ def _check_prob(stem: str, prob, shape, gt_src: str = "the GT mask") -> np.ndarr
         raise InputError(stem, f"probability map must be float in [0, 1], got {prob.dtype}")
     if not np.isfinite(prob).all():
         raise InputError(stem, "probability map contains NaN or inf")
-    if prob.size and (prob.min() < 0 or prob.max() > 1):
-        raise InputError(stem, f"probabilities outside [0, 1] (min {prob.min()}, max {prob.max()})")
+    if prob.size:
+        lo, hi = float(prob.min()), float(prob.max())
+        if lo < -PROB_TOL or hi > 1 + PROB_TOL:
+            raise InputError(stem, f"probabilities outside [0, 1] (min {lo}, max {hi})")
+        if lo < 0 or hi > 1:  # rounding of blended windows; harmless
+            prob = np.clip(prob, 0, 1)
     return prob
 
 
