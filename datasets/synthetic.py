@@ -18,14 +18,36 @@ Studies. One study is one patient: the CC and the MLO view of one breast (latera
 density shared by the two views; lesions are drawn independently per view). The stem is
 ``<patient_id>_<laterality>_<view>``, e.g. ``S0P0003_L_MLO``.
 
-Image model. Everything is built in a "signal" unit ``s`` where 0 is the unexposed-detector background,
-fatty tissue is ~0.3, dense tissue ~0.7 and calcifications ~1 (bright = more attenuation, as displayed in
-MONOCHROME2). The breast is a perturbed semi-ellipse from the chest wall (R breasts have the chest wall at
-column 0, L breasts at the last column, as in DICOM PS3.3 C.8.11.7: nipple toward the image centre)
-with a thickness fall-off and a skin line; parenchymal texture is filtered noise at several scales,
-thresholded to the BI-RADS density fraction; MLO views have a pectoral muscle triangle. The signal is
-mapped linearly to the stored values (BitsStored 12/14/16), inverted for MONOCHROME1, and described by
-RescaleSlope/Intercept and a window that maps the tissue range to the display range.
+Image model. Everything is built in a "signal" unit ``s`` where 0 is the unexposed-detector
+background, fatty tissue is ~0.3, dense tissue ~0.7 and calcifications ~1 (bright = more attenuation,
+as displayed in MONOCHROME2). The breast is a perturbed semi-ellipse from the chest wall (R breasts have
+the chest wall at column 0, L breasts at the last column, as DICOM PS3.3 C.8.11.7 orients them) with a
+thickness fall-off and a skin line; parenchymal texture is filtered noise at several scales, generated
+on a coarse grid and upsampled, thresholded to the BI-RADS density fraction (A-D); faint vessels;
+MLO views have a pectoral muscle triangle. Anatomy, lesion and text sizes scale with the image height,
+so small test images (e.g. 512x416) stay sensible; the pixel spacing scales too (a smaller image stands
+for the same field of view).
+
+Acquisition, drawn per image (``generate`` can force each): BitsStored 12/14/16; MONOCHROME1 (stored
+inverted, tissue dark) or MONOCHROME2; RescaleSlope/Intercept, sometimes non-trivial; a window that
+displays the breast (background below ``c - w/2``, calcifications near ``c + w/2``), given once, as the
+first of two values, or absent. Burned-in view label, laterality marker and acquisition text lie in the
+background on the nipple side, at least ~1 % of the height away from the breast. In ~30 % of images, the
+detector artifact of the paper (Fig. 2): isolated 1-pixel bright and dark dots on one column.
+
+Lesions (none in ~25 % of images), all inside the breast, off the pectoral muscle and apart from each
+other:
+
+* masses: round, oval, irregular or spiculated; diameter 2-6 % of the image height; soft margins;
+  contrast 0.08-0.2 signal units, or 0.05-0.08 ("low") in most masses of dense (C/D) breasts. The box
+  is the tight box of the footprint ``r <= R(theta)`` (spicules, drawn below half the contrast, are not
+  part of it).
+* calcifications, as a pixel mask typed per 8-connected component: ``dot`` (1-8 px dots, single or
+  clustered, each its own component; the mask is the dot pixels), ``vessel`` (tram-track dots along a
+  curved vessel; the mask is one elongated band along the vessel) and ``large`` (crowded 1-4 px dots;
+  the mask is their convex hull, slightly dilated: the region a radiologist would outline).
+
+Cost: about 1-2 s per full-field 3328x2560 image on one core (vectorised numpy/OpenCV).
 
 Ground truth frames: all boxes ``[x, y, w, h]`` and points ``[x, y]`` are in original DICOM pixel
 coordinates (top-left origin, x along columns), i.e. after the laterality flip.
@@ -145,7 +167,7 @@ def _bezier(p0, p1, p2, n: int) -> np.ndarray:
 # per-image parameters
 
 
-def _draw_image_params(rng: np.random.Generator, height: int, width: int, view: str) -> dict:
+def _draw_image_params(rng: np.random.Generator) -> dict:
     """Acquisition parameters of one image (pixel module, window, rescale, artifact)."""
     bits = int(rng.choice([12, 14, 16], p=[0.35, 0.35, 0.30]))
     maxv = (1 << bits) - 1
@@ -246,7 +268,13 @@ def _skin_distance(mask: np.ndarray) -> np.ndarray:
 
 
 def _parenchyma(
-    rng: np.random.Generator, h: int, w: int, mask: np.ndarray, dist: np.ndarray, density: str
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    mask: np.ndarray,
+    dist: np.ndarray,
+    density: str,
+    nipple: tuple[float, float],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dense-tissue fraction G in [0, 1] and ridge (strand) texture R, both (h, w) float32.
 
@@ -271,10 +299,23 @@ def _parenchyma(
     fine = _smooth_noise(rng, (lh, lw), 0.006 * h * scale)
     g = np.clip(g * (0.8 + 0.2 * np.tanh(fine)) + 0.03 * fine, 0.0, 1.0)
     g = cv2.resize(g.astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
-    # strands (ducts, Cooper's ligaments): ridges of band-passed noise at half resolution
+    # strands (ducts, Cooper's ligaments) at half resolution: ridges of noise that is smooth along
+    # the rays from the nipple and fine across them, so they converge on the nipple (the angle seam
+    # points away from the chest wall, outside the breast); plus a weaker isotropic network
     mh, mw = max(2, h // 2), max(2, w // 2)
-    ridge = 1.0 - np.abs(_smooth_noise(rng, (mh, mw), max(0.7, 0.0025 * h / 2)))
-    ridge = np.clip(ridge, 0, 1) ** 6
+    n_ang, n_rad = 640, 256
+    polar = rng.standard_normal((n_ang, n_rad), dtype=np.float32)
+    polar = cv2.GaussianBlur(polar, (0, 0), sigmaX=10.0, sigmaY=1.5, borderType=cv2.BORDER_REFLECT)
+    polar /= max(float(polar.std()), 1e-6)
+    yy, xx = np.mgrid[0:mh, 0:mw].astype(np.float32)
+    nx, ny = nipple[0] / 2, nipple[1] / 2
+    ang = (np.arctan2(yy - ny, xx - nx) + np.pi) * (n_ang / (2 * np.pi))
+    rad = np.hypot(yy - ny, xx - nx) * (n_rad / max(mh, mw))
+    radial = cv2.remap(polar, rad, ang, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    iso = _smooth_noise(rng, (mh, mw), max(0.7, 0.0025 * h / 2))
+    ridge = (
+        0.75 * np.clip(1 - np.abs(radial), 0, 1) ** 4 + 0.35 * np.clip(1 - np.abs(iso), 0, 1) ** 8
+    )
     ridge = cv2.resize(ridge.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     return g, ridge
 
@@ -284,8 +325,11 @@ def _parenchyma(
 
 
 class _Placer:
-    """Rejection sampling of lesion centres: the disc of ``radius`` around a centre lies inside the breast,
-    off the pectoral muscle, and apart from every lesion placed before."""
+    """Rejection sampling of lesion centres.
+
+    The disc of ``radius`` around a centre lies inside the breast, off the pectoral muscle, and apart
+    from every lesion placed before.
+    """
 
     def __init__(self, rng, room: np.ndarray, h: int):
         self.rng = rng
@@ -457,7 +501,7 @@ def render_image(
     """
     h, w = height, width
     rng = np.random.default_rng([seed, patient, view_index, 1])
-    params = _draw_image_params(rng, h, w, view)
+    params = _draw_image_params(rng)
     params["pixel_spacing_mm"] = pixel_spacing_mm
     geo = _breast_geometry(rng, h, w, view)
     breast = _fill(_breast_polygon(geo), (h, w))
@@ -468,7 +512,11 @@ def render_image(
         muscle = _fill(pect["polygon"], (h, w))
         breast |= muscle
     dist = _skin_distance(breast)
-    g, ridge = _parenchyma(rng, h, w, breast, dist, density)
+    nipple = (
+        geo["depth"],
+        geo["center_y"] + geo["shear"] * geo["depth"],
+    )  # (x, y), canonical frame
+    g, ridge = _parenchyma(rng, h, w, breast, dist, density, nipple)
 
     # tissue signal: fat level rising from the skin (thickness fall-off), plus glandular tissue
     fall = 1.0 - (1.0 - np.clip(dist / (0.06 * w), 0.0, 1.0)) ** 2
@@ -507,7 +555,8 @@ def render_image(
         )
         vessel_paths.append(pts)
     vessels = cv2.GaussianBlur(vessels, (0, 0), max(0.7, 0.4 * vessel_w))
-    s = s + float(rng.uniform(0.02, 0.035)) * vessels
+    vessel_amp = float(rng.uniform(0.02, 0.035))
+    s = s + vessel_amp * vessels
 
     # lesions
     # free distance around a lesion centre: to the skin, the image border and, on MLO, the pectoral muscle
@@ -588,6 +637,9 @@ def render_image(
                 tube, [np.round(pts * 4).astype(np.int32)], False, 1.0, vw, cv2.LINE_AA, shift=2
             )
             s = s + 0.05 * cv2.GaussianBlur(tube, (0, 0), 0.7)
+            tangent = np.gradient(pts, axis=0)
+            tangent /= np.linalg.norm(tangent, axis=1, keepdims=True)
+            normals = np.stack([-tangent[:, 1], tangent[:, 0]], axis=1)
             # tram-track calcifications: dots on the two vessel walls
             step = max(2.0, vw * rng.uniform(0.8, 2.0))
             arc = np.concatenate([[0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])
@@ -597,24 +649,17 @@ def render_image(
                     continue
                 i = int(np.searchsorted(arc, a).clip(0, len(pts) - 1))
                 side = rng.choice([-1, 1])
-                p = pts[i] + nrm * side * vw / 2 * rng.uniform(0.5, 1.0)
+                p = pts[i] + normals[i] * side * vw / 2 * rng.uniform(0.5, 1.0)
                 dots.append(
                     (int(round(p[0])), int(round(p[1])), int(rng.integers(1, min(4, vw) + 1)))
                 )
             amp = float(rng.uniform(amp_lo, 0.45))
             region = np.zeros((h, w), np.uint8)
             cv2.polylines(region, [np.round(pts).astype(np.int32)], False, 1, vw + 4, cv2.LINE_8)
-            wall = np.zeros((h, w), np.float32)
-            cv2.polylines(
-                wall,
-                [np.round(pts * 4).astype(np.int32)],
-                False,
-                1.0,
-                max(1, vw // 2),
-                cv2.LINE_AA,
-                shift=2,
-            )
-            np.maximum(calc_layer, 0.35 * amp * wall, out=calc_layer)
+            wall = np.zeros((h, w), np.float32)  # faintly calcified walls: two thin parallel lines
+            walls = [np.round((pts + sd * normals * vw / 2) * 4).astype(np.int32) for sd in (-1, 1)]
+            cv2.polylines(wall, walls, False, 1.0, max(1, vw // 5), cv2.LINE_AA, shift=2)
+            np.maximum(calc_layer, 0.4 * amp * wall, out=calc_layer)
             for x, y, dd in dots:
                 _dot_layer(calc_layer, owner, idx, x, y, dd, amp * rng.uniform(0.8, 1.0), region)
             calc_mask |= region
@@ -690,6 +735,7 @@ def render_image(
                 rec["dots"] = [[w - 1 - x, y, d] for x, y, d in rec["dots"]]
             if "path" in rec:
                 rec["path"] = [[round(w - 1 - x, 2), y] for x, y in rec["path"]]
+        vessel_paths = [np.stack([w - 1 - p[:, 0], p[:, 1]], axis=1) for p in vessel_paths]
 
     text_boxes = _burn_text(rng, s, breast, laterality, view, h, w)
     if artifact is not None:
@@ -705,7 +751,12 @@ def render_image(
         density=density,
         view=view,
         laterality=laterality,
-        breast=geo,
+        breast=geo,  # silhouette and muscle parameters in the chest-wall-at-column-0 frame
+        normal_vessels={
+            "width_px": vessel_w,
+            "amplitude": round(vessel_amp, 4),
+            "paths": [np.round(p[::10], 2).tolist() for p in vessel_paths],
+        },
         fat_signal=round(fat, 4),
         dense_amplitude=round(dense_amp, 4),
         skin_amplitude=round(skin_amp, 4),
