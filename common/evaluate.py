@@ -353,7 +353,9 @@ def evaluate_masks(
         types are given ``per_type`` {type: {recall, sensitivity_at_fp, froc, n_lesions}} where, for type T,
         sensitivity = found T lesions / all T lesions while the FP axis stays the overall FP per image of
         all predictions (this is how the paper's Table 4 reads); ``n_untyped`` counts GT components without
-        a type point (they count in the overall figures only). When every image has a pixel spacing:
+        a type point (they count in the overall figures only). ``bootstrap`` (when asked) holds CIs of
+        ``recall`` and ``sensitivity_at_fp``, overall and in ``per_type``. When every image has a pixel
+        spacing:
         ``area_cm2`` (sum of the full image areas, not the breast areas: the metric has no breast mask)
         and ``fp_per_cm2`` (false positives of all predictions / area_cm2), and ``froc.fp_per_cm2`` per
         threshold.
@@ -462,6 +464,18 @@ def evaluate_masks(
             pids = [patient_ids.get(s) for s in stems]
             groups = pids if all(p is not None for p in pids) else None
         report["bootstrap"] = bootstrap_froc(pooled, bootstrap, seed, fps, groups)
+        if types is not None:
+            # same seed -> the same resampled images for every type
+            report["bootstrap"]["per_type"] = {
+                t: {
+                    k: v
+                    for k, v in bootstrap_froc(
+                        pool_matches(matches, lesion_type=t), bootstrap, seed, fps, groups
+                    ).items()
+                    if k in ("recall", "sensitivity_at_fp")
+                }
+                for t in report["per_type"]
+            }
     return _finite_or_none(report)
 
 

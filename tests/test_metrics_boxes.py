@@ -399,3 +399,46 @@ def test_froc_equals_brute_force_on_random_cases():
         for k in (0.5, 1, 3):
             best = max([s for f, s in zip(fppi, sens) if f <= k], default=0.0)
             assert r["sensitivity_at_fp"][str(k)] == pytest.approx(best, abs=1e-12)
+
+
+def test_ap50_voc_equals_independent_greedy_implementation():
+    """Plain-loop VOC2010+ AP (pooled greedy matching: best-IoU free GT >= .5, duplicates FP;
+    all-point area under the precision envelope as a sum of rectangles), continuous scores, one category."""
+
+    def iou(a, b):
+        iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+        ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+        return 0.0 if iw <= 0 or ih <= 0 else iw * ih / (a[2] * a[3] + b[2] * b[3] - iw * ih)
+
+    checked = 0
+    for seed in range(60):
+        rng = np.random.default_rng(1000 + seed)
+        gt, preds = _random_case(rng)
+        for a in gt["annotations"]:
+            a["iscrowd"], a["category_id"] = 0, 1
+        gt["categories"] = [{"id": 1}]
+        for p in preds:
+            p["category_id"], p["score"] = 1, float(rng.random())  # no ties
+        if not gt["annotations"]:
+            continue
+        taken, tp = set(), []
+        for p in sorted(preds, key=lambda p: -p["score"]):
+            cands = [
+                (iou(p["bbox"], a["bbox"]), a["id"])
+                for a in gt["annotations"]
+                if a["image_id"] == p["image_id"] and a["id"] not in taken
+            ]
+            best = max(cands, default=(0.0, None))
+            if best[0] >= 0.5:
+                taken.add(best[1])
+            tp.append(best[0] >= 0.5)
+        n_gt, ap, prev_rec = len(gt["annotations"]), 0.0, 0.0
+        rec = np.cumsum(tp) / n_gt
+        prec = np.cumsum(tp) / np.arange(1, len(tp) + 1)
+        for i in range(len(tp)):
+            if rec[i] > prev_rec:  # each recall step is weighted by the best precision at >= recall
+                ap += (rec[i] - prev_rec) * max(prec[i:])
+                prev_rec = rec[i]
+        assert evaluate_boxes(gt, preds)["ap50_voc"] == pytest.approx(ap, abs=1e-12), seed
+        checked += 1
+    assert checked > 40

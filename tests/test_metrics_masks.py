@@ -154,6 +154,10 @@ def test_types_from_canonical_calcifications_json_and_fp_per_cm2():
     assert r["fp_per_cm2"] == pytest.approx(0.5)
     assert r["froc"]["fp_per_cm2"] == pytest.approx([0.0, 0.5])
     assert r["bootstrap"]["unit"] == "patient"
+    # the dot is always found when its image is drawn; no replicate can find the large region
+    assert r["bootstrap"]["per_type"]["dot"]["recall"] == [1.0, 1.0]
+    assert r["bootstrap"]["per_type"]["large"]["recall"] == [0.0, 0.0]
+    assert r["bootstrap"]["per_type"]["vessel"]["recall"] == [None, None]
     # an explicit isotropic spacing overrides: 0.2 mm -> 4 cm^2 per image
     r2 = evaluate_masks({"s1": gt, "s2": e}, {"s1": prob, "s2": ep}, pixel_spacing=0.2)
     assert r2["fp_per_cm2"] == pytest.approx(1 / 8)
