@@ -355,10 +355,9 @@ def evaluate_masks(
         all predictions (this is how the paper's Table 4 reads); ``n_untyped`` counts GT components without
         a type point (they count in the overall figures only). ``bootstrap`` (when asked) holds CIs of
         ``recall`` and ``sensitivity_at_fp``, overall and in ``per_type``. When every image has a pixel
-        spacing:
-        ``area_cm2`` (sum of the full image areas, not the breast areas: the metric has no breast mask)
-        and ``fp_per_cm2`` (false positives of all predictions / area_cm2), and ``froc.fp_per_cm2`` per
-        threshold.
+        spacing: ``area_cm2`` (sum of the full image areas, not the breast areas: the metric has no
+        breast mask), ``fp_per_cm2`` (false positives of all predictions / area_cm2) and
+        ``froc.fp_per_cm2`` per threshold.
 
     Raises:
         InputError: size mismatch, NaN or out-of-range probability, missing or unknown prediction.
