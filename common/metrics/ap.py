@@ -87,7 +87,8 @@ def coco_match_image(
         gt_taken = np.zeros(G, bool)
         n_keep = int((~gt_ig).sum())
         over = ious >= thr
-        for d in np.flatnonzero(over.any(axis=1)):  # a prediction without any IoU >= thr never matches
+        # a prediction without any IoU >= thr never matches: skip it
+        for d in np.flatnonzero(over.any(axis=1)):
             cand = (~gt_taken | crowd) & over[d]
             m = -1
             for part in (slice(0, n_keep), slice(n_keep, G)):  # non-ignored GT first
