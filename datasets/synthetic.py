@@ -907,7 +907,7 @@ def build_dicom(
     view_index: int,
 ):
     """A pydicom ``FileDataset`` for one image; UIDs are hashes of (seed, patient, view)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     h, w = pixels.shape
@@ -941,12 +941,26 @@ def build_dicom(
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = _uid(seed, patient_id, view_index, "series")
     ds.FrameOfReferenceUID = _uid(seed, patient_id, view_index, "frame")
+    ds.PositionReferenceIndicator = ""
     ds.StudyID = str(study + 1)
     ds.SeriesNumber = view_index + 1
     ds.InstanceNumber = 1
     ds.PatientOrientation = PATIENT_ORIENTATION[(p["laterality"], p["view"])]
     ds.ImageLaterality = p["laterality"]
     ds.ViewPosition = p["view"]
+
+    def code(value: str, meaning: str) -> Dataset:
+        item = Dataset()
+        item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "SCT", meaning
+        return item
+
+    ds.AnatomicRegionSequence = [code("76752008", "Breast")]
+    ds.ViewCodeSequence = [
+        code("399162004", "cranio-caudal")
+        if p["view"] == "CC"
+        else code("399368009", "medio-lateral oblique")
+    ]
+    ds.AcquisitionContextSequence = []
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = p["photometric"]
     ds.Rows, ds.Columns = h, w
@@ -974,6 +988,7 @@ def build_dicom(
             ds.WindowCenterWidthExplanation = ["NORMAL", "FULL RANGE"]
         ds.VOILUTFunction = "LINEAR"
     ds.LossyImageCompression = "00"
+    ds.PresentationLUTShape = "INVERSE" if p["photometric"] == "MONOCHROME1" else "IDENTITY"
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
     ds["PixelData"].VR = "OW"
     return ds

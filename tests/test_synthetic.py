@@ -109,6 +109,10 @@ def test_dicom_tags(dataset):
         assert ds.BitsAllocated == 16 and ds.BitsStored == man["bits_stored"] in (12, 14, 16)
         assert ds.HighBit == ds.BitsStored - 1 and ds.PixelRepresentation == 0
         assert ds.PhotometricInterpretation == man["photometric"]
+        lut_shape = {"MONOCHROME1": "INVERSE", "MONOCHROME2": "IDENTITY"}
+        assert ds.PresentationLUTShape == lut_shape[ds.PhotometricInterpretation]
+        meaning = {"CC": "cranio-caudal", "MLO": "medio-lateral oblique"}[im["view"]]
+        assert ds.ViewCodeSequence[0].CodeMeaning == meaning
         assert [float(v) for v in ds.PixelSpacing] == pytest.approx(im["pixel_spacing"])
         assert float(ds.RescaleSlope) == man["rescale_slope"]
         assert float(ds.RescaleIntercept) == man["rescale_intercept"]
