@@ -14,6 +14,7 @@ D2_DIR := $(VENV)/wheels
 D2_WHEEL := $(D2_DIR)/sal_detectron2-$(D2_VERSION)-py3-none-any.whl
 
 DATA ?= data/synthetic
+N_STUDIES ?= 50
 CONFIG ?=
 OPTS ?=
 OUT ?= output
@@ -51,22 +52,25 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-data: $(STAMP)
-	$(PY) -m datasets.synthetic --out $(DATA) --n 24 --seed 0 --height 1024 --width 832
+data: $(DATA)/masses.json
+
+# Full-field synthetic studies (two views each); point DATA at a converted public dataset instead.
+$(DATA)/masses.json: | $(STAMP)
+	$(PY) -m datasets.synthetic --out $(DATA) --n $(N_STUDIES) --seed 0
 
 demo: $(STAMP)
 	$(PY) -m scripts.demo --out demo_out
 
-train-mass: $(STAMP)
+train-mass: $(STAMP) $(DATA)/masses.json
 	$(PY) -m mass_det.train_net --config-file $(or $(CONFIG),mass_det/configs/faster_rcnn_R50_FPN_FL_NL.yaml) $(OPTS)
 
-train-calc: $(STAMP)
-	$(PY) -m calc_seg.train_net --config $(or $(CONFIG),calc_seg/configs/unet_gn.yaml) $(if $(OPTS),--opts $(OPTS))
+train-calc: $(STAMP) $(DATA)/masses.json
+	$(PY) -m calc_seg.train_net --config $(or $(CONFIG),calc_seg/configs/unet_gn.yaml) --opts DATA.ROOT $(DATA) $(OPTS)
 
-ablate-mass: $(STAMP)
+ablate-mass: $(STAMP) $(DATA)/masses.json
 	$(PY) -m mass_det.ablate --data $(DATA) --out $(OUT)/ablate_mass
 
-ablate-calc: $(STAMP)
+ablate-calc: $(STAMP) $(DATA)/masses.json
 	$(PY) -m calc_seg.ablate --data $(DATA) --out $(OUT)/ablate_calc
 
 bench: $(STAMP)
