@@ -39,7 +39,7 @@ Lesions (none in ~25 % of images), all inside the breast, off the pectoral muscl
 other:
 
 * masses: round, oval, irregular or spiculated; diameter 2-6 % of the image height; soft margins;
-  contrast 0.08-0.2 signal units, or 0.05-0.08 ("low") in most masses of dense (C/D) breasts. The box
+  contrast 0.1-0.28 signal units, or 0.05-0.09 ("low") in most masses of dense (C/D) breasts. The box
   is the tight box of the footprint ``r <= R(theta)`` (spicules, drawn below half the contrast, are not
   part of it).
 * calcifications, as a pixel mask typed per 8-connected component: ``dot`` (1-8 px dots, single or
@@ -364,7 +364,7 @@ def _render_mass(rng: np.random.Generator, h: int, shape: str, density: str) -> 
     m = r0 * rng.uniform(0.08, 0.25)  # margin softness (px)
     dense = density in ("C", "D")
     low = dense and rng.random() < 0.6  # low-contrast masses hide in dense breasts
-    contrast = float(rng.uniform(0.05, 0.08) if low else rng.uniform(0.08, 0.2))
+    contrast = float(rng.uniform(0.05, 0.09) if low else rng.uniform(0.1, 0.28))
     spic_len = r0 * 1.6 if shape == "spiculated" else 0.0
     ext = r0 * 1.45 + 3 * m + spic_len  # every pixel the mass touches lies within ext of the centre
     half = int(math.ceil(ext)) + 2
@@ -410,10 +410,11 @@ def _render_mass(rng: np.random.Generator, h: int, shape: str, density: str) -> 
             )
         spic = cv2.GaussianBlur(spic, (0, 0), max(0.5, 0.3 * thick))
         # spicules stay below half the mass contrast: outside the footprint by construction
-        inten = np.maximum(inten, 0.4 * np.clip(spic, 0, 1) * (r > 0.5 * r0))
+        taper = np.clip(1.0 - (r - 0.6 * r0) / (2.2 * r0), 0.0, 1.0)  # spicules fade outward
+        inten = np.maximum(inten, 0.4 * np.clip(spic, 0, 1) * taper * (r > 0.5 * r0))
         params["spicules"] = n_sp
     params["contrast"] = round(contrast, 5)
-    params["contrast_level"] = "low" if contrast < 0.08 else "medium" if contrast < 0.14 else "high"
+    params["contrast_level"] = "low" if contrast < 0.1 else "medium" if contrast < 0.18 else "high"
     return {
         "intensity": (contrast * inten).astype(np.float32),
         "footprint": footprint,
