@@ -1,0 +1,472 @@
+"""Reading mammograms and the paper's window adjustment (Sec. 2.2.1, "Window Adjustment").
+
+Reading goes through pydicom (with the pylibjpeg plugins for JPEG, JPEG 2000 and RLE). The Modality LUT
+(*Rescale Slope/Intercept* or a *Modality LUT Sequence*) is applied with
+:func:`pydicom.pixels.apply_modality_lut`; a *VOI LUT Sequence* with :func:`pydicom.pixels.apply_voi_lut`.
+PNG and TIFF files are read as they are (no Modality LUT, no window).
+
+The window adjustment of the paper maps the window's lower end ``c - w/2`` to 0 and its upper end
+``c + w/2`` to 255 linearly; values outside are clipped to 0 and 255. Note that this is the paper's
+formula, not DICOM's ``c - 0.5 - (w - 1)/2`` variant. MONOCHROME1 images are inverted inside the same
+mapping so that tissue is always bright and the background is 0.
+
+Every problem with an input file raises :class:`common.errors.InputError` with a one-line message that
+names the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.errors import InputError
+
+#: Suffixes read as ordinary image files; everything else is tried as DICOM.
+RASTER_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+@dataclass
+class LoadedImage:
+    """A decoded single-frame greyscale image.
+
+    Attributes:
+        pixels: float32 (H, W), Modality-LUT output values (DICOM) or raw values (PNG/TIFF).
+            Row 0 is the top of the image, column 0 its left edge, as stored in the file.
+        meta: json-able dict: source, pixel_spacing ([row_mm, col_mm] or None), laterality ("L"/"R"/None),
+            view, photometric, presentation_intent, bits_stored, rows, cols, transfer_syntax,
+            window_centers / window_widths (all values from the file, [] when absent), voi_lut (bool).
+        dataset: the pydicom header (no pixel data) for DICOM input, needed to apply a VOI LUT Sequence;
+            None for PNG/TIFF input and arrays.
+    """
+
+    pixels: np.ndarray
+    meta: dict[str, Any]
+    dataset: Any = field(default=None, repr=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------------
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_dir():
+        raise InputError(path, "is a directory, not an image file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file (0 bytes)")
+
+
+def _first(value: Any) -> Any:
+    """First item of a DICOM multi-value, or the value itself."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return value[0] if len(value) else None
+    return value
+
+
+def _as_list_of_float(value: Any) -> list[float]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [float(v) for v in value]
+    return [float(value)]
+
+
+def dicom_meta(ds: Any, source: str) -> dict[str, Any]:
+    """The json-able metadata kept from a DICOM header (see :class:`LoadedImage`)."""
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    laterality = ds.get("ImageLaterality") or ds.get("Laterality") or None
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    return {
+        "source": source,
+        "pixel_spacing": [float(s) for s in spacing][:2] if spacing else None,
+        "laterality": str(laterality).upper() if laterality else None,
+        "view": str(ds.get("ViewPosition")) if ds.get("ViewPosition") else None,
+        "photometric": str(ds.get("PhotometricInterpretation", "")) or None,
+        "presentation_intent": str(ds.get("PresentationIntentType", "")) or None,
+        "bits_stored": int(ds.BitsStored) if ds.get("BitsStored") is not None else None,
+        "rows": int(ds.get("Rows", 0)),
+        "cols": int(ds.get("Columns", 0)),
+        "transfer_syntax": str(ts) if ts else None,
+        "window_centers": _as_list_of_float(ds.get("WindowCenter")),
+        "window_widths": _as_list_of_float(ds.get("WindowWidth")),
+        "voi_lut": bool(ds.get("VOILUTSequence")),
+    }
+
+
+def _check_dicom_header(ds: Any, path: Path) -> None:
+    """Reject what the pipeline cannot use, before decoding any pixel."""
+    from pydicom.pixels import get_decoder
+
+    if "PixelData" not in ds:
+        other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
+        if other:
+            raise InputError(path, f"{other[0]} (float pixel data) is not supported")
+        raise InputError(path, "DICOM file without pixel data")
+    intent = str(ds.get("PresentationIntentType", "")).upper()
+    if intent == "FOR PROCESSING":
+        raise InputError(
+            path,
+            "FOR PROCESSING image (raw detector data); only FOR PRESENTATION images are supported",
+        )
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows == 0 or cols == 0:
+        raise InputError(path, f"empty image ({rows}x{cols} pixels)")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise InputError(path, f"multi-frame image ({frames} frames) is not supported")
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise InputError(
+            path,
+            f"colour or non-greyscale image (PhotometricInterpretation {photometric or '?'}, "
+            f"{samples} samples per pixel) is not supported",
+        )
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None:
+        return  # pydicom assumes Implicit VR Little Endian
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        raise InputError(
+            path, f"unsupported compression / transfer syntax {ts.name} ({ts})"
+        ) from None
+    if not decoder.is_available:
+        raise InputError(
+            path,
+            f"no installed decoder for transfer syntax {ts.name} ({ts}); install pylibjpeg plugins",
+        )
+    if not ts.is_compressed:
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+        expected = (rows * cols * samples * bits + 7) // 8
+        got = len(ds.PixelData)
+        if got < expected:
+            raise InputError(path, f"truncated pixel data ({got} of {expected} bytes)")
+
+
+def read_dicom_dataset(path: str | Path) -> Any:
+    """Read and validate a DICOM file; returns the pydicom ``FileDataset`` (pixels not decoded yet)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        raise InputError(path, "not a DICOM file (no 'DICM' marker) and not a PNG/TIFF") from None
+    except Exception as e:  # truncated headers show up as EOFError, struct.error, OSError, ...
+        raise InputError(
+            path, f"unreadable or truncated DICOM file ({type(e).__name__}: {e})"
+        ) from None
+    _check_dicom_header(ds, path)
+    return ds
+
+
+def _modality_lut(stored: np.ndarray, ds: Any) -> np.ndarray:
+    """``apply_modality_lut`` as float32, through a lookup table for 8/16-bit data (same values, faster)."""
+    from pydicom.pixels import apply_modality_lut
+
+    if stored.dtype in (np.uint8, np.int8, np.uint16, np.int16):
+        unsigned = np.dtype(f"uint{stored.dtype.itemsize * 8}")
+        all_values = np.arange(np.iinfo(unsigned).max + 1, dtype=unsigned).view(stored.dtype)
+        table = np.asarray(apply_modality_lut(all_values, ds), dtype=np.float32)
+        return table[stored.view(unsigned)]
+    return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
+
+
+def load_dicom(path: str | Path) -> LoadedImage:
+    """Decode a single-frame greyscale DICOM and apply its Modality LUT."""
+    path = Path(path)
+    ds = read_dicom_dataset(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            stored = ds.pixel_array
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        what = f"{ts.name} " if ts is not None else ""
+        raise InputError(
+            path, f"cannot decode {what}pixel data ({type(e).__name__}: {msg})"
+        ) from None
+    if stored.ndim != 2:
+        raise InputError(
+            path, f"expected a single greyscale frame, got pixel array shape {stored.shape}"
+        )
+    meta = dicom_meta(ds, str(path))
+    pixels = _modality_lut(stored, ds)
+    del ds.PixelData  # keep the header only; the pixels live in `pixels`
+    _check_not_constant(pixels, path)
+    return LoadedImage(pixels=pixels, meta=meta, dataset=ds)
+
+
+def _check_not_constant(pixels: np.ndarray, path: str | Path | None) -> None:
+    if pixels.size == 0:
+        raise InputError(path, "empty image (no pixels)")
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise InputError(path, "image contains NaN or infinite values")
+    if lo == hi:
+        raise InputError(path, f"constant image (every pixel is {lo:g})")
+
+
+def raster_meta(source: str, shape: tuple[int, int]) -> dict[str, Any]:
+    """Metadata for a PNG/TIFF file or an array: nothing but the size is known."""
+    return {
+        "source": source,
+        "pixel_spacing": None,
+        "laterality": None,
+        "view": None,
+        "photometric": "MONOCHROME2",
+        "presentation_intent": None,
+        "bits_stored": None,
+        "rows": int(shape[0]),
+        "cols": int(shape[1]),
+        "transfer_syntax": None,
+        "window_centers": [],
+        "window_widths": [],
+        "voi_lut": False,
+    }
+
+
+def load_raster(path: str | Path) -> LoadedImage:
+    """Read a greyscale PNG or TIFF (any integer or float bit depth) as float32 pixels."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            arr = np.asarray(tifffile.imread(path))
+        else:
+            from common.io import read_png
+
+            arr = read_png(path)
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(path, f"unreadable image file ({type(e).__name__}: {e})") from None
+    arr = np.squeeze(arr)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        rgb = arr[..., :3]
+        if not (
+            np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+        ):
+            raise InputError(path, "colour image is not supported (greyscale only)")
+        arr = rgb[..., 0]
+    if arr.ndim != 2:
+        raise InputError(path, f"expected a single greyscale image, got array shape {arr.shape}")
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    pixels = arr.astype(np.float32)
+    _check_not_constant(pixels, path)
+    return LoadedImage(pixels=pixels, meta=raster_meta(str(path), pixels.shape))
+
+
+def load_image(path: str | Path) -> LoadedImage:
+    """Read a DICOM, PNG or TIFF file (chosen by suffix: .png/.tif/.tiff, anything else is DICOM)."""
+    path = Path(path)
+    if path.suffix.lower() in RASTER_SUFFIXES:
+        return load_raster(path)
+    return load_dicom(path)
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read an image file; returns (float32 (H, W) Modality-LUT pixels, json-able meta dict).
+
+    The pixels are in the stored orientation (row 0 = top, column 0 = left). MONOCHROME1 data is NOT
+    inverted here (``meta["photometric"]`` says so); :func:`window_image` does that.
+    """
+    loaded = load_image(path)
+    return loaded.pixels, loaded.meta
+
+
+# ----------------------------------------------------------------------------------------------------
+# Window adjustment
+# ----------------------------------------------------------------------------------------------------
+class WindowIntensity:
+    """The paper's window adjustment: ``c - w/2 -> 0``, ``c + w/2 -> 255``, linear, clipped to [0, 255].
+
+    Shaped like MONAI's ``ScaleIntensityRange``: parameters in ``__init__``, a pure ``__call__``.
+
+    Args:
+        center: window centre ``c`` in the input's units (Modality-LUT output for DICOM).
+        width: window width ``w`` > 0.
+        invert: for MONOCHROME1 data: map ``c + w/2 -> 0`` and ``c - w/2 -> 255`` instead, so that the
+            result equals the window of the MONOCHROME2 version of the same image.
+
+    ``__call__(x)`` takes any real (H, W) array and returns uint8 (H, W). Values are rounded half up
+    (``floor(y + 0.5)``). Edge cases: ``w <= 0`` or a non-finite parameter raises ``ValueError`` at
+    construction; NaN inputs map to 0.
+    """
+
+    def __init__(self, center: float, width: float, invert: bool = False):
+        center, width = float(center), float(width)
+        if not (np.isfinite(center) and np.isfinite(width)) or width <= 0:
+            raise ValueError(
+                f"window needs a finite centre and a width > 0, got c={center}, w={width}"
+            )
+        self.center = center
+        self.width = width
+        self.invert = bool(invert)
+        self.low = center - width / 2.0
+        self.high = center + width / 2.0
+        self.scale = 255.0 / width
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        work = np.float64 if x.dtype == np.float64 else np.float32
+        if self.invert:
+            y = np.subtract(work(self.high), x, dtype=work)
+        else:
+            y = np.subtract(x, work(self.low), dtype=work)
+        y *= work(self.scale)
+        y += work(0.5)
+        np.clip(y, 0, 255, out=y)
+        np.nan_to_num(y, copy=False, nan=0.0)
+        return y.astype(np.uint8)
+
+    def __repr__(self) -> str:
+        return (
+            f"WindowIntensity(center={self.center:g}, width={self.width:g}, invert={self.invert})"
+        )
+
+
+def apply_window(x: np.ndarray, center: float, width: float, invert: bool = False) -> np.ndarray:
+    """Functional form of :class:`WindowIntensity`: uint8 (H, W) from real (H, W)."""
+    return WindowIntensity(center, width, invert)(x)
+
+
+def rescale_voi_lut_output(
+    voi: np.ndarray, lut_min: float, lut_max: float, invert: bool
+) -> np.ndarray:
+    """Map a VOI LUT's output range [lut_min, lut_max] linearly to 0..255 (uint8)."""
+    if lut_max <= lut_min:
+        raise ValueError("VOI LUT has a constant output")
+    center, width = (lut_min + lut_max) / 2.0, float(lut_max - lut_min)
+    return apply_window(voi.astype(np.float32), center, width, invert)
+
+
+def fallback_window(
+    pixels: np.ndarray,
+    invert: bool = False,
+    sample_step: int = 4,
+    background_sigmas: float = 5.0,
+    upper_percentile: float = 99.9,
+) -> tuple[float, float]:
+    """Window (c, w) for an image without window tags, from its non-background pixels.
+
+    Works on display-oriented values ``d = -x`` for MONOCHROME1 (``invert=True``), ``d = x`` otherwise,
+    sampled every ``sample_step`` pixels in each direction:
+
+    1. Otsu's threshold splits background from tissue; the background level is the median ``b`` of the
+       darker class and its noise ``s`` is 1.4826 x its median absolute deviation.
+    2. Window low end ``L = b + background_sigmas * s`` (at least one grey step above ``b``), so that
+       the background, noise included, maps to 0 as the paper's breast extraction expects.
+    3. Window high end ``H`` = the ``upper_percentile`` of the pixels above ``L`` (the brightest 0.1 %,
+       e.g. calcifications and markers, saturate at 255).
+
+    Returns (c, w) in the units of ``x``: ``c = (L + H) / 2`` (negated back for MONOCHROME1), ``w = H - L``.
+    """
+    from skimage.filters import threshold_otsu
+
+    d = np.asarray(pixels[::sample_step, ::sample_step], dtype=np.float64).ravel()
+    if invert:
+        d = -d
+    d = d[np.isfinite(d)]
+    if d.size == 0 or d.min() == d.max():
+        raise ValueError("cannot compute a window for a constant image")
+    t = threshold_otsu(d, nbins=1024)
+    background = d[d <= t]
+    b = float(np.median(background))
+    s = 1.4826 * float(np.median(np.abs(background - b)))
+    step = float(np.min(np.diff(np.unique(d[:200_000])))) if d.size > 1 else 1.0
+    low = b + max(background_sigmas * s, step)
+    tissue = d[d > low]
+    if tissue.size == 0:
+        tissue = d[d > b]
+    high = float(np.percentile(tissue, upper_percentile)) if tissue.size else float(d.max())
+    if high <= low:
+        high = float(d.max())
+    center, width = (low + high) / 2.0, high - low
+    if invert:
+        center = -center
+    return float(center), float(width)
+
+
+def window_image(
+    loaded: LoadedImage, window: tuple[float, float] | None = None
+) -> tuple[np.ndarray, dict]:
+    """Window a loaded image to uint8 (tissue bright, background 0).
+
+    Order of preference: an explicit ``window=(c, w)``; the file's VOI LUT Sequence (first item, applied
+    by pydicom, its output range rescaled to 0..255); the file's first WindowCenter/WindowWidth pair;
+    otherwise :func:`fallback_window` with a warning.
+
+    Returns (uint8 (H, W), record) where record = {"center", "width", "source", "invert", "warnings"};
+    center/width are None for a VOI LUT (its descriptor is recorded instead).
+    """
+    meta = loaded.meta
+    invert = str(meta.get("photometric") or "").upper() == "MONOCHROME1"
+    warns: list[str] = []
+    rec: dict[str, Any] = {"invert": invert}
+    if window is not None:
+        out = apply_window(loaded.pixels, window[0], window[1], invert)
+        rec.update(center=float(window[0]), width=float(window[1]), source="argument")
+        return out, {**rec, "warnings": warns}
+
+    ds = loaded.dataset
+    if ds is not None and meta.get("voi_lut"):
+        from pydicom.pixels import apply_voi_lut
+
+        item = ds.VOILUTSequence[0]
+        desc = [int(v) for v in item.LUTDescriptor]
+        # The VOI LUT indexes integer Modality-LUT output; rescaled data is rounded to integers first.
+        values = np.rint(loaded.pixels).astype(np.int64)
+        voi = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+        lut = np.asarray(apply_voi_lut(np.arange(desc[1], desc[1] + (desc[0] or 65536)), ds, 0))
+        lut_min, lut_max = float(lut.min()), float(lut.max())
+        if lut_max > lut_min:
+            out = rescale_voi_lut_output(voi, lut_min, lut_max, invert)
+            rec.update(
+                center=None,
+                width=None,
+                source="voi_lut_sequence",
+                lut_descriptor=desc,
+                lut_output_range=[lut_min, lut_max],
+            )
+            if len(ds.VOILUTSequence) > 1:
+                warns.append(f"{len(ds.VOILUTSequence)} VOI LUTs in the file; used the first")
+            return out, {**rec, "warnings": warns}
+        warns.append("VOI LUT Sequence has a constant output; ignored")
+
+    centers, widths = meta.get("window_centers") or [], meta.get("window_widths") or []
+    if centers and widths:
+        c, w = centers[0], widths[0]
+        if np.isfinite(c) and np.isfinite(w) and w > 0:
+            if len(centers) > 1 or len(widths) > 1:
+                warns.append(
+                    f"{max(len(centers), len(widths))} windows in the file; used the first"
+                )
+            out = apply_window(loaded.pixels, c, w, invert)
+            rec.update(center=c, width=w, source="file")
+            return out, {**rec, "warnings": warns}
+        warns.append(f"invalid window in the file (c={c}, w={w}); ignored")
+
+    c, w = fallback_window(loaded.pixels, invert=invert)
+    warns.append(
+        "no usable window in the file; fallback window from the non-background pixels "
+        f"(c={c:.6g}, w={w:.6g})"
+    )
+    out = apply_window(loaded.pixels, c, w, invert)
+    rec.update(center=c, width=w, source="fallback")
+    return out, {**rec, "warnings": warns}
