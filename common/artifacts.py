@@ -54,6 +54,7 @@ def find_artifact_columns(
     median_width: int = 15,
     k_spread: float = 10.0,
     min_excess: float = 400.0,
+    max_run: int = 2,
     max_columns: int = 8,
 ) -> tuple[list[int], dict]:
     """Artifact columns from the profile ``h`` (Eq. 5).
@@ -68,6 +69,8 @@ def find_artifact_columns(
             (400: e.g. 8 dots of contrast 50; on synthetic images the highest non-artifact excess
             seen, calcification clusters included, is about 200, a real artifact column 2500 and more
             at 512 rows). An isolated calcification dot adds at most 255.
+        max_run: runs of more than ``max_run`` adjacent candidate columns are dropped: the artifact is
+            a 1-pixel line, a wider band is an edge or a structure (e.g. the film edge of a scan).
         max_columns: more candidate columns than this means the image is not a line-artifact case
             (e.g. a periodic texture); nothing is reported then.
 
@@ -83,6 +86,9 @@ def find_artifact_columns(
     threshold = max(k_spread * spread, float(min_excess))
     cols = np.flatnonzero(r > threshold)
     cols = cols[(cols > 0) & (cols < h.size - 1)]  # border columns carry no signal (see module doc)
+    if cols.size:
+        runs = np.split(cols, np.flatnonzero(np.diff(cols) > 1) + 1)
+        cols = np.concatenate([run for run in runs if run.size <= max_run] or [cols[:0]])
     if cols.size > max_columns:
         cols = cols[:0]
     details = {

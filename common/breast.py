@@ -75,18 +75,30 @@ def breast_mask(
     if factor == 1:
         # Recover the boundary pixels the opening shaved off, but only those touching the region.
         grown = cv2.dilate(region, _disk(radius))
-        mask = (region | (grown & coarse)).astype(bool)
-        return ndimage.binary_fill_holes(mask)
+        mask = cv2.bitwise_or(region, cv2.bitwise_and(grown, coarse)) * np.uint8(255)
+    else:
+        inner = cv2.erode(region, _disk(band)) * np.uint8(255)
+        outer = cv2.dilate(region, _disk(band)) * np.uint8(255)
+        size = (cw * factor, ch * factor)
+        inner_full = cv2.resize(inner, size, interpolation=cv2.INTER_NEAREST)[:h, :w]
+        outer_full = cv2.resize(outer, size, interpolation=cv2.INTER_NEAREST)[:h, :w]
+        # Inside the eroded coarse region everything is breast (holes filled); in the band the
+        # full-resolution foreground decides; outside nothing is.
+        mask = cv2.bitwise_or(inner_full, cv2.bitwise_and(outer_full, fg255))
+    return _one_filled_region(mask)
 
-    inner = cv2.erode(region, _disk(band)) * np.uint8(255)
-    outer = cv2.dilate(region, _disk(band)) * np.uint8(255)
-    size = (cw * factor, ch * factor)
-    inner_full = cv2.resize(inner, size, interpolation=cv2.INTER_NEAREST)[:h, :w]
-    outer_full = cv2.resize(outer, size, interpolation=cv2.INTER_NEAREST)[:h, :w]
-    # Inside the eroded coarse region everything is breast (holes filled); in the band the
-    # full-resolution foreground decides; outside nothing is.
-    mask = cv2.bitwise_or(inner_full, cv2.bitwise_and(outer_full, fg255))
-    return mask.astype(bool)
+
+def _one_filled_region(mask255: np.ndarray) -> np.ndarray:
+    """Largest 8-connected component of a 0/255 mask with its holes filled, as bool."""
+    n, labels = cv2.connectedComponents(mask255, connectivity=8, ltype=cv2.CV_32S)
+    if n > 2:
+        areas = np.bincount(labels.ravel(), minlength=n)
+        mask255 = cv2.compare(labels, int(np.argmax(areas[1:]) + 1), cv2.CMP_EQ)
+    # Holes: background pixels not reachable from outside the image (flood from a 1-pixel frame).
+    outside = cv2.copyMakeBorder(mask255, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    cv2.floodFill(outside, None, (0, 0), 255)
+    holes = cv2.bitwise_not(outside[1:-1, 1:-1])
+    return cv2.bitwise_or(mask255, holes) > 0
 
 
 def _largest_component(binary: np.ndarray) -> np.ndarray | None:

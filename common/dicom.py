@@ -361,46 +361,67 @@ def fallback_window(
     invert: bool = False,
     sample_step: int = 4,
     background_sigmas: float = 5.0,
-    upper_percentile: float = 99.9,
+    upper_percentile: float = 99.5,
+    clipped_fraction: float = 0.05,
 ) -> tuple[float, float]:
     """Window (c, w) for an image without window tags, from its non-background pixels.
 
     Works on display-oriented values ``d = -x`` for MONOCHROME1 (``invert=True``), ``d = x`` otherwise,
     sampled every ``sample_step`` pixels in each direction:
 
-    1. Otsu's threshold splits background from tissue; the background level is the median ``b`` of the
-       darker class and its noise ``s`` is 1.4826 x its median absolute deviation.
+    1. Background level. When at least ``clipped_fraction`` of the pixels sit exactly at the image
+       minimum, the background was clipped or padded to that value (the digitised films of CBIS-DDSM
+       are) and the window low end is one grey step above it. Otherwise Otsu's threshold splits
+       background from tissue; the background level is the median ``b`` of the darker class, its
+       noise ``s`` 1.4826 x its median absolute deviation.
     2. Window low end ``L = b + background_sigmas * s`` (at least one grey step above ``b``), so that
        the background, noise included, maps to 0 as the paper's breast extraction expects.
-    3. Window high end ``H`` = the ``upper_percentile`` of the pixels above ``L`` (the brightest 0.1 %,
-       e.g. calcifications and markers, saturate at 255).
+    3. Window high end ``H`` = the ``upper_percentile`` of the pixels of the largest connected region
+       above ``L`` (the breast; burned-in labels, often the brightest pixels of a film, are left out).
+       The brightest 0.5 % of the breast (calcifications) saturate at 255.
 
     Returns (c, w) in the units of ``x``: ``c = (L + H) / 2`` (negated back for MONOCHROME1), ``w = H - L``.
     """
+    import cv2
     from skimage.filters import threshold_otsu
 
-    d = np.asarray(pixels[::sample_step, ::sample_step], dtype=np.float64).ravel()
+    sub = np.asarray(pixels[::sample_step, ::sample_step], dtype=np.float64)
     if invert:
-        d = -d
-    d = d[np.isfinite(d)]
-    if d.size == 0 or d.min() == d.max():
+        sub = -sub
+    sub = np.where(np.isfinite(sub), sub, np.nan)
+    lowest = np.nanmin(sub)
+    d = sub[sub > lowest]
+    if d.size == 0:
         raise ValueError("cannot compute a window for a constant image")
-    t = threshold_otsu(d, nbins=1024)
-    background = d[d <= t]
-    b = float(np.median(background))
-    s = 1.4826 * float(np.median(np.abs(background - b)))
-    step = float(np.min(np.diff(np.unique(d[:200_000])))) if d.size > 1 else 1.0
-    low = b + max(background_sigmas * s, step)
-    tissue = d[d > low]
-    if tissue.size == 0:
+    if d.min() == d.max():  # a two-valued image: the window spans its two values
+        return _center_width(float(lowest), float(d.max()), invert)
+    values = np.unique(d[:100_000])
+    step = float(np.min(np.diff(values))) if values.size > 1 else 1.0
+    if np.mean(sub == lowest) >= clipped_fraction:
+        b, low = float(lowest), float(lowest) + step
+    else:
+        t = threshold_otsu(d, nbins=1024)
+        background = d[d <= t]
+        b = float(np.median(background))
+        s = 1.4826 * float(np.median(np.abs(background - b)))
+        low = b + max(background_sigmas * s, step)
+    if low >= float(d.max()):
+        low = b
+    fg = (sub > low).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    if n > 1:
+        tissue = sub[labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
+    else:
         tissue = d[d > b]
     high = float(np.percentile(tissue, upper_percentile)) if tissue.size else float(d.max())
     if high <= low:
-        high = float(d.max())
-    center, width = (low + high) / 2.0, high - low
-    if invert:
-        center = -center
-    return float(center), float(width)
+        low, high = float(lowest), float(d.max())
+    return _center_width(low, high, invert)
+
+
+def _center_width(low: float, high: float, invert: bool) -> tuple[float, float]:
+    center = (low + high) / 2.0
+    return float(-center if invert else center), float(high - low)
 
 
 def window_image(
