@@ -138,11 +138,29 @@ def remove_artifact_columns(
 
 
 def remove_artifacts(
-    u: np.ndarray, mask: np.ndarray | None = None, **find_kwargs
+    u: np.ndarray,
+    mask: np.ndarray | None = None,
+    min_dots: int = 8,
+    dot_contrast: int = 16,
+    **find_kwargs,
 ) -> tuple[np.ndarray, list[int], dict]:
-    """Eq. 5 end to end: (repaired uint8 (H, W), artifact columns, details). See module doc."""
-    h = artifact_profile(u)
+    """Eq. 5 end to end: (repaired uint8 (H, W), artifact columns, details).
+
+    Columns found by :func:`find_artifact_columns` on ``h`` are kept only when they hold at least
+    ``min_dots`` isolated dots, i.e. pixels whose smallest difference to their 8 neighbours is at least
+    ``dot_contrast`` grey levels: the artifact is a line of many dots, while a few aligned
+    calcifications can add up to a similar excess of ``h`` but not to that many dots.
+    ``find_kwargs`` go to :func:`find_artifact_columns`; ``mask`` to :func:`remove_artifact_columns`.
+    """
+    u = np.asarray(u)
+    d = min_neighbour_difference(u)
+    h = cv2.reduce(d, 0, cv2.REDUCE_SUM, dtype=cv2.CV_64F).ravel()
     cols, details = find_artifact_columns(h, **find_kwargs)
+    if cols:
+        dots = (d[:, cols] >= dot_contrast).sum(axis=0)
+        details["dots"] = [int(n) for n in dots]
+        details["excess"] = [e for e, n in zip(details["excess"], dots) if n >= min_dots]
+        cols = [c for c, n in zip(cols, dots) if n >= min_dots]
     if not cols:
-        return np.asarray(u).copy(), [], details
+        return u.copy(), [], details
     return remove_artifact_columns(u, cols, mask), cols, details
