@@ -1,0 +1,118 @@
+"""Operating points: the score threshold that gives K false positives per image on a validation set.
+
+The FROC curve comes from :mod:`common.metrics` (``evaluate_boxes`` for masses, ``evaluate_masks`` for
+calcifications), so the threshold is read off exactly the curve that the reports show; nothing here
+counts hits or false positives itself.
+
+``operating_points.json`` (stored in the model bundle)::
+
+    {
+      "source": "validation set description",
+      "mass": {"1": {"threshold": 0.43, "fp_per_image": 0.9, "sensitivity": 0.6}, "2": {...}, ...},
+      "calc": {"1": {...}, ...},
+      "default_fp": "1"          # used by ``predict`` when neither --threshold nor --target-fp is given
+    }
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from common.metrics.froc import fp_key
+
+__all__ = [
+    "DEFAULT_TARGET_FPS",
+    "choose_operating_points",
+    "resolve_thresholds",
+    "threshold_at_fp",
+]
+
+DEFAULT_TARGET_FPS = (0.25, 0.5, 1, 2, 5, 10)
+
+
+def threshold_at_fp(froc: Mapping, k: float) -> dict:
+    """Score threshold reaching the highest sensitivity with at most ``k`` false positives per image.
+
+    Args:
+        froc: a ``froc`` entry of a ``common.metrics`` report: ``thresholds`` (descending),
+            ``fp_per_image`` and ``sensitivity`` (both non-decreasing as the threshold falls).
+        k: allowed false positives per image.
+
+    Returns:
+        ``{"threshold", "fp_per_image", "sensitivity"}``: among the curve's thresholds with
+        ``fp_per_image <= k``, the highest one that already has the best sensitivity (fewer false
+        positives for the same sensitivity). When even the highest threshold exceeds ``k`` (or the curve
+        is empty), the threshold lies just above the top score: nothing is kept, 0 FP, 0 sensitivity.
+        The sensitivity is None when the validation set has no lesion.
+    """
+    thr = np.asarray(froc.get("thresholds", []), dtype=np.float64)
+    fppi = np.asarray([np.nan if v is None else v for v in froc.get("fp_per_image", [])], np.float64)
+    sens = np.asarray([np.nan if v is None else v for v in froc.get("sensitivity", [])], np.float64)
+    ok = np.flatnonzero(fppi <= float(k))
+    if len(ok) == 0:
+        top = float(thr[0]) if len(thr) else 1.0
+        no_lesion = len(sens) and np.isnan(sens).all()
+        return {"threshold": float(np.nextafter(top, np.inf)), "fp_per_image": 0.0,
+                "sensitivity": None if no_lesion else 0.0}
+    s = np.nan_to_num(sens[ok], nan=-1.0)
+    best = ok[int(np.argmax(s >= s.max()))]  # first (= highest threshold) reaching the best sensitivity
+    return {
+        "threshold": float(thr[best]),
+        "fp_per_image": float(fppi[best]),
+        "sensitivity": None if math.isnan(sens[best]) else float(sens[best]),
+    }
+
+
+def choose_operating_points(
+    mass_report: Mapping | None,
+    calc_report: Mapping | None,
+    fps: Iterable[float] = DEFAULT_TARGET_FPS,
+    source: str = "",
+    default_fp: float = 1,
+) -> dict:
+    """``operating_points.json`` content from validation reports of ``evaluate_boxes`` (masses) and
+    ``evaluate_masks`` (calcifications); either report may be None."""
+    out: dict = {"source": source, "default_fp": fp_key(default_fp)}
+    for name, report in (("mass", mass_report), ("calc", calc_report)):
+        if report is None:
+            continue
+        out[name] = {fp_key(k): threshold_at_fp(report["froc"], k) for k in fps}
+    return out
+
+
+def resolve_thresholds(
+    operating_points: Mapping,
+    threshold: float | None = None,
+    target_fp: float | None = None,
+    fallback: float = 0.5,
+) -> dict:
+    """Thresholds of a prediction run: ``{"mass": t, "calc": t, "source": "..."}``.
+
+    ``threshold`` wins; else ``target_fp`` K reads ``operating_points[kind][K]`` (KeyError with the
+    available levels when K was not calibrated); else the bundle's ``default_fp``; else ``fallback``.
+    """
+    if threshold is not None:
+        return {"mass": float(threshold), "calc": float(threshold), "source": f"--threshold {threshold}"}
+    key = None
+    if target_fp is not None:
+        key = fp_key(target_fp)
+    elif operating_points.get("default_fp") is not None:
+        key = str(operating_points["default_fp"])
+    out: dict = {}
+    for kind in ("mass", "calc"):
+        table = operating_points.get(kind) or {}
+        if key is not None and key in table:
+            out[kind] = float(table[key]["threshold"])
+        elif target_fp is not None:
+            levels = ", ".join(sorted(table, key=float)) or "none"
+            raise KeyError(
+                f"the bundle has no {kind} operating point for {key} FP/image (calibrated: {levels})"
+            )
+        else:
+            out[kind] = float(fallback)
+    out["source"] = (f"operating point {key} FP/image" if key is not None and "mass" in operating_points
+                     else f"default threshold {fallback}")
+    return out

@@ -1,0 +1,119 @@
+"""Overlay drawing shared by ``deeplima predict`` (full-size overlays) and the HTML report (thumbnails).
+
+Colours (RGB) are fixed so every picture reads the same way: mass boxes orange, calcification outlines
+cyan, ground truth green (report only, dashed look by thinner lines). Scores are printed next to each
+finding. All inputs are in the ORIGINAL image frame: boxes ``[x, y, w, h]`` in pixels (top-left origin,
+x = column), masks (H, W) bool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["CALC_COLOR", "GT_COLOR", "MASS_COLOR", "crop_around", "draw_findings", "to_rgb", "thumbnail"]
+
+MASS_COLOR = (255, 140, 0)
+CALC_COLOR = (0, 220, 255)
+GT_COLOR = (40, 220, 40)
+MISS_COLOR = (255, 40, 40)
+
+
+def to_rgb(gray: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 -> (H, W, 3) uint8 copy."""
+    g = np.asarray(gray)
+    if g.dtype != np.uint8:
+        raise ValueError(f"expected uint8, got {g.dtype}")
+    return np.ascontiguousarray(np.repeat(g[:, :, None], 3, axis=2))
+
+
+def _line_width(shape) -> int:
+    return max(1, int(round(min(shape[:2]) / 500)))
+
+
+def _label(rgb, text, x, y, color, scale_px):
+    import cv2
+
+    scale = max(0.35, scale_px / 30)
+    thick = max(1, int(round(scale * 1.5)))
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    x = int(min(max(x, 0), max(rgb.shape[1] - tw, 0)))
+    y = int(min(max(y, th + 2), rgb.shape[0] - 2))
+    cv2.putText(rgb, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+    cv2.putText(rgb, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
+
+
+def draw_findings(
+    gray: np.ndarray,
+    masses: Sequence[dict] = (),
+    calc_mask: np.ndarray | None = None,
+    calcs: Sequence[dict] = (),
+    gt_boxes: Sequence[Sequence[float]] = (),
+    gt_mask: np.ndarray | None = None,
+    show_scores: bool = True,
+) -> np.ndarray:
+    """Draw findings on a grey image.
+
+    Args:
+        gray: (H, W) uint8 image, original frame.
+        masses: dicts with ``bbox`` [x, y, w, h] and ``score`` (drawn as orange boxes).
+        calc_mask: (H, W) bool calcification mask; its outlines are drawn in cyan.
+        calcs: component dicts with ``bbox`` and ``score``: their scores are printed (the outline comes
+            from ``calc_mask``).
+        gt_boxes / gt_mask: ground truth to draw in green (report thumbnails).
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    import cv2
+
+    rgb = to_rgb(gray)
+    lw = _line_width(rgb.shape)
+    text_px = max(10.0, min(rgb.shape[:2]) / 40)
+    if gt_mask is not None and np.any(gt_mask):
+        contours, _ = cv2.findContours(np.asarray(gt_mask, np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(rgb, contours, -1, GT_COLOR, lw)
+    for b in gt_boxes:
+        x, y, w, h = (int(round(v)) for v in b)
+        cv2.rectangle(rgb, (x, y), (x + w, y + h), GT_COLOR, lw)
+    if calc_mask is not None and np.any(calc_mask):
+        contours, _ = cv2.findContours(np.asarray(calc_mask, np.uint8), cv2.RETR_EXTERNAL,
+                                       cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(rgb, contours, -1, CALC_COLOR, lw)
+    if show_scores:
+        for c in calcs:
+            x, y, w, h = c["bbox"]
+            _label(rgb, f"{c['score']:.2f}", x + w + 2, y + h / 2, CALC_COLOR, text_px * 0.8)
+    for m in masses:
+        x, y, w, h = (int(round(v)) for v in m["bbox"])
+        cv2.rectangle(rgb, (x, y), (x + w, y + h), MASS_COLOR, lw + 1)
+        if show_scores:
+            _label(rgb, f"{m['score']:.2f}", x, y - 4, MASS_COLOR, text_px)
+    return rgb
+
+
+def crop_around(rgb: np.ndarray, bbox: Sequence[float], context: float = 2.0, min_side: int = 96):
+    """Square-ish crop of ``rgb`` centred on ``bbox`` [x, y, w, h], ``context`` times its size."""
+    h, w = rgb.shape[:2]
+    x, y, bw, bh = (float(v) for v in bbox)
+    side = max(bw, bh) * context
+    side = max(side, min_side)
+    cx, cy = x + bw / 2, y + bh / 2
+    x0 = int(max(0, min(cx - side / 2, w - side)))
+    y0 = int(max(0, min(cy - side / 2, h - side)))
+    x1, y1 = int(min(w, x0 + side)), int(min(h, y0 + side))
+    return rgb[y0:y1, x0:x1]
+
+
+def thumbnail(rgb: np.ndarray, max_side: int = 256) -> np.ndarray:
+    """Downscale (area interpolation) so the longer side is at most ``max_side``."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    s = max_side / max(h, w)
+    if s >= 1:
+        return np.ascontiguousarray(rgb)
+    return cv2.resize(rgb, (max(1, int(round(w * s))), max(1, int(round(h * s)))),
+                      interpolation=cv2.INTER_AREA)
