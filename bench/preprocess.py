@@ -53,6 +53,13 @@ def make_dicom(folder: Path, height: int, width: int) -> Path:
     return path
 
 
+def breast_iou(result, folder: Path, stem: str) -> float:
+    """IoU of the extracted breast mask with the generator's true breast mask."""
+    truth = cv2.imread(str(folder / "breast_masks" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE) > 0
+    mask = result.breast_mask
+    return float((truth & mask).sum() / (truth | mask).sum())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -75,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             result = preprocess(path)
             times.append(time.perf_counter() - t0)
+        iou = breast_iou(result, folder, path.stem)
     summary = {
         "benchmark": "preprocess",
         "image": [args.height, args.width],
@@ -86,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": [round(t, 4) for t in times],
         "artifact_columns": result.record["artifact_columns"],
         "breast_fraction": round(result.record["breast_fraction"], 4),
+        "breast_iou": round(iou, 5),
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpu".strip(),
         "python": platform.python_version(),
     }
