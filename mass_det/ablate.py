@@ -101,10 +101,9 @@ def main(argv=None) -> int:
 
     from detectron2.utils.logger import setup_logger
 
+    import mass_det  # noqa: F401  (registration)
     from common.io import atomic_write_bytes, atomic_write_json
     from common.plots import plot_froc
-
-    import mass_det  # noqa: F401  (registration)
 
     setup_logger(name="detectron2")
     setup_logger(name="mass_det")

@@ -84,6 +84,22 @@ def test_train_mapper_scales_and_flips_boxes(synthetic):
     assert torch.equal(flipped["image"], out["image"].flip(-1))
 
 
+def test_laterality_normalised_image_gets_mirrored_boxes(synthetic):
+    """When pre-processing mirrors the image, original-frame boxes are mirrored with it."""
+    cfg = _cfg(synthetic, "INPUT.MAMMO.EXTENT_PROB", "0.0", "INPUT.MAMMO.HFLIP_PROB", "0.0")
+    d = _with_masses(cfg, 1)[0]
+    plain = MassDatasetMapper(cfg, is_train=True)(d)
+    mapper = MassDatasetMapper(cfg, is_train=True)
+    inner = mapper.read.reader
+    mapper.read.reader = lambda path: (inner(path)[0][:, ::-1], True)
+    out = mapper(d)
+    assert out["flipped"] is True
+    w = out["image"].shape[2]
+    expect = plain["instances"].gt_boxes.tensor.clone()
+    expect[:, [0, 2]] = w - expect[:, [2, 0]]
+    assert torch.allclose(out["instances"].gt_boxes.tensor, expect, atol=1e-3)
+
+
 def test_translation_and_scaling_keep_boxes_inside(synthetic):
     cfg = _cfg(synthetic, "INPUT.MAMMO.EXTENT_PROB", "1.0")
     mapper = MassDatasetMapper(cfg, is_train=True)
@@ -233,7 +249,6 @@ def test_predict_with_missing_weights_is_one_error_line(synthetic, tmp_path, cap
     assert len(err) == 1 and "weights file not found" in err[0]
 
 
-@pytest.mark.slow
 def test_train_net_instant_schedule_writes_checkpoint_and_report(synthetic, tmp_path):
     from detectron2.engine import default_argument_parser
 
