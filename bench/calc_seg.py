@@ -127,7 +127,7 @@ def bench_quality(args) -> dict:
         "DATA.ROOT", str(root), "OUTPUT_DIR", str(out / "quality_run"), "DATA.NUM_WORKERS", 0,
         "PATCH.SIZE", 128, "PATCH.STRIDE", 64, "TEST.WINDOW", 128, "TEST.STRIDE", 64,
         "LABELS.MIN_AREA", 25, "SOLVER.EPOCHS", args.epochs, "SOLVER.ITERS_PER_EPOCH", args.iters,
-        "SOLVER.BATCH_SIZE", 8, "SOLVER.BASE_LR", args.lr, "SEED", 0,
+        "SOLVER.BATCH_SIZE", 8, "SOLVER.BASE_LR", args.lr, "SEED", 0, "AUG.ENABLED", not args.no_aug,
     ]
     cfg = load_calc_seg_cfg(GN_CONFIG, opts)
     t0 = time.perf_counter()
@@ -142,7 +142,9 @@ def bench_quality(args) -> dict:
         "train_images": len(trainer.train_studies),
         "test_images": len(test),
         "test_lesions": report.get("n_lesions"),
-        "schedule": f"{args.epochs} epochs x {args.iters} iters x batch 8 (128 px patches), lr {args.lr}",
+        "schedule": f"{args.epochs} epochs x {args.iters} iters x batch 8 (128 px patches), lr {args.lr}"
+        + (", no augmentation" if args.no_aug else ""),
+        "device": str(trainer.device),
         "train_time_s": round(t_train, 1),
         "recall_at_1fp": recall_at(report, 1),
         "sensitivity_at_fp": report.get("sensitivity_at_fp"),
@@ -170,6 +172,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--no-aug", action="store_true", help="train without albumentations")
     ap.add_argument("--out", default="bench_out/calc_seg")
     args = ap.parse_args(argv)
 

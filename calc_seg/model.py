@@ -107,6 +107,11 @@ def build_unet(
         classes=classes,
         activation=None,
     )
+    if encoder.startswith("vgg"):
+        # smp's VGG encoder keeps all five stages and stops its forward after ``encoder_depth``; the
+        # deeper layers would be parameters without gradients (DistributedDataParallel rejects those)
+        feats = model.encoder.features
+        model.encoder.features = feats[: model.encoder._out_indexes[encoder_depth] + 1]
     if norm == "gn":
         model = retrofit_groupnorm(model, groups)
     elif norm == "ln":

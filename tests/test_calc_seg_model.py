@@ -102,3 +102,10 @@ def test_weights_missing_and_round_trip(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError):
         load_weights(other, tmp_path / "junk.pth")
+
+
+def test_every_parameter_gets_a_gradient():
+    """No unused layers (DistributedDataParallel requires it): smp's deeper VGG stages are trimmed."""
+    model = build_unet("gn", **SMALL)
+    model(torch.rand(1, 1, 32, 32)).sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []

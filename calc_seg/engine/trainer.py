@@ -154,7 +154,12 @@ class CalcSegTrainer:
         self.net = self.model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # VGG encoders are trimmed to the used stages (calc_seg.model); other smp encoders may keep
+            # unused deeper stages
+            unused = not cfg.MODEL.ENCODER.startswith("vgg")
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=unused
+            )
         self.start_epoch, self.best_score, self.history = 0, -1.0, []
         if resume:
             self.resume()
