@@ -129,19 +129,21 @@ def predict_image(
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
     model.eval()
-    # float64 accumulators: a mean of identical values reproduces them exactly
-    acc = np.zeros((ph, pw), dtype=np.float64)
-    wsum = np.zeros((ph, pw), dtype=np.float64)
+    # float64 accumulators on the model's device: a mean of identical values reproduces them exactly,
+    # and the blending stays next to the predictions (no per-tile copies to the host)
+    acc = torch.zeros((ph, pw), dtype=torch.float64, device=device)
+    wsum = torch.zeros((ph, pw), dtype=torch.float64, device=device)
     weight = gaussian_importance(window) if blend == "gaussian" else np.ones((window, window))
-    xt = torch.from_numpy(x)
+    weight = torch.from_numpy(weight).to(device)
+    xt = torch.from_numpy(x).to(device)
     for b in range(0, len(positions), batch_size):
         chunk = positions[b : b + batch_size]
         batch = torch.stack([xt[y : y + window, xx : xx + window] for y, xx in chunk])[:, None]
-        prob = to_prob(model(batch.to(device))).float().cpu().numpy()
+        prob = to_prob(model(batch)).to(torch.float64)
         for (y, xx), pr in zip(chunk, prob):
             acc[y : y + window, xx : xx + window] += weight * pr
             wsum[y : y + window, xx : xx + window] += weight
-    out = np.divide(acc, wsum, out=np.zeros_like(acc), where=wsum > 0)
+    out = torch.where(wsum > 0, acc / wsum.clamp_min(1e-12), torch.zeros_like(acc)).cpu().numpy()
     return out[:h, :w].astype(np.float32)
 
 
