@@ -205,11 +205,12 @@ def load_dicom(path: str | Path) -> LoadedImage:
     meta = dicom_meta(ds, str(path))
     pixels = _modality_lut(stored, ds)
     del ds.PixelData  # keep the header only; the pixels live in `pixels`
-    _check_not_constant(pixels, path)
+    check_not_constant(pixels, path)
     return LoadedImage(pixels=pixels, meta=meta, dataset=ds)
 
 
-def _check_not_constant(pixels: np.ndarray, path: str | Path | None) -> None:
+def check_not_constant(pixels: np.ndarray, path: str | Path | None) -> None:
+    """Raise :class:`InputError` for an empty, constant or non-finite image."""
     if pixels.size == 0:
         raise InputError(path, "empty image (no pixels)")
     lo, hi = float(pixels.min()), float(pixels.max())
@@ -268,7 +269,7 @@ def load_raster(path: str | Path) -> LoadedImage:
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
     pixels = arr.astype(np.float32)
-    _check_not_constant(pixels, path)
+    check_not_constant(pixels, path)
     return LoadedImage(pixels=pixels, meta=raster_meta(str(path), pixels.shape))
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from common import artifacts
 from common.breast import extract_breast
-from common.dicom import LoadedImage, _check_not_constant, load_image, raster_meta, window_image
+from common.dicom import LoadedImage, check_not_constant, load_image, raster_meta, window_image
 from common.errors import InputError
 from common.laterality import normalize_laterality as _normalize_laterality
 
@@ -55,7 +55,7 @@ def _load(source: str | Path | np.ndarray) -> LoadedImage:
         if arr.ndim != 2:
             raise InputError("<array>", f"expected a 2-D greyscale array, got shape {arr.shape}")
         pixels = arr.astype(np.float32)
-        _check_not_constant(pixels, "<array>")
+        check_not_constant(pixels, "<array>")
         return LoadedImage(pixels=pixels, meta=raster_meta("<array>", pixels.shape))
     return load_image(source)
 
