@@ -10,6 +10,12 @@ show a pulse at an artifact column. ``h`` minus its running median ``h_hat`` rem
 of the anatomy; columns whose excess is above a robust threshold are artifact columns, and each pixel
 on them is replaced by the median of its 8 neighbours. No other pixel changes.
 
+The paper leaves the threshold open. Ours (see :func:`find_artifact_columns` and
+:func:`remove_artifacts`): the excess must beat 10 robust standard deviations of ``h - h_hat`` and an
+absolute floor; the pulse must be at most 2 columns wide and 4 times above its neighbouring columns;
+and the column must hold at least 8 isolated dots. Isolated or clustered calcifications, vertical
+tissue or film edges fail at least one of these.
+
 Where ``h`` is computed: on the windowed uint8 image after breast extraction (background and burned-in
 text already 0, so they add nothing), over all rows. Image border pixels take their missing neighbours
 by edge replication, so their minimum is 0; the first and last column therefore cannot be detected.
