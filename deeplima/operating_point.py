@@ -25,12 +25,18 @@ from common.metrics.froc import fp_key
 
 __all__ = [
     "DEFAULT_TARGET_FPS",
+    "OperatingPointError",
+    "calibrate",
     "choose_operating_points",
     "resolve_thresholds",
     "threshold_at_fp",
 ]
 
 DEFAULT_TARGET_FPS = (0.25, 0.5, 1, 2, 5, 10)
+
+
+class OperatingPointError(ValueError):
+    """An operating point that the bundle was not calibrated for."""
 
 
 def threshold_at_fp(froc: Mapping, k: float) -> dict:
@@ -91,8 +97,8 @@ def resolve_thresholds(
 ) -> dict:
     """Thresholds of a prediction run: ``{"mass": t, "calc": t, "source": "..."}``.
 
-    ``threshold`` wins; else ``target_fp`` K reads ``operating_points[kind][K]`` (KeyError with the
-    available levels when K was not calibrated); else the bundle's ``default_fp``; else ``fallback``.
+    ``threshold`` wins; else ``target_fp`` K reads ``operating_points[kind][K]`` (OperatingPointError with
+    the available levels when K was not calibrated); else the bundle's ``default_fp``; else ``fallback``.
     """
     if threshold is not None:
         return {"mass": float(threshold), "calc": float(threshold), "source": f"--threshold {threshold}"}
@@ -108,7 +114,7 @@ def resolve_thresholds(
             out[kind] = float(table[key]["threshold"])
         elif target_fp is not None:
             levels = ", ".join(sorted(table, key=float)) or "none"
-            raise KeyError(
+            raise OperatingPointError(
                 f"the bundle has no {kind} operating point for {key} FP/image (calibrated: {levels})"
             )
         else:
@@ -116,3 +122,37 @@ def resolve_thresholds(
     out["source"] = (f"operating point {key} FP/image" if key is not None and "mass" in operating_points
                      else f"default threshold {fallback}")
     return out
+
+
+def calibrate(
+    pipeline,
+    gt_root,
+    work_dir,
+    split: str = "val",
+    fps: Iterable[float] = DEFAULT_TARGET_FPS,
+    default_fp: float = 1,
+    progress: bool = True,
+) -> dict:
+    """Operating points of ``pipeline`` on the ``split`` images of a canonical dataset.
+
+    Predicts the split into ``work_dir`` (a prediction folder, see :mod:`deeplima.pipeline`), scores it
+    with :func:`deeplima.report.evaluate_folder` (common.metrics) and reads the thresholds off the two
+    FROC curves. Returns the ``operating_points.json`` content (store it with
+    :func:`deeplima.bundle.save_operating_points`).
+    """
+    from datasets.register import load_canonical_dicts
+
+    from .pipeline import write_predictions
+    from .report import evaluate_folder
+
+    fps = list(fps)
+    dicts = load_canonical_dicts(gt_root, "mass", split)
+    if not dicts:
+        raise ValueError(f"{gt_root}: no image in split {split!r} to calibrate on")
+    write_predictions(pipeline, [d["file_name"] for d in dicts], work_dir, progress=progress,
+                      stems=[d["stem"] for d in dicts])
+    ev = evaluate_folder(work_dir, gt_root, split, fps=fps)
+    return choose_operating_points(
+        ev["mass"], ev["calc"], fps, default_fp=default_fp,
+        source=f"{gt_root} split {split} ({len(dicts)} images; {ev['mass']['n_lesions']} masses, "
+               f"{ev['calc']['n_lesions']} calcifications)")

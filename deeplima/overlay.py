@@ -1,7 +1,7 @@
 """Overlay drawing shared by ``deeplima predict`` (full-size overlays) and the HTML report (thumbnails).
 
 Colours (RGB) are fixed so every picture reads the same way: mass boxes orange, calcification outlines
-cyan, ground truth green (report only, dashed look by thinner lines). Scores are printed next to each
+cyan, ground truth green (report only). Scores are printed next to each
 finding. All inputs are in the ORIGINAL image frame: boxes ``[x, y, w, h]`` in pixels (top-left origin,
 x = column), masks (H, W) bool.
 """

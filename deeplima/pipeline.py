@@ -191,7 +191,7 @@ class Pipeline:
 
         Raises:
             InputError: bundle folder or one of its files missing (one line).
-            KeyError: ``target_fp`` is not among the bundle's calibrated operating points.
+            OperatingPointError: ``target_fp`` is not among the bundle's calibrated operating points.
         """
         import torch
         from detectron2.engine import DefaultPredictor
@@ -402,6 +402,7 @@ def write_predictions(
     out_dir: str | Path,
     resume: bool = False,
     progress: bool = True,
+    stems: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run ``pipeline`` over files / folders / globs and write the prediction folder (module docstring).
 
@@ -411,6 +412,9 @@ def write_predictions(
 
     Returns:
         summary dict (also ``run.json``): n_inputs, n_done, n_skipped, n_failed, failures, thresholds.
+
+    ``stems`` (one per input FILE, e.g. the canonical dataset's stems) replaces the names derived from
+    the file names.
     """
     from tqdm import tqdm
 
@@ -419,7 +423,10 @@ def write_predictions(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = collect_inputs(inputs)
-    stems = unique_stems(paths)
+    if stems is None:
+        stems = unique_stems(paths)
+    elif len(stems) != len(paths) or len(set(stems)) != len(stems):
+        raise ValueError("stems must be unique, one per input file")
     images, results, failures = [], [], []
     n_done = n_skipped = 0
     t_start = time.time()
