@@ -218,6 +218,16 @@ def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     generate(root / "art", n=3, seed=11, height=512, width=416, artifact=True, progress=False)
     generate(root / "clean", n=2, seed=12, height=512, width=416, artifact=False, progress=False)
+    generate(
+        root / "nowin",
+        n=2,
+        seed=13,
+        height=512,
+        width=416,
+        artifact=True,
+        window_mode="absent",
+        progress=False,
+    )
     return root
 
 
@@ -230,11 +240,12 @@ def _truth(folder, stem):
     return cv2.imread(str(folder / "breast_masks" / f"{stem}.png"), cv2.IMREAD_GRAYSCALE) > 0
 
 
-@pytest.mark.parametrize("kind", ["art", "clean"])
+@pytest.mark.parametrize("kind", ["art", "clean", "nowin"])
 def test_synthetic_breast_mask_text_and_artifacts(synthetic, kind):
     folder = synthetic / kind
     for im, path in _images(folder):
         p = preprocess(path)
+        assert (p.record["window"]["source"] == "fallback") == (im["window_mode"] == "absent")
         truth = _truth(folder, im["stem"])
         iou = (truth & p.breast_mask).sum() / (truth | p.breast_mask).sum()
         assert iou >= 0.98, (im["stem"], iou)
