@@ -125,7 +125,8 @@ def bench_quality(args) -> dict:
     # image scale ~ 3328 / 512 = 6.5x below full field: 900 px labels become ~900 / 6.5**2 = 21 px
     opts = [
         "DATA.ROOT", str(root), "OUTPUT_DIR", str(out / "quality_run"), "DATA.NUM_WORKERS", 0,
-        "PATCH.SIZE", 128, "PATCH.STRIDE", 64, "TEST.WINDOW", 128, "TEST.STRIDE", 64,
+        "PATCH.SIZE", args.patch, "PATCH.STRIDE", args.patch // 2, "TEST.WINDOW", args.patch,
+        "TEST.STRIDE", args.patch // 2,
         "LABELS.MIN_AREA", 25, "SOLVER.EPOCHS", args.epochs, "SOLVER.ITERS_PER_EPOCH", args.iters,
         "SOLVER.BATCH_SIZE", 8, "SOLVER.BASE_LR", args.lr, "SEED", 0, "AUG.ENABLED", not args.no_aug,
     ]
@@ -142,7 +143,7 @@ def bench_quality(args) -> dict:
         "train_images": len(trainer.train_studies),
         "test_images": len(test),
         "test_lesions": report.get("n_lesions"),
-        "schedule": f"{args.epochs} epochs x {args.iters} iters x batch 8 (128 px patches), lr {args.lr}"
+        "schedule": f"{args.epochs} epochs x {args.iters} iters x batch 8 ({args.patch} px patches), lr {args.lr}"
         + (", no augmentation" if args.no_aug else ""),
         "device": str(trainer.device),
         "train_time_s": round(t_train, 1),
@@ -169,9 +170,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quality-n", type=int, default=6)
     ap.add_argument("--quality-height", type=int, default=512)
     ap.add_argument("--quality-width", type=int, default=416)
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--patch", type=int, default=64, help="training patch = inference window (px)")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--lr", type=float, default=0.01, help="paper: Adam at 0.01")
     ap.add_argument("--no-aug", action="store_true", help="train without albumentations")
     ap.add_argument("--out", default="bench_out/calc_seg")
     args = ap.parse_args(argv)
