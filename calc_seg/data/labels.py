@@ -69,7 +69,7 @@ class ProcessedLabels:
 
     labels: np.ndarray  # int32, 0 = background, 1..n original components
     train_mask: np.ndarray  # bool, original components with the small ones dilated to min_area
-    excluded: np.ndarray  # bool, pixels of components whose type is in exclude_types
+    excluded: np.ndarray  # bool, (dilated) pixels of components whose type is in exclude_types
     components: list[dict] = field(default_factory=list)
 
 
@@ -186,7 +186,7 @@ def process_mask(
     labels, n = label_components(mask)
     from_ann = _canonical_types(labels, canonical) if params.prefer_canonical_type else {}
     components = []
-    excluded = np.zeros(labels.shape, dtype=bool)
+    excluded_ids = []
     for i, sl in enumerate(ndi.find_objects(labels), start=1):
         if sl is None:
             continue
@@ -209,6 +209,8 @@ def process_mask(
             }
         )
         if ctype in params.exclude_types:
-            excluded[sl] |= comp
+            excluded_ids.append(i)
     grown = dilate_small_components(labels, params.min_area) if n else labels
+    # the dilated extent, so that no patch holds part of a grown vessel / large label
+    excluded = np.isin(grown, excluded_ids) if excluded_ids else np.zeros(labels.shape, dtype=bool)
     return ProcessedLabels(labels=labels, train_mask=grown > 0, excluded=excluded, components=components)

@@ -27,7 +27,7 @@ from calc_seg.data.labels import LabelParams, process_mask
 from common.errors import InputError
 from common.io import atomic_write_bytes, atomic_write_json, read_json
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump when the cached arrays change meaning
 _ARRAYS = ("image", "breast", "gt", "train_mask", "excluded")
 
 PATCH_DTYPE = np.dtype(
@@ -57,7 +57,7 @@ class Study:
 
     image: uint8 windowed image with background / artifacts handled (``common.preprocess``).
     breast: bool breast region. gt: bool original ground truth. train_mask: bool labels after the
-    900-px dilation. excluded: bool pixels of vessel / large components.
+    900-px dilation. excluded: bool pixels of vessel / large components (dilated extent).
     components: :class:`calc_seg.data.labels.ProcessedLabels` components (type, bbox, point, area).
     """
 
