@@ -109,3 +109,17 @@ def test_every_parameter_gets_a_gradient():
     model = build_unet("gn", **SMALL)
     model(torch.rand(1, 1, 32, 32)).sum().backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_no_detectron2_or_mass_det_import():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, calc_seg.train_net, calc_seg.ablate, calc_seg.engine.trainer, calc_seg.inference;"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('detectron2', 'mass_det')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
