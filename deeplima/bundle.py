@@ -25,7 +25,14 @@ from typing import Any
 from common.errors import InputError
 from common.io import atomic_write_bytes, atomic_write_json, read_json
 
-__all__ = ["BUNDLE_VERSION", "Bundle", "load_bundle", "save_bundle", "save_operating_points"]
+__all__ = [
+    "BUNDLE_VERSION",
+    "Bundle",
+    "load_bundle",
+    "random_bundle",
+    "save_bundle",
+    "save_operating_points",
+]
 
 BUNDLE_VERSION = 1
 FILES = {
@@ -163,3 +170,37 @@ def load_bundle(root: str | Path) -> Bundle:
     ops_path = root / files["operating_points"]
     ops = read_json(ops_path) if ops_path.is_file() else {}
     return Bundle(root=root, operating_points=ops, manifest=manifest, **paths)
+
+
+def random_bundle(
+    out_dir: str | Path,
+    mass_config: str | Path | None = None,
+    calc_config: str | Path | None = None,
+    mass_opts=(),
+    calc_opts=(),
+    seed: int = 0,
+    operating_points: dict | None = None,
+) -> Bundle:
+    """A bundle of randomly initialised models (tests, timing benchmarks; not for predictions).
+
+    Defaults: the instant-test configs of both pipelines (``quick_schedules/*_instant_test.yaml``).
+    """
+    import torch
+    from detectron2.modeling import build_model
+
+    import calc_seg
+    import mass_det
+    from calc_seg.config import load_calc_seg_cfg
+    from calc_seg.model import build_model as build_unet
+    from mass_det.config import get_mass_det_cfg
+
+    mass_config = mass_config or (Path(mass_det.__file__).parent / "configs" / "quick_schedules"
+                                  / "mass_det_instant_test.yaml")
+    calc_config = calc_config or (Path(calc_seg.__file__).parent / "configs" / "quick_schedules"
+                                  / "unet_gn_instant_test.yaml")
+    mass_cfg = get_mass_det_cfg(str(mass_config), ["MODEL.DEVICE", "cpu", *mass_opts])
+    calc_cfg = load_calc_seg_cfg(str(calc_config), list(calc_opts))
+    torch.manual_seed(seed)
+    return save_bundle(out_dir, mass_cfg, build_model(mass_cfg), calc_cfg, build_unet(calc_cfg),
+                       operating_points=operating_points,
+                       description="randomly initialised models (tests and benchmarks only)")
