@@ -1,7 +1,7 @@
 """Mass detector benchmark: CPU inference time of the three Table 1 models, and a quality run.
 
     python bench/mass_det.py [--threads 2] [--repeats 3] [--skip-speed] [--skip-quality]
-                             [--quality-iters 450] [--out bench_out/mass_det]
+                             [--quality-iters 200] [--out bench_out/mass_det]
 
 Speed: seconds per image on the CPU at the configured test size (short edge ``INPUT.MIN_SIZE_TEST``
 = 1200, a 2560 x 3328 detector aspect, so 1200 x 1560 px), randomly initialised weights (the cost does
@@ -160,10 +160,10 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
-    parser.add_argument("--quality-iters", type=int, default=450)
+    parser.add_argument("--quality-iters", type=int, default=200)
     parser.add_argument("--quality-studies", type=int, default=60)
-    parser.add_argument("--quality-height", type=int, default=512)
-    parser.add_argument("--quality-width", type=int, default=416)
+    parser.add_argument("--quality-height", type=int, default=384)
+    parser.add_argument("--quality-width", type=int, default=320)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "bench_out" / "mass_det"))
     args = parser.parse_args(argv)

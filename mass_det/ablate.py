@@ -47,7 +47,7 @@ def build_run_cfg(config_file: str | Path, data: str, out_dir: str | Path, iters
     cfg.SOLVER.MAX_ITER = int(iters)
     cfg.SOLVER.STEPS = (int(0.75 * iters),)  # one LR drop late in the short schedule
     cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(iters // 10, 1))
-    cfg.SOLVER.CHECKPOINT_PERIOD = max(iters, 1)
+    cfg.SOLVER.CHECKPOINT_PERIOD = 10 * max(iters, 1)  # only model_final.pth
     cfg.TEST.EVAL_PERIOD = 0  # DefaultTrainer's EvalHook still evaluates once after the last iteration
     cfg.merge_from_list(list(opts))
     resolve_device(cfg)
@@ -60,6 +60,7 @@ def run_row(cfg) -> dict:
 
     from .data.register import register_mass_datasets
     from .engine.trainer import MassDetTrainer
+    from .evaluation.froc_evaluator import summarize_report
 
     register_mass_datasets(cfg)
     cfg.freeze()
@@ -68,10 +69,11 @@ def run_row(cfg) -> dict:
         f.write(cfg.dump())
     trainer = MassDetTrainer(cfg)
     trainer.resume_or_load(resume=False)
-    results = trainer.train()  # the results of the evaluation after the last iteration
+    trainer.train()  # DefaultTrainer's EvalHook evaluates after the last iteration
     dataset = cfg.DATASETS.TEST[0]
     report = read_json(os.path.join(cfg.OUTPUT_DIR, "inference", dataset, "froc_report.json"))
-    return {"metrics": dict(results["mass"]), "froc": report["report"]["froc"]}
+    metrics = summarize_report(report["report"], cfg.TEST.FROC.FPS)
+    return {"metrics": dict(metrics), "froc": report["report"]["froc"]}
 
 
 def format_table(rows: dict[str, dict]) -> str:
