@@ -18,6 +18,8 @@ Prediction folder (written by :func:`write_predictions`, ``deeplima predict``; r
                                   the operating threshold only marks findings in the per-image JSON
       calc_prob/<stem>.png        16-bit calcification probability (0..65535 = 0..1), original frame
       calc_mask/<stem>.png        0/255 calcification findings (components scoring >= the threshold)
+      calc_labels/<stem>.png      16-bit component labels: the mask of the component with "label" k of
+                                  the per-image JSON is (labels == k), findings or not
       breast_mask/<stem>.png      0/255 breast region
       overlays/<stem>.png         mass boxes (orange) and calcification outlines (cyan) with scores
       per_image/<stem>.json       everything about one image (below); written last: its presence with
@@ -311,8 +313,8 @@ class Pipeline:
         out = []
         for k, c in enumerate(comps, start=1):
             x, y, bw, bh = c["bbox"]
-            sub = labels[y:y + bh, x:x + bw] == k
-            py, px = np.argwhere(sub)[len(np.argwhere(sub)) // 2]
+            inside = np.argwhere(labels[y:y + bh, x:x + bw] == k)
+            py, px = inside[len(inside) // 2]
             out.append({"label": k, **c, "point": [int(x + px), int(y + py)],
                         "finding": bool(c["score"] >= self.thresholds["calc"])})
         return labels, out
@@ -381,6 +383,7 @@ def write_image_outputs(res: ImageResult, out: Path, stem: str, image_id: int) -
     files = {
         "calc_prob": f"calc_prob/{stem}.png",
         "calc_mask": f"calc_mask/{stem}.png",
+        "calc_labels": f"calc_labels/{stem}.png",
         "breast_mask": f"breast_mask/{stem}.png",
         "overlay": f"overlays/{stem}.png",
     }
@@ -388,6 +391,9 @@ def write_image_outputs(res: ImageResult, out: Path, stem: str, image_id: int) -
                      np.round(np.clip(res.calc_prob, 0, 1) * 65535).astype(np.uint16))
     calc_mask = res.calc_mask()
     atomic_write_png(out / files["calc_mask"], calc_mask.astype(np.uint8) * 255)
+    if res.calc_labels.max() > np.iinfo(np.uint16).max:
+        raise ValueError(f"{res.source}: more than 65535 calcification components")
+    atomic_write_png(out / files["calc_labels"], res.calc_labels.astype(np.uint16))
     atomic_write_png(out / files["breast_mask"], res.breast_mask.astype(np.uint8) * 255)
     masses, calcs = res.findings()
     atomic_write_png(out / files["overlay"], draw_findings(res.image, masses, calc_mask, calcs))

@@ -205,8 +205,10 @@ def _calc_cases(ev: dict, pred_dir: Path, gt_root: Path, thr: float, limit: int)
     s = ev["settings"]
     cases: dict[str, list[dict]] = {"hit": [], "miss": [], "fp": []}
     kept_masks: dict[str, np.ndarray] = {}
+    complete = True
     for im in ev["calc_gt"]["images"]:
         if all(len(v) >= limit for v in cases.values()):
+            complete = False  # enough examples of each kind: the counts are lower bounds
             break
         gt = read_gt(im)
         prob = read_prob_map(prob_files[im["stem"]]) if im["stem"] in prob_files else \
@@ -232,7 +234,7 @@ def _calc_cases(ev: dict, pred_dir: Path, gt_root: Path, thr: float, limit: int)
                                       "type": types[k]})
     for k in ("hit", "fp"):
         cases[k].sort(key=lambda c: -c["score"])
-    return cases, kept_masks
+    return cases, kept_masks, complete
 
 
 def _write_thumbs(cases, kind, images: _Images, out: Path, draw, limit: int) -> dict[str, list]:
@@ -328,7 +330,7 @@ def write_report(
     for a in ev["mass_gt"]["annotations"]:
         mass_gt_by_stem.setdefault(id2stem[a["image_id"]], []).append(a["bbox"])
     mass_cases = _mass_cases(ev, pred_dir, thresholds["mass"])
-    calc_cases, kept = _calc_cases(ev, pred_dir, gt_root, thresholds["calc"], max_thumbs)
+    calc_cases, kept, calc_complete = _calc_cases(ev, pred_dir, gt_root, thresholds["calc"], max_thumbs)
     gt_reader = _gt_mask_reader(gt_root)
     calc_by_stem = {im["stem"]: im for im in ev["calc_gt"]["images"]}
 
@@ -359,7 +361,7 @@ def write_report(
                     *[f"sens. @ {k} FP/img" for k in ks], "lesions", "predictions"],
                    mass_rows + calc_rows)
 
-    def grid(shown: dict, labels: dict) -> str:
+    def grid(shown: dict, cases: dict, complete: bool, labels: dict) -> str:
         parts = []
         for cat, name in labels.items():
             items = shown.get(cat, [])
@@ -369,8 +371,7 @@ def write_report(
                 + (f' · score {c["score"]:.2f}' if c.get("score") is not None else "")
                 + (f' · {html.escape(str(c["type"]))}' if c.get("type") else "")
                 + "</figcaption></figure>" for c in items)
-            total = len((mass_cases if shown is mass_thumbs else calc_cases).get(cat, []))
-            count = f"{total}" if shown is mass_thumbs else f"{total}{'+' if total >= max_thumbs else ''}"
+            count = f"{len(cases.get(cat, []))}{'' if complete else ' or more'}"
             parts.append(f"<h4>{name} ({count}; {len(items)} shown)</h4>"
                          f'<div class="grid">{figs or "<p>none</p>"}</div>')
         return "".join(parts)
@@ -408,9 +409,9 @@ per image on average; per-type rows keep the overall FP axis.</p>
 <span style="background:{rgb(CALC_COLOR)};color:#000">calcification outline</span>
 <span style="background:{rgb(GT_COLOR)}">ground truth</span></span></p>
 <h3>Masses</h3>
-{grid(mass_thumbs, {"hit": "Hits", "miss": "Missed masses", "fp": "False positives"})}
+{grid(mass_thumbs, mass_cases, True, {"hit": "Hits", "miss": "Missed masses", "fp": "False positives"})}
 <h3>Calcifications</h3>
-{grid(calc_thumbs, {"hit": "Hits (components)", "miss": "Missed calcifications", "fp": "False positives"})}
+{grid(calc_thumbs, calc_cases, calc_complete, {"hit": "Hits (components)", "miss": "Missed calcifications", "fp": "False positives"})}
 <p>Full numbers: <a href="report.json">report.json</a> (FROC points, counts, per-type curves).</p>
 """
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

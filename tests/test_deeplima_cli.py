@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("detectron2")
 
+from common.io import read_png  # noqa: E402
 from deeplima.bundle import random_bundle  # noqa: E402
 from scripts.deeplima import main  # noqa: E402
 
@@ -51,7 +53,7 @@ def test_predict_writes_every_output_and_reports_the_corrupt_file(setup):
     assert {r["image_id"] for r in results} <= {im["id"] for im in images}
     for im in images:
         stem = im["stem"]
-        for sub in ("calc_prob", "calc_mask", "breast_mask", "overlays"):
+        for sub in ("calc_prob", "calc_mask", "calc_labels", "breast_mask", "overlays"):
             assert (out / sub / f"{stem}.png").is_file()
         rec = json.loads((out / "per_image" / f"{stem}.json").read_text())
         assert rec["complete"] is True and rec["thresholds"] == {"mass": 0.4, "calc": 0.6}
@@ -59,6 +61,13 @@ def test_predict_writes_every_output_and_reports_the_corrupt_file(setup):
         assert all(m["finding"] == (m["score"] >= 0.4) for m in rec["masses"])
         assert all(c["finding"] == (c["score"] >= 0.6) for c in rec["calcifications"])
         assert rec["preprocess"]["meta"]
+        labels = read_png(out / "calc_labels" / f"{stem}.png")
+        for c in rec["calcifications"][:10]:  # each component's mask is recoverable
+            assert (labels == c["label"]).sum() == c["area"]
+            assert labels[c["point"][1], c["point"][0]] == c["label"]
+        found = read_png(out / "calc_mask" / f"{stem}.png") > 0
+        expect = np.isin(labels, [c["label"] for c in rec["calcifications"] if c["finding"]])
+        assert (found == expect).all()
     run = json.loads((out / "run.json").read_text())
     assert run["n_done"] == 3 and run["n_failed"] == 1
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporary file
