@@ -1,17 +1,18 @@
 """Mass detector benchmark: CPU inference time of the three Table 1 models, and a quality run.
 
-    python bench/mass_det.py [--threads 2] [--repeats 3] [--skip-speed] [--skip-quality]
+    python bench/mass_det.py [--threads 2] [--repeats 5] [--skip-speed] [--skip-quality]
                              [--quality-iters 200] [--out bench_out/mass_det]
 
 Speed: seconds per image on the CPU at the configured test size (short edge ``INPUT.MIN_SIZE_TEST``
 = 1200, a 2560 x 3328 detector aspect, so 1200 x 1560 px), randomly initialised weights (the cost does
-not depend on them), best of ``--repeats`` interleaved runs after one warm-up (the CPU is shared:
-other processes only add time, so the minimum is the estimate; medians and CPU times are reported too); ratios to the vanilla model.
-Target: FPN+FL+NL <= 1.15 x FPN.
+not depend on them), best of ``--repeats`` interleaved runs after one warm-up (on a shared CPU other
+processes only add time, so the minimum is the estimate; medians and CPU times are printed too);
+ratios to the vanilla model. Target: FPN+FL+NL <= 1.15 x FPN.
 
 Quality: the full model (FPN + focal loss + non-local) trained from scratch on synthetic studies at a
-reduced size for a fixed number of CPU iterations, evaluated on the held-out (val + test) images:
-AP50 and sensitivity at 1 FP/image (target >= 0.90). The last line printed is a JSON object.
+reduced size (384 x 320, short edge 320) for a fixed number of CPU iterations (no ImageNet weights
+offline: GroupNorm ResNet, nothing frozen), evaluated on the held-out (val + test) images: AP50 and
+sensitivity at 1 FP/image (target >= 0.90). The last line printed is a JSON object.
 """
 
 from __future__ import annotations
