@@ -50,19 +50,22 @@ def threshold_at_fp(froc: Mapping, k: float) -> dict:
     Returns:
         ``{"threshold", "fp_per_image", "sensitivity"}``: among the curve's thresholds with
         ``fp_per_image <= k``, the highest one that already has the best sensitivity (fewer false
-        positives for the same sensitivity). When even the highest threshold exceeds ``k`` (or the curve
-        is empty), the threshold lies just above the top score: nothing is kept, 0 FP, 0 sensitivity.
-        The sensitivity is None when the validation set has no lesion.
+        positives for the same sensitivity). When no threshold within ``k`` finds a lesion (even the
+        highest exceeds ``k``, or the curve is empty), the threshold lies just above the top score:
+        nothing is kept, 0 FP, 0 sensitivity. The sensitivity is None when the validation set has no
+        lesion.
     """
     thr = np.asarray(froc.get("thresholds", []), dtype=np.float64)
     fppi = np.asarray([np.nan if v is None else v for v in froc.get("fp_per_image", [])], np.float64)
     sens = np.asarray([np.nan if v is None else v for v in froc.get("sensitivity", [])], np.float64)
+    no_lesion = bool(len(sens)) and bool(np.isnan(sens).all())
+    # the curve starts with "keep nothing" (threshold just above the top score: 0 FP, 0 sensitivity),
+    # the right choice when no threshold within k FP finds anything
+    top = float(thr[0]) if len(thr) else 1.0
+    thr = np.concatenate([[np.nextafter(top, np.inf)], thr])
+    fppi = np.concatenate([[0.0], fppi])
+    sens = np.concatenate([[np.nan if no_lesion else 0.0], sens])
     ok = np.flatnonzero(fppi <= float(k))
-    if len(ok) == 0:
-        top = float(thr[0]) if len(thr) else 1.0
-        no_lesion = len(sens) and np.isnan(sens).all()
-        return {"threshold": float(np.nextafter(top, np.inf)), "fp_per_image": 0.0,
-                "sensitivity": None if no_lesion else 0.0}
     s = np.nan_to_num(sens[ok], nan=-1.0)
     best = ok[int(np.argmax(s >= s.max()))]  # first (= highest threshold) reaching the best sensitivity
     return {

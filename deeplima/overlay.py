@@ -52,6 +52,7 @@ def draw_findings(
     gt_boxes: Sequence[Sequence[float]] = (),
     gt_mask: np.ndarray | None = None,
     show_scores: bool = True,
+    max_calc_labels: int = 30,
 ) -> np.ndarray:
     """Draw findings on a grey image.
 
@@ -62,6 +63,7 @@ def draw_findings(
         calcs: component dicts with ``bbox`` and ``score``: their scores are printed (the outline comes
             from ``calc_mask``).
         gt_boxes / gt_mask: ground truth to draw in green (report thumbnails).
+        max_calc_labels: only the best-scoring components get a printed score (legibility).
 
     Returns:
         (H, W, 3) uint8 RGB.
@@ -83,7 +85,7 @@ def draw_findings(
                                        cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(rgb, contours, -1, CALC_COLOR, lw)
     if show_scores:
-        for c in calcs:
+        for c in sorted(calcs, key=lambda c: -c["score"])[:max_calc_labels]:
             x, y, w, h = c["bbox"]
             _label(rgb, f"{c['score']:.2f}", x + w + 2, y + h / 2, CALC_COLOR, text_px * 0.8)
     for m in masses:

@@ -145,7 +145,12 @@ def cmd_calibrate(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
+    # library deprecation notices (torch.jit, meshgrid) are noise for users of the command
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid")
     from common.errors import InputError
     from deeplima.operating_point import OperatingPointError
 

@@ -49,6 +49,13 @@ def test_no_threshold_qualifies_keeps_nothing():
     froc = {"thresholds": [0.9, 0.4], "fp_per_image": [2.0, 3.0], "sensitivity": [0.5, 1.0]}
     op = threshold_at_fp(froc, 1)
     assert op["threshold"] > 0.9 and op["sensitivity"] == 0.0 and op["fp_per_image"] == 0.0
+    # within budget but finding nothing: keeping nothing has fewer false positives
+    froc = {"thresholds": [0.9, 0.4], "fp_per_image": [0.5, 3.0], "sensitivity": [0.0, 1.0]}
+    op = threshold_at_fp(froc, 1)
+    assert op["threshold"] > 0.9 and op["fp_per_image"] == 0.0
+    assert threshold_at_fp(froc, 3)["threshold"] == 0.4
+    assert threshold_at_fp({"thresholds": [], "fp_per_image": [], "sensitivity": []}, 1)[
+        "fp_per_image"] == 0.0
 
 
 def test_choose_and_resolve():
