@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from fvcore.common.config import CfgNode as CN
 
+from datasets.canonical import LARGE_MIN_AREA_PX, VESSEL_MIN_ELONGATION, VESSEL_MIN_LENGTH_PX
+
 _C = CN()
 _C.VERSION = 1
 
@@ -44,10 +46,11 @@ _C.LABELS = CN()
 _C.LABELS.MIN_AREA = 900  # components smaller than this are dilated (disc growth) up to this area
 # A component is a "vessel" when its skeleton is at least VESSEL_MIN_LENGTH long and it is thin:
 # skeleton_length**2 / area (length over mean width) >= VESSEL_MIN_ELONGATION.
-_C.LABELS.VESSEL_MIN_LENGTH = 40.0
-_C.LABELS.VESSEL_MIN_ELONGATION = 8.0
+# (defaults shared with datasets.canonical.classify_component, which converters use)
+_C.LABELS.VESSEL_MIN_LENGTH = float(VESSEL_MIN_LENGTH_PX)
+_C.LABELS.VESSEL_MIN_ELONGATION = float(VESSEL_MIN_ELONGATION)
 # Otherwise a component this large is a "large" region (a cluster outlined as one area); else "dot".
-_C.LABELS.LARGE_MIN_AREA = 1500
+_C.LABELS.LARGE_MIN_AREA = int(LARGE_MIN_AREA_PX)
 # Use calc_type of calcifications.json when one of its points lies in the component (the annotation is
 # authoritative); the shape classifier above decides only components without such a point.
 _C.LABELS.PREFER_CANONICAL_TYPE = True

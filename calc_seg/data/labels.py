@@ -8,7 +8,8 @@ around crowded clusters (paper Fig. 7). This module
 3. dilates every component smaller than ``min_area`` pixels until it reaches ``min_area``
    (:func:`dilate_small_components`), which makes the tiny dot labels consistent in size.
 
-The classifier is a shape rule on the component alone, with thresholds in ``cfg.LABELS``:
+The classifier is a shape rule on the component alone (``datasets.canonical.classify_component``, shared
+with the dataset converters), with thresholds in ``cfg.LABELS``:
 
 * **vessel**: thin and long. The skeleton (``skimage.morphology.skeletonize``) has at least
   ``vessel_min_length`` pixels and ``skeleton_length**2 / area`` (length over mean width) is at least
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from datasets.canonical import LARGE_MIN_AREA_PX, VESSEL_MIN_ELONGATION, VESSEL_MIN_LENGTH_PX
+
 CALC_TYPES = ("dot", "vessel", "large")
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -39,9 +42,9 @@ class LabelParams:
     """Thresholds of the label processing; see the module docstring (all in original pixels)."""
 
     min_area: int = 900
-    vessel_min_length: float = 40.0
-    vessel_min_elongation: float = 8.0
-    large_min_area: int = 1500
+    vessel_min_length: float = VESSEL_MIN_LENGTH_PX
+    vessel_min_elongation: float = VESSEL_MIN_ELONGATION
+    large_min_area: int = LARGE_MIN_AREA_PX
     prefer_canonical_type: bool = True
     exclude_types: tuple[str, ...] = ("vessel", "large")
 
@@ -79,33 +82,21 @@ def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return labels.astype(np.int32, copy=False), int(n)
 
 
-def skeleton_length(component: np.ndarray) -> int:
-    """Number of skeleton pixels of a binary component (its length in pixels along the medial axis)."""
-    from skimage.morphology import skeletonize
+def classify_component(component: np.ndarray, params: LabelParams | None = None) -> str:
+    """Type of one 8-connected component (bool (H, W) or a crop): "dot", "vessel" or "large".
 
-    return int(skeletonize(np.asarray(component, dtype=bool)).sum())
+    The rule is ``datasets.canonical.classify_component`` (the one the dataset converters use for shapes
+    whose type the source does not state), with the thresholds of ``params`` (``cfg.LABELS``).
+    """
+    from datasets.canonical import classify_component as canonical_rule
 
-
-def shape_features(component: np.ndarray) -> dict:
-    """Area, skeleton length and elongation (skeleton_length**2 / area) of one binary component."""
-    comp = np.asarray(component, dtype=bool)
-    area = int(comp.sum())
-    if area == 0:
-        return {"area": 0, "skeleton_length": 0, "elongation": 0.0}
-    ys, xs = np.nonzero(comp)
-    crop = np.pad(comp[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], 1)
-    length = max(skeleton_length(crop), 1)
-    return {"area": area, "skeleton_length": length, "elongation": length * length / area}
-
-
-def classify_component(component: np.ndarray, params: LabelParams = LabelParams()) -> str:
-    """Type of one 8-connected component (bool (H, W) or a crop): "dot", "vessel" or "large"."""
-    f = shape_features(component)
-    if f["skeleton_length"] >= params.vessel_min_length and f["elongation"] >= params.vessel_min_elongation:
-        return "vessel"
-    if f["area"] >= params.large_min_area:
-        return "large"
-    return "dot"
+    p = params or LabelParams()
+    return canonical_rule(
+        component,
+        vessel_min_length=p.vessel_min_length,
+        vessel_min_elongation=p.vessel_min_elongation,
+        large_min_area=p.large_min_area,
+    )
 
 
 def dilate_small_components(
