@@ -109,13 +109,14 @@ def crop_around(rgb: np.ndarray, bbox: Sequence[float], context: float = 2.0, mi
     return rgb[y0:y1, x0:x1]
 
 
-def thumbnail(rgb: np.ndarray, max_side: int = 256) -> np.ndarray:
-    """Downscale (area interpolation) so the longer side is at most ``max_side``."""
+def thumbnail(rgb: np.ndarray, max_side: int = 256, enlarge: bool = False) -> np.ndarray:
+    """Resize so the longer side is ``max_side``: area interpolation when shrinking; a smaller image is
+    kept as is, or enlarged with nearest-neighbour interpolation (pixels stay visible) with ``enlarge``."""
     import cv2
 
     h, w = rgb.shape[:2]
     s = max_side / max(h, w)
-    if s >= 1:
+    if s >= 1 and not enlarge:
         return np.ascontiguousarray(rgb)
     return cv2.resize(rgb, (max(1, int(round(w * s))), max(1, int(round(h * s)))),
-                      interpolation=cv2.INTER_AREA)
+                      interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_NEAREST)

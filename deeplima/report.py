@@ -246,7 +246,7 @@ def _write_thumbs(cases, kind, images: _Images, out: Path, draw, limit: int) -> 
         for i, c in enumerate(items[:limit]):
             rgb = draw(c["stem"], images(c["stem"]))
             name = f"thumbs/{kind}_{cat}_{i}.png"
-            atomic_write_png(out / name, thumbnail(crop_around(rgb, c["bbox"], context=3.0), 200))
+            atomic_write_png(out / name, thumbnail(crop_around(rgb, c["bbox"], context=3.0), 200, enlarge=True))
             shown[cat].append({**c, "png": name})
     return shown
 

@@ -1,6 +1,6 @@
 """The whole DeepLIMa pipeline on synthetic mammograms, on a CPU, in minutes (``make demo``).
 
-    python -m scripts.demo --out demo_out [--studies 20] [--mass-iters 200] [--calc-epochs 4]
+    python -m scripts.demo --out demo_out [--studies 20] [--mass-iters 180] [--calc-epochs 3]
 
 1. generate synthetic studies (``datasets.synthetic``, 640x512 images, patient-level train/val/test);
 2. train the mass detector (``mass_det``: the FPN + focal loss + non-local config, shrunk by config
@@ -156,9 +156,9 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--out", type=Path, default=Path("demo_out"))
     ap.add_argument("--studies", type=int, default=20, help="synthetic patients (two views each)")
-    ap.add_argument("--mass-iters", type=int, default=200)
-    ap.add_argument("--calc-epochs", type=int, default=4)
-    ap.add_argument("--calc-iters-per-epoch", type=int, default=40)
+    ap.add_argument("--mass-iters", type=int, default=180)
+    ap.add_argument("--calc-epochs", type=int, default=3)
+    ap.add_argument("--calc-iters-per-epoch", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
