@@ -103,7 +103,7 @@ def bench_speed(threads: int, repeats: int) -> dict:
 
 
 def bench_quality(out_dir: Path, iters: int, n_studies: int, height: int, width: int,
-                  seed: int) -> dict:
+                  seed: int, device: str = "cpu") -> dict:
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.utils.logger import setup_logger
 
@@ -127,7 +127,7 @@ def bench_quality(out_dir: Path, iters: int, n_studies: int, height: int, width:
     opts = QUALITY_OPTS + [
         "INPUT.MIN_SIZE_TRAIN", str(sizes), "INPUT.MAX_SIZE_TRAIN", str(2 * short),
         "INPUT.MIN_SIZE_TEST", str(short), "INPUT.MAX_SIZE_TEST", str(2 * short),
-        "DATASETS.TEST", f"('{heldout}',)",
+        "DATASETS.TEST", f"('{heldout}',)", "MODEL.DEVICE", device,
     ]
     cfg = build_run_cfg(ROOT / "mass_det" / "configs" / CONFIGS["fpn_fl_nl"], str(data),
                         out_dir / "fpn_fl_nl", iters, "val", opts)
@@ -144,7 +144,7 @@ def bench_quality(out_dir: Path, iters: int, n_studies: int, height: int, width:
         "n_heldout_masses": sum(len(d["annotations"]) for d in dicts),
         "AP50_COCO": m["AP50_COCO"], "AP50_VOC": m["AP50_VOC"], "recall": m["recall"],
         "sens_at_1fp": m["sens_at_1fp"], "sens_at_2fp": m["sens_at_2fp"],
-        "generate_seconds": t_gen, "train_eval_seconds": t_train,
+        "device": device, "generate_seconds": t_gen, "train_eval_seconds": t_train,
     }
     print(f"quality: {result['n_train_images']} train images ({n_masses_train} masses), "
           f"{result['n_heldout_images']} held-out images ({result['n_heldout_masses']} masses), "
@@ -166,6 +166,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quality-height", type=int, default=384)
     parser.add_argument("--quality-width", type=int, default=320)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu",
+                        help="device of the quality run (the speed run is always on the CPU)")
     parser.add_argument("--out", default=str(ROOT / "bench_out" / "mass_det"))
     args = parser.parse_args(argv)
 
@@ -183,7 +185,8 @@ def main(argv=None) -> int:
               f"{speed['fpn_fl_nl_over_fpn']:.3f} (target <= 1.15)", flush=True)
     if not args.skip_quality:
         summary["quality"] = bench_quality(Path(args.out), args.quality_iters, args.quality_studies,
-                                           args.quality_height, args.quality_width, args.seed)
+                                           args.quality_height, args.quality_width, args.seed,
+                                           args.device)
     print(json.dumps(summary, default=float))
     return 0
 
