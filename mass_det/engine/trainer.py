@@ -35,10 +35,10 @@ def check_weights_file(path: str) -> None:
         return
     if "://" in path:
         raise FileNotFoundError(
-            f"MODEL.WEIGHTS={path!r}: only local weight files are supported (download it first)"
+            f"{path}: only local weight files are supported (nothing is downloaded)"
         )
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.WEIGHTS={path!r}: weights file not found")
+        raise FileNotFoundError(f"{path}: weights file not found")
 
 
 class MassDetCheckpointer(DetectionCheckpointer):
