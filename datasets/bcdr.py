@@ -37,17 +37,16 @@ from common.errors import InputError
 from datasets.canonical import (
     CalcMask,
     ConversionReport,
-    assign_splits,
     check_root,
     clip_bbox,
     converter_main,
+    finish_conversion,
     image_size,
     points_bbox,
     polygon_area,
     read_table,
     require_columns,
     unique_stem,
-    write_canonical,
 )
 
 VIEWS = {1: ("R", "CC"), 2: ("L", "CC"), 3: ("R", "MLO"), 4: ("L", "MLO")}
@@ -216,22 +215,9 @@ def convert(
             mass_anns.append({**ann, "image_id": image["id"]})
         calc_anns += calc.finish(out, image)
         records.append(image)
-    if not records:
-        raise InputError(root, "no image could be converted")
-    assign_splits(records, seed)
-    summary = write_canonical(
-        out,
-        records,
-        mass_anns,
-        calc_anns,
-        seed,
-        report,
-        hash_files=hash_files,
-        info={"source": "BCDR", "root": str(root.resolve())},
+    return finish_conversion(
+        out, root, "BCDR", records, mass_anns, calc_anns, seed, report, hash_files, verbose
     )
-    if verbose:
-        report.print_summary()
-    return summary
 
 
 def main(argv=None) -> int:

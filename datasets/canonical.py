@@ -639,6 +639,42 @@ def assign_splits(
         im["split"] = by_patient[str(im["patient_id"])]
 
 
+def finish_conversion(
+    out_dir: str | Path,
+    root: str | Path,
+    source: str,
+    images: list[dict],
+    mass_annotations: Sequence[dict],
+    calc_annotations: Sequence[dict],
+    seed: int,
+    report: ConversionReport,
+    hash_files: bool = True,
+    verbose: bool = True,
+) -> dict:
+    """Common end of a converter: patient-level split, canonical files, problem summary.
+
+    Raises :class:`~common.errors.InputError` (naming ``root``) when no image could be converted.
+    """
+    from common.errors import InputError
+
+    if not images:
+        raise InputError(root, "no image could be converted")
+    assign_splits(images, seed)
+    summary = write_canonical(
+        out_dir,
+        images,
+        mass_annotations,
+        calc_annotations,
+        seed,
+        report,
+        hash_files=hash_files,
+        info={"source": source, "root": str(Path(root).resolve())},
+    )
+    if verbose:
+        report.print_summary()
+    return summary
+
+
 def converter_main(convert, description: str, argv: Sequence[str] | None = None) -> int:
     """Command line shared by the converters: ``--root DOWNLOAD_DIR --out OUT_DIR [--seed S]``.
 

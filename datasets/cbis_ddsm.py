@@ -42,17 +42,16 @@ from common.errors import InputError
 from datasets.canonical import (
     CalcMask,
     ConversionReport,
-    assign_splits,
     check_root,
     converter_main,
     dicom_pixel_spacing,
+    finish_conversion,
     mask_bbox,
     mask_polygons,
     read_dicom_header,
     read_table,
     require_columns,
     unique_stem,
-    write_canonical,
 )
 
 PATH_COLUMNS = ("image file path", "cropped image file path", "ROI mask file path")
@@ -251,22 +250,9 @@ def convert(
         calc_anns += calc.finish(out, image)
         images.append(image)
 
-    if not images:
-        raise InputError(root, "no image could be converted")
-    assign_splits(images, seed)
-    summary = write_canonical(
-        out,
-        images,
-        mass_anns,
-        calc_anns,
-        seed,
-        report,
-        hash_files=hash_files,
-        info={"source": "CBIS-DDSM", "root": str(root.resolve())},
+    return finish_conversion(
+        out, root, "CBIS-DDSM", images, mass_anns, calc_anns, seed, report, hash_files, verbose
     )
-    if verbose:
-        report.print_summary()
-    return summary
 
 
 def main(argv=None) -> int:

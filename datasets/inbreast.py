@@ -35,18 +35,17 @@ from common.errors import InputError
 from datasets.canonical import (
     CalcMask,
     ConversionReport,
-    assign_splits,
     check_root,
     clip_bbox,
     converter_main,
     dicom_pixel_spacing,
+    finish_conversion,
     points_bbox,
     polygon_area,
     read_dicom_header,
     read_table,
     require_columns,
     unique_stem,
-    write_canonical,
 )
 
 REQUIRED = ("File Name", "Laterality", "View")
@@ -207,22 +206,9 @@ def convert(
         calc_anns += calc.finish(out, image)
         images.append(image)
 
-    if not images:
-        raise InputError(root, "no image could be converted")
-    assign_splits(images, seed)
-    summary = write_canonical(
-        out,
-        images,
-        mass_anns,
-        calc_anns,
-        seed,
-        report,
-        hash_files=hash_files,
-        info={"source": "INbreast", "root": str(root.resolve())},
+    return finish_conversion(
+        out, root, "INbreast", images, mass_anns, calc_anns, seed, report, hash_files, verbose
     )
-    if verbose:
-        report.print_summary()
-    return summary
 
 
 def main(argv=None) -> int:

@@ -32,12 +32,11 @@ from common.errors import InputError
 from datasets.canonical import (
     CalcMask,
     ConversionReport,
-    assign_splits,
     check_root,
     clip_bbox,
     converter_main,
+    finish_conversion,
     image_size,
-    write_canonical,
 )
 
 MINI_MIAS_SIZE = (1024, 1024)
@@ -185,22 +184,9 @@ def convert(
         calc_anns += calc.finish(out, image)
         images.append(image)
 
-    if not images:
-        raise InputError(root, "no image could be converted")
-    assign_splits(images, seed)
-    summary = write_canonical(
-        out,
-        images,
-        mass_anns,
-        calc_anns,
-        seed,
-        report,
-        hash_files=hash_files,
-        info={"source": "mini-MIAS", "root": str(root.resolve())},
+    return finish_conversion(
+        out, root, "mini-MIAS", images, mass_anns, calc_anns, seed, report, hash_files, verbose
     )
-    if verbose:
-        report.print_summary()
-    return summary
 
 
 def main(argv=None) -> int:
