@@ -42,6 +42,7 @@ from datasets.canonical import (
     converter_main,
     finish_conversion,
     image_size,
+    int_or_none,
     points_bbox,
     polygon_area,
     read_table,
@@ -78,13 +79,6 @@ def _flag(row: dict, name: str) -> bool:
         return float(value) > 0
     except ValueError:
         return value.lower() in ("true", "yes")
-
-
-def _int_or_none(value: str) -> int | None:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return None
 
 
 def convert(
@@ -133,11 +127,11 @@ def convert(
                     report.error(path, f"unreadable image ({e})")
                     images[path] = {"_bad": True}
                     continue
-                view_code = _int_or_none(row["image_view"])
+                view_code = int_or_none(row["image_view"])
                 laterality, view = VIEWS.get(view_code, (None, None))
                 if view_code not in VIEWS:
                     report.warning(table, f"image_view {row['image_view']!r} not in 1-4", rownum)
-                density = _int_or_none(row.get("density", ""))
+                density = int_or_none(row.get("density", ""))
                 image = images[path] = {
                     "id": None,  # numbered once the images left out are known
                     "file_name": str(path.resolve()),

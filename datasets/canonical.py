@@ -639,6 +639,14 @@ def assign_splits(
         im["split"] = by_patient[str(im["patient_id"])]
 
 
+def int_or_none(value) -> int | None:
+    """A table cell as an integer ("3", "3.0"), or None when blank or not a number."""
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
 def finish_conversion(
     out_dir: str | Path,
     root: str | Path,

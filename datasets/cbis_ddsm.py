@@ -46,6 +46,7 @@ from datasets.canonical import (
     converter_main,
     dicom_pixel_spacing,
     finish_conversion,
+    int_or_none,
     mask_bbox,
     mask_polygons,
     read_dicom_header,
@@ -144,13 +145,6 @@ def _resolve_full(root: Path, row: dict, index: DicomIndex) -> dict | None:
     return files[0] if len(files) == 1 else None
 
 
-def _int_or_none(value: str) -> int | None:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return None
-
-
 def convert(
     root: str | Path, out: str | Path, seed: int = 0, hash_files: bool = True, verbose: bool = True
 ) -> dict:
@@ -210,7 +204,7 @@ def convert(
         calc = CalcMask(shape)
         masses, usable = [], True
         for table, rownum, kind, _, density_col, row in g["rows"]:
-            density = _int_or_none(row.get(density_col, ""))
+            density = int_or_none(row.get(density_col, ""))
             if density in (1, 2, 3, 4):
                 image["density"] = density
             pathology = row.get("pathology", "").upper() or None
@@ -235,8 +229,8 @@ def convert(
                         "pathology": pathology,
                         "shape": row.get("mass shape") or None,
                         "margins": row.get("mass margins") or None,
-                        "assessment": _int_or_none(row.get("assessment", "")),
-                        "subtlety": _int_or_none(row.get("subtlety", "")),
+                        "assessment": int_or_none(row.get("assessment", "")),
+                        "subtlety": int_or_none(row.get("subtlety", "")),
                         "abnormality_id": row["abnormality id"],
                     }
                 )

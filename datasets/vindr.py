@@ -41,6 +41,7 @@ from datasets.canonical import (
     clip_bbox,
     converter_main,
     dicom_pixel_spacing,
+    int_or_none,
     patient_split,
     read_dicom_header,
     read_table,
@@ -95,13 +96,6 @@ def parse_box(row: dict) -> list[float]:
     return [x0, y0, x1 - x0, y1 - y0]
 
 
-def _int_or_none(value: str) -> int | None:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return None
-
-
 def convert(
     root: str | Path, out: str | Path, seed: int = 0, hash_files: bool = True, verbose: bool = True
 ) -> dict:
@@ -144,7 +138,7 @@ def convert(
         except Exception as e:
             report.error(path, f"unreadable DICOM header ({e})")
             continue
-        csv_h, csv_w = _int_or_none(first.get("height")), _int_or_none(first.get("width"))
+        csv_h, csv_w = int_or_none(first.get("height")), int_or_none(first.get("width"))
         if csv_h is not None and csv_w is not None and (csv_h, csv_w) != (h, w):
             report.error(
                 table,
