@@ -163,8 +163,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
+    import warnings
+
     import torch
 
+    # numpy notices that denormals are flushed (below); library deprecation notices: noise here
+    warnings.filterwarnings("ignore", message="The value of the smallest subnormal")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid")
     torch.set_num_threads(args.threads)
     # denormal floats make CPU convolutions of small from-scratch networks crawl
     torch.set_flush_denormal(True)
