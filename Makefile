@@ -62,7 +62,8 @@ demo: $(STAMP)
 	$(PY) -m scripts.demo --out demo_out
 
 train-mass: $(STAMP) $(DATA)/masses.json
-	$(PY) -m mass_det.train_net --config-file $(or $(CONFIG),mass_det/configs/faster_rcnn_R50_FPN_FL_NL.yaml) $(OPTS)
+	$(PY) -m mass_det.train_net --config-file $(or $(CONFIG),mass_det/configs/faster_rcnn_R50_FPN_FL_NL.yaml) \
+	  DATASETS.CANONICAL.ROOTS "['synthetic=$(DATA)']" $(OPTS)
 
 train-calc: $(STAMP) $(DATA)/masses.json
 	$(PY) -m calc_seg.train_net --config $(or $(CONFIG),calc_seg/configs/unet_gn.yaml) --opts DATA.ROOT $(DATA) $(OPTS)
