@@ -78,7 +78,18 @@ def _as_list_of_float(value: Any) -> list[float]:
 
 
 def dicom_meta(ds: Any, source: str) -> dict[str, Any]:
-    """The json-able metadata kept from a DICOM header (see :class:`LoadedImage`)."""
+    """The json-able metadata kept from a DICOM header (see :class:`LoadedImage`).
+
+    A header element that cannot be read as its type (e.g. a non-numeric WindowCenter) raises
+    :class:`InputError` naming the file, like every other input problem.
+    """
+    try:
+        return _dicom_meta(ds, source)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise InputError(source, f"malformed DICOM header value ({e})") from None
+
+
+def _dicom_meta(ds: Any, source: str) -> dict[str, Any]:
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     laterality = ds.get("ImageLaterality") or ds.get("Laterality") or None
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
@@ -107,7 +118,10 @@ def _check_dicom_header(ds: Any, path: Path) -> None:
         other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
         if other:
             raise InputError(path, f"{other[0]} (float pixel data) is not supported")
-        raise InputError(path, "DICOM file without pixel data")
+        # pydicom stops quietly at the end of a file cut short inside its header, so a truncated file
+        # also lands here; the size tells the two apart only when Rows/Columns were read.
+        raise InputError(path, f"DICOM file without pixel data (none stored, or the file is "
+                               f"truncated: {path.stat().st_size} bytes)")
     intent = str(ds.get("PresentationIntentType", "")).upper()
     if intent == "FOR PROCESSING":
         raise InputError(

@@ -267,13 +267,33 @@ def _is_canonical(obj: Any) -> bool:
     return isinstance(obj, dict) and "images" in obj and "annotations" in obj
 
 
-def _types_from_canonical(coco: dict) -> dict[str, list[dict]]:
+def _types_from_canonical(coco: dict, src: str) -> dict[str, list[dict]]:
     stem_of = {im["id"]: im.get("stem") for im in coco["images"]}
     out: dict[str, list[dict]] = defaultdict(list)
-    for a in coco["annotations"]:
+    for i, a in enumerate(coco["annotations"]):
         if a.get("calc_type") is not None and a.get("point") is not None:
+            if a.get("image_id") not in stem_of:
+                raise InputError(src, f"annotations[{i}]: unknown image_id {a.get('image_id')!r}")
             out[stem_of[a["image_id"]]].append({"type": a["calc_type"], "point": a["point"]})
     return dict(out)
+
+
+def _check_types(types: Mapping, src: str) -> None:
+    """Every entry must be ``{"type": str, "point": [x, y]}`` with finite coordinates."""
+    for stem, points in types.items():
+        if not isinstance(points, list | tuple):
+            raise InputError(src, f"{stem}: expected a list of {{type, point}} records")
+        for i, p in enumerate(points):
+            pt = p.get("point") if isinstance(p, Mapping) else None
+            ok = isinstance(p, Mapping) and isinstance(p.get("type"), str)
+            ok = ok and isinstance(pt, list | tuple) and len(pt) == 2
+            if ok:
+                try:
+                    ok = all(np.isfinite(float(v)) for v in pt)
+                except (TypeError, ValueError):
+                    ok = False
+            if not ok:
+                raise InputError(src, f"{stem}[{i}]: expected {{\"type\": str, \"point\": [x, y]}}, got {p!r}")
 
 
 def _spacing_of(spacing, stem: str):
@@ -373,11 +393,13 @@ def evaluate_masks(
         types_src = "types"
     if _is_canonical(types):
         canonical = types
-        types = _types_from_canonical(canonical)
+        types = _types_from_canonical(canonical, types_src)
     if types is not None and not isinstance(types, Mapping):
         raise InputError(
             types_src, "types must map stem -> list of {type, point} or be a COCO dataset"
         )
+    if types is not None:
+        _check_types(types, types_src)
     if canonical is not None:
         by_stem = {im.get("stem"): im for im in canonical["images"]}
         if pixel_spacing is None:
@@ -418,7 +440,8 @@ def evaluate_masks(
         try:
             m = match_image_masks(gt, prob, iop_thr=iop_thr, binarize=binarize, type_points=points)
         except ValueError as e:
-            raise InputError(_source(gt_masks, stem), str(e)) from None
+            where = f"{types_src} ({stem})" if "type point" in str(e) else _source(gt_masks, stem)
+            raise InputError(where, str(e)) from None
         matches.append(m)
         sp = _spacing_of(pixel_spacing, stem)
         if sp is None:

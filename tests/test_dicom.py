@@ -261,7 +261,16 @@ def test_truncated_header(tmp_path):
     stored, _ = phantom()
     p = write_dicom(tmp_path / "h.dcm", stored)
     p.write_bytes(p.read_bytes()[:200])
-    _assert_input_error(p)
+    _assert_input_error(p, "truncated")
+
+
+def test_malformed_window_tag(tmp_path):
+    stored, _ = phantom()
+    p = write_dicom(tmp_path / "w.dcm", stored, WindowCenter=2000, WindowWidth=2000)
+    data = p.read_bytes()
+    # Same length, so the element stays well-formed but its value is no longer a number.
+    p.write_bytes(data.replace(b"2000", b"abcd", 1))
+    _assert_input_error(p, "malformed")
 
 
 def test_no_pixel_data(tmp_path):

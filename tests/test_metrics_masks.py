@@ -208,6 +208,26 @@ def test_prediction_without_gt_and_type_point_outside_image_raise():
         evaluate_masks({"a": gt}, {"a": prob}, types={"a": [{"type": "dot", "point": [64, 0]}]})
 
 
+@pytest.mark.parametrize(
+    "types, msg",
+    [
+        ({"a": [{"type": "dot"}]}, r"types: a\[0\]: expected"),
+        ({"a": [{"type": "dot", "point": [1, "x"]}]}, r"types: a\[0\]: expected"),
+        ({"a": [{"type": "dot", "point": [float("nan"), 1]}]}, r"types: a\[0\]: expected"),
+        ({"a": {"type": "dot"}}, "types: a: expected a list"),
+        (
+            {"images": [{"id": 1, "stem": "a"}], "annotations": [
+                {"image_id": 2, "calc_type": "dot", "point": [1, 1]}], "categories": []},
+            r"types: annotations\[0\]: unknown image_id 2",
+        ),
+    ],
+)
+def test_bad_types_input_names_the_types_source(types, msg):
+    gt, prob = _blank()
+    with pytest.raises(InputError, match=msg):
+        evaluate_masks({"a": gt}, {"a": prob}, types=types)
+
+
 def test_large_image_with_thousands_of_components_is_fast():
     rng = np.random.default_rng(0)
     h, w = 2048, 1600

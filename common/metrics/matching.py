@@ -263,6 +263,8 @@ def match_image_masks(
     np.maximum.at(scores, pr_ids, prob[fg].astype(np.float64))
     scores = scores[1:]
     iop = inter / np.maximum(area, 1)
+    # IoP >= threshold counts (an IoP of exactly 0.25 is a hit); paper §4.2.2 words it as
+    # "greater than", which differs only for components whose IoP is exactly the threshold.
     tp = iop >= iop_thr
 
     lesion_scores = np.full(n_gt, -np.inf)
