@@ -196,11 +196,11 @@ class Pipeline:
             OperatingPointError: ``target_fp`` is not among the bundle's calibrated operating points.
         """
         import torch
-        from detectron2.engine import DefaultPredictor
 
         from calc_seg.data.labels import LabelParams
         from calc_seg.model import build_model, load_weights
         from mass_det.config import resolve_device
+        from mass_det.inference import build_default_predictor
 
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.thresholds = resolve_thresholds(self.bundle.operating_points, threshold, target_fp)
@@ -211,7 +211,7 @@ class Pipeline:
         resolve_device(mass_cfg)
         mass_cfg.freeze()
         self.mass_cfg = mass_cfg
-        self.mass_predictor = DefaultPredictor(mass_cfg)
+        self.mass_predictor = build_default_predictor(mass_cfg)
         self.device = torch.device(mass_cfg.MODEL.DEVICE)
 
         self.calc_cfg = self.bundle.calc_cfg(calc_opts)

@@ -23,6 +23,19 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".tif", ".tiff", ".jpg", ".jpeg"}
 
 
+def build_default_predictor(cfg):
+    """detectron2's :class:`DefaultPredictor` for ``cfg``; a damaged or foreign ``MODEL.WEIGHTS`` file
+    raises :class:`InputError` naming it (torch and pickle otherwise fail with struct/zip errors)."""
+    from detectron2.engine import DefaultPredictor
+
+    try:
+        return DefaultPredictor(cfg)
+    except Exception as e:
+        raise InputError(
+            cfg.MODEL.WEIGHTS, f"not a readable checkpoint ({type(e).__name__}: {e})"
+        ) from None
+
+
 class MassPredictor:
     """``MassPredictor(cfg, weights)(path)`` -> (8-bit image, COCO results in original pixels).
 
@@ -33,15 +46,13 @@ class MassPredictor:
     """
 
     def __init__(self, cfg, weights: str):
-        from detectron2.engine import DefaultPredictor
-
         check_weights_file(weights)
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.WEIGHTS = str(weights)
         resolve_device(cfg)
         self.cfg = cfg
-        self.predictor = DefaultPredictor(cfg)
+        self.predictor = build_default_predictor(cfg)
 
     def __call__(self, path: str | Path, image_id: int = 0) -> tuple[np.ndarray, list[dict]]:
         """Returns the pre-processed (H, W) uint8 image and COCO results (``bbox`` XYWH, original
@@ -121,9 +132,10 @@ def predict_mass(config_file: str | None, weights: str, inputs: Sequence[str | P
             if not path.is_file():
                 raise InputError(path, "file not found")
             gray, results = predictor(path, image_id)
-        except InputError as e:
-            failures.append(str(e))
-            print(f"error: {e}", file=sys.stderr)
+        except Exception as e:  # one bad file must not cost the others their results
+            msg = str(e) if isinstance(e, InputError) else f"{path}: {type(e).__name__}: {e}"
+            failures.append(msg)
+            print(f"error: {msg}", file=sys.stderr)
             continue
         stem = path.stem if path.stem not in stems else f"{path.stem}_{image_id}"
         stems.add(stem)

@@ -29,13 +29,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import mass_det  # noqa: F401  (registers the model components)
+    from common.errors import InputError
     from mass_det.inference import predict_mass
 
     try:
         failures = predict_mass(args.config_file, args.weights, args.input, args.output,
                                 threshold=args.threshold, overlay_threshold=args.overlay_threshold,
                                 opts=args.opts, progress=not args.no_progress)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if failures:

@@ -249,6 +249,18 @@ def test_predict_with_missing_weights_is_one_error_line(synthetic, tmp_path, cap
     assert len(err) == 1 and "weights file not found" in err[0]
 
 
+def test_predict_with_damaged_weights_is_one_error_line(synthetic, tmp_path, capsys):
+    from scripts.predict_mass import main as predict_main
+
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    rc = predict_main(["--config-file", str(INSTANT), "--weights", str(junk),
+                       "--input", str(synthetic), "--output", str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(junk) in err[0] and "not a readable checkpoint" in err[0]
+
+
 def test_train_net_instant_schedule_writes_checkpoint_and_report(synthetic, tmp_path):
     from detectron2.engine import default_argument_parser
 

@@ -50,7 +50,12 @@ class MassDetCheckpointer(DetectionCheckpointer):
     """
 
     def _load_file(self, filename):
-        loaded = super()._load_file(filename)
+        try:
+            loaded = super()._load_file(filename)
+        except Exception as e:  # torch/pickle raise many types for a damaged or foreign file
+            from common.errors import InputError
+
+            raise InputError(filename, f"not a readable checkpoint ({type(e).__name__}: {e})") from None
         model = loaded.get("model", {})
         if isinstance(model, dict) and "layer1.0.conv1.weight" in model:
             self.logger.info("Reading torchvision ResNet weights from %s", filename)
