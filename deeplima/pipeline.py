@@ -33,7 +33,6 @@ needed (stems must be the canonical dataset's stems).
 
 from __future__ import annotations
 
-import glob
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,12 +42,12 @@ from typing import Any
 import numpy as np
 
 from common.errors import InputError
+from common.inputs import collect_inputs, unique_stems
 
 from .bundle import Bundle, load_bundle
 from .operating_point import resolve_thresholds
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "ImageResult",
     "Pipeline",
     "collect_inputs",
@@ -56,7 +55,6 @@ __all__ = [
     "write_predictions",
 ]
 
-IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".tif", ".tiff"}
 FORMAT_VERSION = 1
 
 
@@ -117,53 +115,6 @@ class ImageResult:
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files from paths, folders (searched recursively for DICOM/PNG/TIFF by suffix, sorted) and glob
-    patterns, in the order given, without duplicates. A path that does not exist and is not a glob
-    matching something is kept, so that it is reported as a failure."""
-    out: list[Path] = []
-    seen: set[Path] = set()
-
-    def add(p: Path):
-        key = p.resolve() if p.exists() else p
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith("."):
-                    add(f)
-        elif not p.exists() and glob.has_magic(str(item)):
-            matches = sorted(glob.glob(str(item), recursive=True))
-            for m in matches:
-                mp = Path(m)
-                if mp.is_dir():
-                    for f in collect_inputs([mp]):
-                        add(f)
-                else:
-                    add(mp)
-            if not matches:
-                add(p)
-        else:
-            add(p)
-    return out
-
-
-def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Output names: the file stem, made unique with ``-2``, ``-3``... when two inputs share one."""
-    seen: dict[str, int] = {}
-    stems = []
-    for p in paths:
-        stem = p.stem if p.suffix.lower() in IMAGE_SUFFIXES else p.name
-        n = seen.get(stem, 0) + 1
-        seen[stem] = n
-        stems.append(stem if n == 1 else f"{stem}-{n}")
-    return stems
-
-
 # ------------------------------------------------------------------------------------------ predictor
 class Pipeline:
     """Mass detector + calcification U-Net of a model bundle, sharing one pre-processing per image.

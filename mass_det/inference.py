@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from common.errors import InputError
+from common.inputs import collect_inputs, unique_stems
 
 from .config import get_mass_det_cfg, resolve_device
 from .data.mapper import gray_to_model_input
@@ -20,7 +21,6 @@ __all__ = ["MassPredictor", "collect_inputs", "draw_overlay", "predict_mass"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".tif", ".tiff", ".jpg", ".jpeg"}
 
 
 def build_default_predictor(cfg):
@@ -72,19 +72,6 @@ class MassPredictor:
         return np.ascontiguousarray(image), results
 
 
-def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files given directly, plus image files (DICOM/PNG/TIFF/JPEG by suffix) found under folders,
-    sorted per folder; order defines the image ids (1, 2, ...)."""
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            files.append(p)  # a missing file is reported as a failure by the predictor
-    return files
-
-
 def draw_overlay(gray: np.ndarray, results: Sequence[dict], threshold: float) -> np.ndarray:
     """(H, W) uint8 -> (H, W, 3) uint8 RGB with red boxes and scores for results above ``threshold``."""
     import cv2
@@ -126,7 +113,7 @@ def predict_mass(config_file: str | None, weights: str, inputs: Sequence[str | P
     predictions: list[dict] = []
     images: list[dict] = []
     failures: list[str] = []
-    stems: set[str] = set()
+    stem_of = dict(zip(files, unique_stems(files), strict=True))
     for image_id, path in enumerate(tqdm(files, desc="mass prediction", disable=not progress), 1):
         try:
             if not path.is_file():
@@ -137,8 +124,7 @@ def predict_mass(config_file: str | None, weights: str, inputs: Sequence[str | P
             failures.append(msg)
             print(f"error: {msg}", file=sys.stderr)
             continue
-        stem = path.stem if path.stem not in stems else f"{path.stem}_{image_id}"
-        stems.add(stem)
+        stem = stem_of[path]
         kept = [r for r in results if r["score"] >= threshold]
         predictions += kept
         images.append({"id": image_id, "file_name": str(path), "stem": stem,

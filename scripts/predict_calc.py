@@ -18,22 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".tif", ".tiff", ".jpg", ".jpeg", ""}
-
-
-def list_inputs(inputs: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                            and not f.name.startswith("."))
-        else:
-            files.append(p)
-    return files
-
-
-def predict_file(model, path: Path, out_dir: Path, cfg, threshold: float, device, weights: str) -> dict:
+def predict_file(model, path: Path, stem: str, out_dir: Path, cfg, threshold: float, device,
+                 weights: str) -> dict:
     import numpy as np
 
     from calc_seg.data.labels import LabelParams
@@ -44,7 +30,6 @@ def predict_file(model, path: Path, out_dir: Path, cfg, threshold: float, device
     image, breast, record = load_image(path, cfg.DATA.REMOVE_ARTIFACTS)
     prob = predict_from_cfg(model, image, breast, cfg, device)
     mask, comps = mask_components(prob, threshold, LabelParams.from_cfg(cfg))
-    stem = path.stem if path.suffix else path.name
     atomic_write_png(out_dir / f"{stem}_prob.png", np.round(prob * 65535).astype(np.uint16))
     atomic_write_png(out_dir / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
     atomic_write_png(out_dir / f"{stem}_overlay.png", overlay(image, mask))
@@ -73,6 +58,7 @@ def main(argv=None) -> int:
     from calc_seg.config import load_calc_seg_cfg
     from calc_seg.model import build_model, load_weights
     from common.errors import InputError
+    from common.inputs import collect_inputs, unique_stems
 
     cfg = load_calc_seg_cfg(args.config, args.opts)
     model = build_model(cfg)
@@ -86,12 +72,13 @@ def main(argv=None) -> int:
     threshold = cfg.TEST.THRESHOLD if args.threshold is None else args.threshold
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = list_inputs(args.input)
+    files = collect_inputs(args.input)
     failed = []
-    for path in tqdm(files, desc="predict", disable=len(files) < 2):
+    for path, stem in tqdm(list(zip(files, unique_stems(files), strict=True)), desc="predict",
+                           disable=len(files) < 2):
         try:
-            predict_file(model, path, out_dir, cfg, threshold, device, str(args.weights))
-        except (InputError, OSError, ValueError) as e:
+            predict_file(model, path, stem, out_dir, cfg, threshold, device, str(args.weights))
+        except Exception as e:  # one bad file must not stop the others
             msg = str(e) if isinstance(e, InputError) else f"{path}: {type(e).__name__}: {e}"
             print(f"failed: {msg}", file=sys.stderr)
             failed.append(str(path))
