@@ -170,3 +170,45 @@ def test_ablation_writes_tables(tmp_path, npy_preprocess):
     assert (out / "froc.png").stat().st_size > 0
     for norm in ("bn", "ln", "gn"):
         assert (out / f"unet_{norm}" / "test_report.json").exists()
+
+
+class _FakeStudy:
+    """What evaluate_studies reads from a Study: stem, arrays and typed points."""
+
+    def __init__(self, stem, arrays, types):
+        self.stem, self._arrays, self.types = stem, arrays, types
+
+    def array(self, name):
+        return self._arrays[name]
+
+
+def test_validation_ignores_vessel_and_large_labels(monkeypatch):
+    from calc_seg.engine import trainer as trainer_mod
+
+    h, w = 64, 64
+    gt = np.zeros((h, w), bool)
+    gt[10:12, 10:12] = True  # a dot
+    gt[40:42, 5:60] = True  # a vessel
+    excluded = np.zeros((h, w), bool)
+    excluded[37:45, 2:63] = True  # the vessel's dilated extent
+    prob = np.zeros((h, w), np.float32)
+    prob[10:12, 10:12] = 0.9  # finds the dot
+    prob[40:42, 5:60] = 0.8  # finds the vessel
+    prob[50:52, 30:32] = 0.7  # a false positive away from both
+    study = _FakeStudy(
+        "s", {"image": np.zeros((h, w), np.uint8), "breast": np.ones((h, w), bool), "gt": gt,
+              "excluded": excluded},
+        [{"type": "dot", "point": [10, 10]}, {"type": "vessel", "point": [30, 40]}],
+    )
+    monkeypatch.setattr(trainer_mod, "predict_from_cfg", lambda *a, **k: prob)
+    cfg = get_calc_seg_cfg()
+
+    full, maps = trainer_mod.evaluate_studies(None, [study], cfg)
+    assert full["n_lesions"] == 2 and full["n_predictions"] == 3
+    assert full["per_type"]["vessel"]["recall"] == 1.0
+
+    val, maps_val = trainer_mod.evaluate_studies(None, [study], cfg, ignore_excluded=True)
+    # Only the dot remains a lesion; the vessel prediction is neither a hit nor a false positive.
+    assert val["n_lesions"] == 1 and val["n_predictions"] == 2
+    assert val["sensitivity_at_fp"]["1"] == 1.0
+    assert np.array_equal(maps_val["s"], prob)  # returned maps stay unmasked

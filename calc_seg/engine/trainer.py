@@ -77,26 +77,42 @@ def build_lr_lambda(cfg, total_iters: int):
     return f
 
 
-def evaluate_studies(model: nn.Module, studies: list[Study], cfg, device=None, progress=False):
+def evaluate_studies(model: nn.Module, studies: list[Study], cfg, device=None, progress=False,
+                     ignore_excluded: bool = False):
     """IoP FROC of ``model`` on whole images.
 
+    ``ignore_excluded`` (validation, paper §4.2.1: vessel and large-region labels are kept out of the
+    training and validation sets) removes the ``LABELS.EXCLUDE_TYPES`` components and their dilated
+    extent from the evaluation: their GT pixels are dropped and the probability there is set to 0, so
+    predictions on them count neither as hits nor as false positives. The test split is scored with
+    every label (per-type recall, paper Table 4).
+
     Returns (report, prob_maps): ``common.metrics.evaluate_masks`` report (recall,
-    sensitivity_at_fp, froc, per_type) and ``{stem: float32 (H, W)}`` probability maps.
+    sensitivity_at_fp, froc, per_type) and ``{stem: float32 (H, W)}`` probability maps (unmasked).
     """
     from common.metrics import evaluate_masks
 
-    gt, probs, types = {}, {}, {}
+    gt, probs, scored, types = {}, {}, {}, {}
+    excluded_types = set(cfg.LABELS.EXCLUDE_TYPES)
     it = studies
     if progress:
         from tqdm import tqdm
 
         it = tqdm(studies, desc="evaluate", leave=False)
     for s in it:
-        probs[s.stem] = predict_from_cfg(model, s.array("image"), s.array("breast"), cfg, device)
+        prob = predict_from_cfg(model, s.array("image"), s.array("breast"), cfg, device)
+        probs[s.stem] = prob
         gt[s.stem] = np.asarray(s.array("gt"), dtype=bool)
         types[s.stem] = s.types
+        if ignore_excluded:
+            excl = np.asarray(s.array("excluded"), dtype=bool)
+            if excl.any():
+                gt[s.stem] = gt[s.stem] & ~excl
+                prob = np.where(excl, np.float32(0), prob)
+            types[s.stem] = [t for t in s.types if t["type"] not in excluded_types]
+        scored[s.stem] = prob
     report = evaluate_masks(
-        gt, probs, types=types, iop_thr=cfg.TEST.IOP_THR, binarize=cfg.TEST.THRESHOLD,
+        gt, scored, types=types, iop_thr=cfg.TEST.IOP_THR, binarize=cfg.TEST.THRESHOLD,
         fps=tuple(cfg.TEST.FPS),
     )
     return report, probs
@@ -224,7 +240,8 @@ class CalcSegTrainer:
         return float(np.mean(losses)) if losses else float("nan")
 
     def validate(self) -> dict:
-        report, _ = evaluate_studies(self.model, self.val_studies, self.cfg, self.device)
+        report, _ = evaluate_studies(self.model, self.val_studies, self.cfg, self.device,
+                                     ignore_excluded=True)
         return report
 
     def train(self, progress: bool = True) -> dict:
