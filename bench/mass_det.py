@@ -57,7 +57,7 @@ QUALITY_OPTS = [
 
 
 def bench_speed(threads: int, repeats: int) -> dict:
-    """Median seconds per image of each model. Runs are interleaved (vanilla, FPN, FPN+FL+NL, vanilla,
+    """Best (minimum) seconds per image of each model, with medians for reference. Runs are interleaved (vanilla, FPN, FPN+FL+NL, vanilla,
     ...) so that load from other processes on a shared CPU hits the three models alike."""
     import torch
     from detectron2.modeling import build_model

@@ -60,7 +60,9 @@ def add_mass_det_config(cfg: CN) -> CN:
     _C.INPUT.MAMMO.HFLIP_PROB = 0.5
     _C.INPUT.MAMMO.EXTENT_PROB = 0.5  # probability of the translation/zoom below
     _C.INPUT.MAMMO.SCALE_RANGE = (0.85, 1.15)  # extent size / image size (<1 zooms in, >1 pads)
-    _C.INPUT.MAMMO.SHIFT_RANGE = (0.1, 0.1)  # max shift of the extent centre, fraction of (w, h)
+    # RandomExtent shifts the centre by shift_range * size * U(-0.5, 0.5): (0.1, 0.1) moves it by up to
+    # 5 % of the width / height.
+    _C.INPUT.MAMMO.SHIFT_RANGE = (0.1, 0.1)
 
     # FROC / AP evaluation through common.metrics.evaluate_boxes.
     _C.TEST.FROC = CN()

@@ -71,6 +71,8 @@ class NonLocalBlock2D(CNNBlockBase):
             g = F.max_pool2d(g, kernel_size=2, ceil_mode=True)
         phi, g = phi.flatten(2), g.flatten(2)  # (B, C', M), M = N or about N / 4
         # f = theta^T phi, normalised by the number of positions it sums over (C(u) = N in eq. 3).
+        # f = theta^T phi / C(u) with C(u) the number of positions summed over (Wang et al., dot-product
+        # form): M = N without sub-sampling, N / 4 with the 2x2 max-pool on phi and g.
         affinity = torch.bmm(theta.transpose(1, 2), phi) / phi.shape[-1]  # (B, N, M)
         v = torch.bmm(affinity, g.transpose(1, 2))  # (B, N, C')
         v = v.transpose(1, 2).reshape(b, self.inter_channels, h, w)
