@@ -163,6 +163,11 @@ class Pipeline:
         mass_cfg.freeze()
         self.mass_cfg = mass_cfg
         self.mass_predictor = build_default_predictor(mass_cfg)
+        # Identifies the weights behind a prediction folder, so --resume never mixes two models.
+        self.model_id = ";".join(
+            f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+            for p in (Path(self.bundle.mass_weights), Path(self.bundle.calc_weights))
+        )
         self.device = torch.device(mass_cfg.MODEL.DEVICE)
 
         self.calc_cfg = self.bundle.calc_cfg(calc_opts)
@@ -281,9 +286,10 @@ class Pipeline:
 
 
 # ------------------------------------------------------------------------------------------ folder
-def _result_json(res: ImageResult, stem: str, image_id: int, files: dict) -> dict:
+def _result_json(res: ImageResult, stem: str, image_id: int, files: dict, model_id: str | None) -> dict:
     return {
         "format": "deeplima-prediction",
+        "model": model_id,
         "version": FORMAT_VERSION,
         "source": str(Path(res.source).resolve()) if res.source != "<array>" else res.source,
         "stem": stem,
@@ -303,7 +309,8 @@ def _result_json(res: ImageResult, stem: str, image_id: int, files: dict) -> dic
     }
 
 
-def _done(json_path: Path, path: Path, out: Path, thresholds: dict) -> dict | None:
+def _done(json_path: Path, path: Path, out: Path, thresholds: dict,
+          model_id: str | None = None) -> dict | None:
     """The per-image JSON of a finished image, or None when it must be (re)done."""
     from common.io import read_json
 
@@ -317,6 +324,8 @@ def _done(json_path: Path, path: Path, out: Path, thresholds: dict) -> dict | No
         return None
     if rec.get("source") != str(path.resolve()):
         return None  # same stem, another file
+    if rec.get("model") != model_id:
+        return None  # made by other weights
     if {k: rec.get("thresholds", {}).get(k) for k in ("mass", "calc")} != {
             k: thresholds[k] for k in ("mass", "calc")}:
         return None  # other operating point: masks and overlays differ
@@ -325,7 +334,8 @@ def _done(json_path: Path, path: Path, out: Path, thresholds: dict) -> dict | No
     return rec
 
 
-def write_image_outputs(res: ImageResult, out: Path, stem: str, image_id: int) -> dict:
+def write_image_outputs(res: ImageResult, out: Path, stem: str, image_id: int,
+                        model_id: str | None = None) -> dict:
     """Write the PNGs, then the per-image JSON (last, so its presence means complete)."""
     from common.io import atomic_write_json, atomic_write_png
 
@@ -348,7 +358,7 @@ def write_image_outputs(res: ImageResult, out: Path, stem: str, image_id: int) -
     atomic_write_png(out / files["breast_mask"], res.breast_mask.astype(np.uint8) * 255)
     masses, calcs = res.findings()
     atomic_write_png(out / files["overlay"], draw_findings(res.image, masses, calc_mask, calcs))
-    rec = _result_json(res, stem, image_id, files)
+    rec = _result_json(res, stem, image_id, files, model_id)
     atomic_write_json(out / "per_image" / f"{stem}.json", rec)
     return rec
 
@@ -390,12 +400,12 @@ def write_predictions(
     bar = tqdm(list(zip(paths, stems)), desc="deeplima predict", unit="img", disable=not progress)
     for image_id, (path, stem) in enumerate(bar, start=1):
         json_path = out / "per_image" / f"{stem}.json"
-        rec = _done(json_path, path, out, pipeline.thresholds) if resume else None
+        rec = _done(json_path, path, out, pipeline.thresholds, pipeline.model_id) if resume else None
         if rec is not None:
             n_skipped += 1
         else:
             try:
-                rec = write_image_outputs(pipeline(path), out, stem, image_id)
+                rec = write_image_outputs(pipeline(path), out, stem, image_id, pipeline.model_id)
                 n_done += 1
             except InputError as e:
                 failures.append({"file": str(path), "reason": e.reason, "message": str(e)})

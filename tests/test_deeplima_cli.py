@@ -86,6 +86,18 @@ def test_resume_redoes_nothing(setup):
     assert len(json.loads((out / "images.json").read_text())) == 3
 
 
+def test_resume_redoes_images_made_by_other_weights(setup, tmp_path):
+    out = tmp_path / "pred"
+    shutil.copytree(setup["out"], out)
+    other = tmp_path / "bundle"
+    shutil.copytree(setup["bundle"], other)  # same weights, but another file: another model id
+    rc = main(["predict", str(setup["inputs"]), "--output", str(out), "--model", str(other),
+               "--target-fp", "1", "--resume", "--no-progress", "--threads", "1"])
+    assert rc == 1
+    run = json.loads((out / "run.json").read_text())
+    assert run["n_done"] == 3 and run["n_skipped"] == 0
+
+
 def test_evaluate_writes_the_html_report(setup, tmp_path):
     rep = tmp_path / "report"
     rc = main(["evaluate", "--pred", str(setup["out"]), "--gt", str(setup["root"]), "--split", "all",
