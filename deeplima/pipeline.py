@@ -187,6 +187,15 @@ class Pipeline:
             logging.getLogger(__name__).warning(
                 "mass and calcification configs disagree on artifact removal; using the mass "
                 "config's INPUT.MAMMO.REMOVE_ARTIFACTS=%s for both", self.remove_artifacts)
+        if self.thresholds["calc"] < float(self.calc_cfg.TEST.THRESHOLD):
+            # Components are the pixels >= TEST.THRESHOLD (the evaluation's binarisation), so every
+            # component already scores at least that much: a lower threshold keeps them all.
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "calcification threshold %.3g is below the component threshold TEST.THRESHOLD=%.3g: "
+                "every component is a finding", self.thresholds["calc"],
+                float(self.calc_cfg.TEST.THRESHOLD))
 
     # -------------------------------------------------------------------------------- one image
     def preprocess(self, source: str | Path | np.ndarray):

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, type=Path, help="prediction folder")
     p.add_argument("--model", "-m", required=True, type=Path, help="model bundle folder")
     op = p.add_mutually_exclusive_group()
-    op.add_argument("--threshold", type=float, help="score threshold of findings (masses and calcs)")
+    op.add_argument("--threshold", type=float, help="score threshold of findings, masses and calcifications (calcification components are the pixels above the U-Net config's TEST.THRESHOLD, 0.5 by default, so values below it keep every component)")
     op.add_argument("--target-fp", type=float, metavar="K",
                     help="operating point calibrated for K false positives per image (bundle)")
     p.add_argument("--resume", action="store_true", help="skip images whose outputs are complete")
