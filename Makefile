@@ -78,6 +78,7 @@ bench: $(STAMP)
 	$(PY) bench/preprocess.py
 	$(PY) bench/mass_det.py
 	$(PY) bench/calc_seg.py
+	$(PY) bench/pipeline.py
 
 clean:
 	rm -rf demo_out output bench_out .pytest_cache
