@@ -6,6 +6,7 @@ import plistlib
 
 import numpy as np
 import pytest
+from canonical_testing import by_stem
 
 from common.io import read_json, read_png
 from datasets.canonical import points_to_mask, polygon_to_mask
@@ -43,15 +44,6 @@ def write_dicom(path, pixels=None, rows=H, cols=W, transfer_syntax=None, **attrs
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
-
-
-def _by_stem(coco):
-    images = {im["stem"]: im for im in coco["images"]}
-    anns: dict[str, list] = {s: [] for s in images}
-    id2stem = {im["id"]: im["stem"] for im in coco["images"]}
-    for a in coco["annotations"]:
-        anns[id2stem[a["image_id"]]].append(a)
-    return images, anns
 
 
 def _errors(out):
@@ -135,7 +127,7 @@ def test_inbreast(inbreast_root, tmp_path):
     summary = inbreast.convert(inbreast_root.parent, out, seed=1, verbose=False)
     assert summary["images"] == 3
     masses, calcs = read_json(out / "masses.json"), read_json(out / "calcifications.json")
-    images, anns = _by_stem(masses)
+    images, anns = by_stem(masses)
     assert sorted(images) == ["inbreast_1001", "inbreast_1002", "inbreast_1003"]
     im = images["inbreast_1001"]
     assert im["patient_id"] == images["inbreast_1002"]["patient_id"] == "inbreast_aaa111"
@@ -148,7 +140,7 @@ def test_inbreast(inbreast_root, tmp_path):
     assert m["segmentation"] == [[10.0, 5.0, 20.0, 5.0, 20.0, 15.0, 10.0, 15.0]]
     assert anns["inbreast_1002"] == [] and anns["inbreast_1003"] == []
 
-    cimages, canns = _by_stem(calcs)
+    cimages, canns = by_stem(calcs)
     mask = read_png(out / cimages["inbreast_1001"]["mask_file"]) > 0
     expected = (
         points_to_mask([(40, 30)], (H, W))
@@ -377,7 +369,7 @@ def test_cbis_ddsm(cbis_root, tmp_path):
     summary = cbis_ddsm.convert(cbis_root, out, seed=0, verbose=False)
     assert summary["images"] == 2
     masses, calcs = read_json(out / "masses.json"), read_json(out / "calcifications.json")
-    images, anns = _by_stem(masses)
+    images, anns = by_stem(masses)
     mstem, cstem = (
         "cbis_ddsm_Mass-Training_P_00001_LEFT_CC",
         "cbis_ddsm_Calc-Training_P_00003_LEFT_MLO",
@@ -403,7 +395,7 @@ def test_cbis_ddsm(cbis_root, tmp_path):
     assert a[0]["segmentation"] and len(a[0]["segmentation"][0]) >= 8
     assert images[cstem]["density"] == 4 and anns[cstem] == []
 
-    cimages, canns = _by_stem(calcs)
+    cimages, canns = by_stem(calcs)
     mask = read_png(out / cimages[cstem]["mask_file"]) > 0
     expected = np.zeros((H, W), bool)
     expected[20, 5:40] = True
@@ -487,7 +479,7 @@ def test_vindr(vindr_root, tmp_path):
     summary = vindr.convert(vindr_root.parent.parent, out, seed=0, verbose=False)
     assert summary["images"] == 3
     masses, calcs = read_json(out / "masses.json"), read_json(out / "calcifications.json")
-    images, anns = _by_stem(masses)
+    images, anns = by_stem(masses)
     assert sorted(images) == ["vindr_a", "vindr_b", "vindr_c"]
     a = images["vindr_a"]
     assert (a["patient_id"], a["laterality"], a["view"], a["density"]) == ("vindr_s1", "L", "CC", 3)
@@ -497,7 +489,7 @@ def test_vindr(vindr_root, tmp_path):
     assert boxes == [[2.0, 2.0, 6.0, 6.0], [10.5, 5.0, 20.0, 20.0]]
     assert anns["vindr_c"][0]["bbox"] == [50.0, 40.0, 14.0, 8.0]  # clipped to 64x48
 
-    cimages, canns = _by_stem(calcs)
+    cimages, canns = by_stem(calcs)
     mask = read_png(out / cimages["vindr_a"]["mask_file"]) > 0
     expected = np.zeros((H, W), bool)
     expected[30:34, 40:44] = True

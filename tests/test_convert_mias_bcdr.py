@@ -6,21 +6,13 @@ import json
 
 import numpy as np
 import pytest
+from canonical_testing import by_stem
 from PIL import Image
 
 from common.errors import InputError
 from common.io import read_json, read_png
 from datasets import bcdr, mias
 from datasets.canonical import circle_to_mask, polygon_to_mask
-
-
-def _by_stem(coco):
-    images = {im["stem"]: im for im in coco["images"]}
-    anns: dict[str, list] = {s: [] for s in images}
-    id2stem = {im["id"]: im["stem"] for im in coco["images"]}
-    for a in coco["annotations"]:
-        anns[id2stem[a["image_id"]]].append(a)
-    return images, anns
 
 
 def _assert_patient_disjoint(out):
@@ -63,7 +55,7 @@ def test_mias_boxes_masks_and_problems(mias_root, tmp_path):
     out = tmp_path / "out"
     summary = mias.convert(mias_root, out, seed=0, verbose=False)
     masses, calcs = read_json(out / "masses.json"), read_json(out / "calcifications.json")
-    images, anns = _by_stem(masses)
+    images, anns = by_stem(masses)
     assert sorted(images) == [
         "mias_mdb001",
         "mias_mdb002",
@@ -91,7 +83,7 @@ def test_mias_boxes_masks_and_problems(mias_root, tmp_path):
     assert images["mias_mdb002"]["pathology"] == "MALIGNANT"
     assert im1["file_name"] == str((mias_root / "mdb001.pgm").resolve())
 
-    cimages, canns = _by_stem(calcs)
+    cimages, canns = by_stem(calcs)
     assert cimages["mias_mdb001"]["mask_file"] is None
     assert cimages["mias_mdb002"]["mask_file"] == "calc_masks/mias_mdb002.png"
     mask = read_png(out / "calc_masks/mias_mdb002.png") > 0
@@ -173,7 +165,7 @@ def test_bcdr_outlines_to_boxes_and_masks(bcdr_root, tmp_path):
     out = tmp_path / "out"
     summary = bcdr.convert(root, out, seed=0, verbose=False)
     masses, calcs = read_json(out / "masses.json"), read_json(out / "calcifications.json")
-    images, anns = _by_stem(masses)
+    images, anns = by_stem(masses)
     stems = {
         "p1cc": "bcdr_d01_img_1_1_1_RCC",
         "p1lcc": "bcdr_d01_img_1_1_2_LCC",
@@ -193,7 +185,7 @@ def test_bcdr_outlines_to_boxes_and_masks(bcdr_root, tmp_path):
     assert m2["bbox"] == [50.0, 40.0, 14.0, 8.0]
     assert anns[stems["p3"]] == [] and anns[stems["p1lcc"]] == []
 
-    cimages, canns = _by_stem(calcs)
+    cimages, canns = by_stem(calcs)
     mask = read_png(out / cimages[stems["p1cc"]]["mask_file"]) > 0
     expected = polygon_to_mask([(30, 20), (34, 20), (34, 24), (30, 24)], (48, 64))
     assert np.array_equal(mask, expected) and expected.sum() == 25
