@@ -28,5 +28,7 @@ class WeightedCrossEntropy(nn.Module):
         return F.cross_entropy(logits, target, weight=weight)
 
 
-def build_loss(cfg) -> nn.Module:
-    return WeightedCrossEntropy(cfg.SOLVER.POS_WEIGHT)
+def build_loss(cfg, pos_weight: float | None = None) -> nn.Module:
+    """The training loss; ``pos_weight`` overrides ``SOLVER.POS_WEIGHT`` (the trainer passes the
+    weight it derived from the measured positive-pixel fraction when that key is <= 0)."""
+    return WeightedCrossEntropy(cfg.SOLVER.POS_WEIGHT if pos_weight is None else pos_weight)

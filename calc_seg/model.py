@@ -1,11 +1,15 @@
 """The calcification U-Net (paper §2.2.2, Fig. 4) and its normalisation variants (Table 3).
 
-The network is a ``segmentation_models_pytorch.Unet`` with 3 downsampling and 3 upsampling stages.
-The default encoder is smp's ``vgg13_bn``: every encoder stage is exactly the paper's "two convolution
-layers, each followed by a normalisation and ReLU" (then max-pooling), and smp's U-Net decoder blocks are
-two conv + norm + ReLU as well, with a two-conv bottleneck for VGG encoders. A ResNet encoder would add
-residual blocks and a stride-2 7x7 stem that the paper's figure does not have. ``MODEL.ENCODER`` still
-accepts any smp encoder name. No pretrained weights are ever downloaded (``encoder_weights=None``).
+The network is a ``segmentation_models_pytorch.Unet`` with 3 downsampling and 3 upsampling stages and a
+skip connection at each of the three resolutions. The default encoder is smp's ``vgg13_bn`` cut after
+its fourth conv block: full resolution (64 channels), 1/2 (128), 1/4 (256) and the 1/8 bottleneck (512),
+each stage the paper's "two convolution layers, each followed by a normalisation and ReLU", separated by
+max-pooling. smp's ``UnetDecoder`` drops the encoder's first feature map (for most encoders it is the
+input image) and adds a two-conv centre block for VGG encoders; with a VGG encoder that would lose the
+full-resolution skip, which the 1-3 px dots need, and double the bottleneck. :class:`FullSkipUnetDecoder`
+is smp's decoder with every encoder feature as a skip and no centre block: decoder block inputs are
+512 + 256, 256 + 128 and 128 + 64 channels (paper Fig. 4). Other smp encoders (``MODEL.ENCODER``) keep
+smp's own decoder. No pretrained weights are ever downloaded (``encoder_weights=None``).
 
 smp builds every normalisation as ``BatchNorm2d``; :func:`retrofit_groupnorm` then swaps each for a
 ``GroupNorm`` (the paper's model) the way ``detectron2.layers.FrozenBatchNorm2d.convert_frozen_batchnorm``
@@ -18,10 +22,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import segmentation_models_pytorch as smp
 import torch
+from segmentation_models_pytorch.base import initialization
+from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torch import nn
 
 NORMS = ("gn", "bn", "ln")
+
+
+class FullSkipUnetDecoder(UnetDecoder):
+    """smp's ``UnetDecoder`` that keeps the encoder's first feature map as a skip connection.
+
+    ``encoder_channels`` are the channels of every encoder feature, full resolution first, e.g.
+    (64, 128, 256, 512); block ``i`` upsamples to the resolution of the skip it concatenates. smp's decoder
+    treats its first feature as "same resolution as the input, no skip": a duplicate of the
+    full-resolution feature is put in that place, so that every real feature becomes a skip.
+    """
+
+    def __init__(self, encoder_channels, decoder_channels, use_norm="batchnorm"):
+        super().__init__(
+            encoder_channels=(0, *encoder_channels),
+            decoder_channels=decoder_channels,
+            n_blocks=len(decoder_channels),
+            use_norm=use_norm,
+            add_center_block=False,
+        )
+
+    def forward(self, features):
+        return super().forward([features[0], *features])
 
 
 def largest_divisor_at_most(channels: int, groups: int) -> int:
@@ -92,8 +121,6 @@ def build_unet(
         ``nn.Module`` mapping (N, in_channels, H, W) float to (N, classes, H, W) logits; H and W must be
         multiples of ``2 ** encoder_depth``.
     """
-    import segmentation_models_pytorch as smp
-
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if len(decoder_channels) != encoder_depth:
@@ -112,6 +139,9 @@ def build_unet(
         # deeper layers would be parameters without gradients (DistributedDataParallel rejects those)
         feats = model.encoder.features
         model.encoder.features = feats[: model.encoder._out_indexes[encoder_depth] + 1]
+        # the VGG encoder's first feature is its full-resolution conv block: keep it as a skip
+        model.decoder = FullSkipUnetDecoder(model.encoder.out_channels, tuple(decoder_channels))
+        initialization.initialize_decoder(model.decoder)
     if norm == "gn":
         model = retrofit_groupnorm(model, groups)
     elif norm == "ln":

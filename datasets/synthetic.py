@@ -42,8 +42,9 @@ other:
   contrast 0.1-0.28 signal units, or 0.05-0.09 ("low") in most masses of dense (C/D) breasts. The box
   is the tight box of the footprint ``r <= R(theta)`` (spicules, drawn below half the contrast, are not
   part of it).
-* calcifications, as a pixel mask typed per 8-connected component: ``dot`` (1-8 px dots, single or
-  clustered, each its own component; the mask is the dot pixels), ``vessel`` (tram-track dots along a
+* calcifications, as a pixel mask typed per 8-connected component: ``dot`` (dots of 0.1-1 mm, i.e.
+  1-12 px at 85 µm, mostly small; single (20 %) or in clusters of 5-30, each dot its own component; the
+  mask is the dot pixels), ``vessel`` (tram-track dots along a
   curved vessel; the mask is one elongated band along the vessel) and ``large`` (crowded 1-4 px dots;
   the mask is their convex hull, slightly dilated: the region a radiologist would outline).
 
@@ -443,8 +444,12 @@ def _dot_layer(
         sub[foot[: sub.shape[0], : sub.shape[1]]] = record
 
 
-def _dot_diameter(rng: np.random.Generator, hi: int = 8) -> int:
-    return int(1 + np.floor((hi) * rng.random() ** 2.2))  # mostly small, up to ``hi`` px
+def _dot_diameter(
+    rng: np.random.Generator, spacing_mm: float, lo_mm: float = 0.1, hi_mm: float = 1.0
+) -> int:
+    """Diameter in pixels of a dot of ``lo_mm``-``hi_mm`` (mostly small), at least 1 px."""
+    d_mm = lo_mm + (hi_mm - lo_mm) * rng.random() ** 2.2
+    return max(1, int(round(d_mm / spacing_mm)))
 
 
 def _place_dots(
@@ -603,8 +608,8 @@ def render_image(
         idx = len(records)
         amp_lo = 0.22 if density in ("A", "B") else 0.28
         if ctype == "dot":
-            n = 1 if rng.random() < 0.2 else int(rng.integers(3, 16))
-            sizes = [_dot_diameter(rng) for _ in range(n)]
+            n = 1 if rng.random() < 0.2 else int(rng.integers(5, 31))
+            sizes = [_dot_diameter(rng, pixel_spacing_mm) for _ in range(n)]
             radius = max(0.006 * h * rng.uniform(1, 3), 2.2 * math.sqrt(n) * (max(sizes) + 2) / 2)
             c = placer.place(radius + max(sizes))
             if c is None:
@@ -686,7 +691,7 @@ def render_image(
                 float(rng.uniform(0, np.pi)),
             )
             n = int(np.clip(radius**2 * rng.uniform(0.02, 0.06), 15, 150))
-            sizes = [_dot_diameter(rng, 4) for _ in range(n)]
+            sizes = [min(4, _dot_diameter(rng, pixel_spacing_mm, hi_mm=0.35)) for _ in range(n)]
             dots = _place_dots(rng, n, radius, c[0], c[1], sizes, gap=0, ecc=ecc)
             dot_mask = np.zeros((h, w), np.uint8)
             for x, y, d in dots:
@@ -1066,6 +1071,7 @@ def generate(
     artifact: bool | None = None,
     ratios: Sequence[float] = DEFAULT_RATIOS,
     progress: bool = True,
+    pixel_spacing_mm: float | None = None,
 ) -> Path:
     """Write ``n`` synthetic studies as a canonical dataset folder and return ``out_dir``.
 
@@ -1081,6 +1087,10 @@ def generate(
             MONOCHROME2 versions of a seed show the same image.
         ratios: train/val/test patient ratios for :func:`datasets.canonical.patient_split`.
         progress: show a tqdm progress bar.
+        pixel_spacing_mm: one pixel spacing for every image: a smaller ``height`` then stands for a
+            smaller breast at that resolution (e.g. 0.085 gives real-size calcifications on a small
+            image). None: drawn per patient from 0.07 / 0.085 / 0.1 mm at full field, scaled by
+            ``3328 / height`` (a smaller image stands for the same field of view).
     """
     from tqdm import tqdm
 
@@ -1096,6 +1106,11 @@ def generate(
         raise ValueError(f"window_mode must be one of {WINDOW_MODES}, got {window_mode}")
     out = Path(out_dir)
     plan = _study_plan(seed, n, height)
+    if pixel_spacing_mm is not None:
+        if not pixel_spacing_mm > 0:
+            raise ValueError(f"pixel_spacing_mm must be positive, got {pixel_spacing_mm}")
+        for st in plan:
+            st["pixel_spacing_mm"] = float(pixel_spacing_mm)
     split = patient_split([s["patient_id"] for s in plan], seed, ratios)
     images, mass_anns, calc_anns, manifest_images = [], [], [], []
     jobs = [(i, st, VIEWS.index(v), v) for i, st in enumerate(plan) for v in views]
@@ -1242,6 +1257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--photometric", choices=["MONOCHROME1", "MONOCHROME2"], default=None)
     ap.add_argument("--bits-stored", type=int, choices=[12, 14, 16], default=None)
     ap.add_argument("--window-mode", choices=WINDOW_MODES, default=None)
+    ap.add_argument("--pixel-spacing", type=float, default=None, metavar="MM",
+                    help="one pixel spacing for all images (default: full field of view at any size)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     a = ap.parse_args(argv)
     out = generate(
@@ -1254,6 +1271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bits_stored=a.bits_stored,
         window_mode=a.window_mode,
         progress=not a.quiet,
+        pixel_spacing_mm=a.pixel_spacing,
     )
     print(out)
     return 0

@@ -99,3 +99,26 @@ def test_process_mask_types_exclusion_and_canonical_preference():
 def test_empty_mask():
     out = process_mask(np.zeros((50, 60), bool))
     assert out.components == [] and not out.train_mask.any() and not out.excluded.any()
+
+
+def test_min_area_is_physical_with_pixel_fallback():
+    from common.calcifications import min_area_pixels
+
+    assert min_area_pixels([0.085, 0.085]) == 900  # the paper's 900 px at 85 µm
+    assert min_area_pixels(0.05) == 2600  # film scanned at 50 µm: more pixels for the same area
+    assert min_area_pixels([0.07, 0.07]) == 1327  # INbreast
+    assert min_area_pixels(None) == 900 and min_area_pixels(None, fallback_px=25) == 25
+    assert min_area_pixels([0.1, 0.1], min_area_mm2=0, fallback_px=30) == 30
+    assert min_area_pixels([0.0, 0.1]) == 900  # an unusable spacing falls back to pixels
+
+
+def test_process_mask_uses_the_spacing():
+    m = np.zeros((200, 200), bool)
+    m[100, 100] = True
+    params = LabelParams(min_area=50, min_area_mm2=6.5)
+    coarse = process_mask(m, params, pixel_spacing=[0.5, 0.5])  # 6.5 / 0.25 = 26 px
+    fine = process_mask(m, params, pixel_spacing=[0.1, 0.1])  # 650 px
+    none = process_mask(m, params)
+    assert (coarse.min_area, fine.min_area, none.min_area) == (26, 650, 50)
+    assert 26 <= coarse.train_mask.sum() < 40 and 650 <= fine.train_mask.sum() < 700
+    assert 50 <= none.train_mask.sum() < 64

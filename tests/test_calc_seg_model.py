@@ -45,6 +45,27 @@ def test_default_model_is_papers_unet():
     assert model.encoder.out_channels == [64, 128, 256, 512]  # 3 downsampling stages + bottleneck
     assert len(model.decoder.blocks) == 3
     assert model.encoder.features[0].in_channels == 1
+    # a skip at every resolution: 512 + 256, 256 + 128, 128 + 64 input channels; no extra centre block
+    assert [b.conv1[0].in_channels for b in model.decoder.blocks] == [768, 384, 192]
+    assert isinstance(model.decoder.center, nn.Identity)
+
+
+def test_full_resolution_skip_carries_the_first_conv_block():
+    """A forward hook: the last decoder block concatenates the encoder's full-resolution conv block."""
+    model = build_unet("gn", **SMALL).eval()
+    seen = {}
+    model.encoder.register_forward_hook(lambda m, i, out: seen.__setitem__("enc", out))
+    model.decoder.blocks[-1].register_forward_hook(
+        lambda m, args, kwargs, out: seen.__setitem__("last", (args, kwargs)), with_kwargs=True
+    )
+    x = torch.rand(1, 1, 32, 48)
+    model(x)
+    first = seen["enc"][0]
+    assert first.shape == (1, 64, 32, 48)  # conv block at full resolution, not the input image
+    args, kwargs = seen["last"]
+    skip = kwargs.get("skip_connection", args[3] if len(args) > 3 else None)
+    assert skip is not None and skip.data_ptr() == first.data_ptr()
+    assert model.decoder.blocks[-1].conv1[0].in_channels == 32 + 64
 
 
 def test_retrofit_copies_affine_and_returns_new_module():

@@ -89,13 +89,14 @@ def test_few_iterations_lower_the_loss():
     assert losses[-1] < 0.7 * losses[0]
 
 
-def _quick_cfg(root, out, epochs=1):
+def _quick_cfg(root, out, epochs=1, extra=()):
     from calc_seg.config import load_calc_seg_cfg
 
     return load_calc_seg_cfg(QUICK, ["DATA.ROOT", str(root), "OUTPUT_DIR", str(out),
                                      "PATCH.SIZE", 32, "PATCH.STRIDE", 32, "TEST.WINDOW", 32,
                                      "TEST.STRIDE", 32, "SOLVER.EPOCHS", epochs, "SOLVER.ITERS_PER_EPOCH", 2,
-                                     "MODEL.DECODER_CHANNELS", [32, 16, 8], "LABELS.MIN_AREA", 9])
+                                     "MODEL.DECODER_CHANNELS", [32, 16, 8], "LABELS.MIN_AREA", 9,
+                                     *extra])
 
 
 def test_trainer_checkpoints_and_resume(tmp_path, npy_preprocess):
@@ -197,7 +198,7 @@ def test_validation_ignores_vessel_and_large_labels(monkeypatch):
     prob[50:52, 30:32] = 0.7  # a false positive away from both
     study = _FakeStudy(
         "s", {"image": np.zeros((h, w), np.uint8), "breast": np.ones((h, w), bool), "gt": gt,
-              "excluded": excluded},
+              "train_mask": gt, "excluded": excluded},
         [{"type": "dot", "point": [10, 10]}, {"type": "vessel", "point": [30, 40]}],
     )
     monkeypatch.setattr(trainer_mod, "predict_from_cfg", lambda *a, **k: prob)
@@ -212,3 +213,78 @@ def test_validation_ignores_vessel_and_large_labels(monkeypatch):
     assert val["n_lesions"] == 1 and val["n_predictions"] == 2
     assert val["sensitivity_at_fp"]["1"] == 1.0
     assert np.array_equal(maps_val["s"], prob)  # returned maps stay unmasked
+
+
+def test_perfect_prediction_of_processed_labels_scores_every_lesion(tmp_path, npy_preprocess):
+    """The trainer's scoring path: predicting the training target exactly finds every lesion; the
+    same prediction scored against the raw masks misses the small dots (IoP of a grown blob over a
+    3x3 dot is far below 0.25)."""
+    from calc_seg.engine.trainer import load_split, score_studies
+
+    root = _canonical(tmp_path / "data")
+    cfg = _quick_cfg(root, tmp_path / "out")
+    studies = load_split(cfg, "train")
+    assert studies and all(s.min_area == 9 for s in studies)  # no pixel spacing: LABELS.MIN_AREA px
+    # a larger minimum area so that the grown blob is much bigger than the 3x3 dot
+    cfg = _quick_cfg(root, tmp_path / "out2", extra=["LABELS.MIN_AREA", 100])
+    studies = load_split(cfg, "train")
+    probs = {s.stem: np.asarray(s.array("train_mask"), np.float32) for s in studies}
+    processed = score_studies(studies, probs, cfg)
+    assert processed["gt_labels"] == "processed" and processed["n_lesions"] >= 10
+    assert processed["recall"] == 1.0 and processed["sensitivity_at_fp"]["1"] == 1.0
+    raw = score_studies(studies, probs, cfg, gt_labels="raw")
+    assert raw["n_lesions"] == processed["n_lesions"] and raw["recall"] < 0.5
+    # the raw masks predicted exactly are found in both definitions (a dot inside its grown label)
+    exact = {s.stem: np.asarray(s.array("gt"), np.float32) for s in studies}
+    assert score_studies(studies, exact, cfg, gt_labels="raw")["recall"] == 1.0
+    assert score_studies(studies, exact, cfg)["recall"] == 1.0
+
+
+def test_warmup_then_decay():
+    from calc_seg.config import load_calc_seg_cfg
+    from calc_seg.engine.trainer import build_lr_lambda
+
+    cfg = load_calc_seg_cfg(None, ["SOLVER.WARMUP_ITERS", 10, "SOLVER.WARMUP_FACTOR", 0.1])
+    f = build_lr_lambda(cfg, 100)
+    assert f(0) == pytest.approx(0.1)
+    cosine = lambda t: 0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * t))  # noqa: E731
+    assert f(5) == pytest.approx(cosine(0.05) * (0.1 + 0.9 * 0.5))
+    assert f(0) < f(5) < f(10) and f(10) > f(50) > f(99)
+    assert f(10) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * 0.1)))
+
+
+def test_positive_fraction_sets_the_class_weight():
+    from calc_seg.config import load_calc_seg_cfg
+    from calc_seg.engine.trainer import pos_weight_of, positive_pixel_fraction
+
+    entries = np.zeros(4, dtype=patches.PATCH_DTYPE)
+    entries["positive"] = [True, True, False, False]
+    entries["pos_pixels"] = [100, 300, 0, 0]
+    f = positive_pixel_fraction(entries, 20)  # mean 200 of 400 px in positive patches, half a batch
+    assert f == pytest.approx(0.25)
+    cfg = load_calc_seg_cfg(None, [])
+    assert pos_weight_of(cfg, f) == pytest.approx(3.0)
+    assert pos_weight_of(cfg, 1e-6) == cfg.SOLVER.POS_WEIGHT_MAX
+    assert pos_weight_of(load_calc_seg_cfg(None, ["SOLVER.POS_WEIGHT", 7.0]), f) == 7.0
+
+
+def test_trainer_writes_tensorboard_events(tmp_path, npy_preprocess):
+    from calc_seg.engine.trainer import CalcSegTrainer
+
+    torch.set_num_threads(1)
+    root = _canonical(tmp_path / "data")
+    out = tmp_path / "out"
+    t = CalcSegTrainer(_quick_cfg(root, out, epochs=1))
+    t.train(progress=False)
+    events = list(out.glob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "val/recall_at_1fp",
+            "data/positive_pixel_fraction"} <= tags
+    assert len(acc.Scalars("train/loss")) == 2  # one per iteration
+    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0 < line["positive_pixel_fraction"] < 0.5 and line["pos_weight"] > 1

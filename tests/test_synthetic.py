@@ -236,9 +236,11 @@ def test_calc_components_match_annotations(dataset):
         assert {a["calc_type"] for a in anns} == drawn
         n_vessel = sum(r["type"] == "vessel" for r in manifest[im["stem"]]["calcifications"])
         assert sum(a["calc_type"] == "vessel" for a in anns) == n_vessel  # one region per vessel
-    # dot components are 1-8 px across; large regions are much larger
+    # dot components are at most 1 mm across (12 px at 85 µm; fewer at this image's spacing); large
+    # regions are much larger
     dots = [a for a in calcs["annotations"] if a["calc_type"] == "dot"]
-    assert max(max(a["bbox"][2:]) for a in dots) <= 8
+    spacing = {im["id"]: im["pixel_spacing"][0] for im in calcs["images"]}
+    assert all(max(a["bbox"][2:]) <= max(1, round(1.0 / spacing[a["image_id"]])) for a in dots)
     assert min(a["area"] for a in calcs["annotations"] if a["calc_type"] == "large") > 50
 
 

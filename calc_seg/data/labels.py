@@ -5,8 +5,11 @@ around crowded clusters (paper Fig. 7). This module
 
 1. splits a ground-truth mask into 8-connected components,
 2. gives each component a type, ``dot`` / ``vessel`` / ``large`` (:func:`classify_component`), and
-3. dilates every component smaller than ``min_area`` pixels until it reaches ``min_area``
-   (:func:`dilate_small_components`), which makes the tiny dot labels consistent in size.
+3. grows every component smaller than the minimum area until it reaches it
+   (``common.calcifications.grow_small_components``), which makes the tiny dot labels consistent in size.
+   The minimum area is ``min_area_mm2`` converted with the image's pixel spacing, or ``min_area`` pixels
+   when the spacing is unknown (:meth:`LabelParams.min_area_for`). The grown mask is the training target
+   *and* the IoP ground truth of validation and test (one label definition, ``common.calcifications``).
 
 The classifier is a shape rule on the component alone (``datasets.canonical.classify_component``, shared
 with the dataset converters), with thresholds in ``cfg.LABELS``:
@@ -31,17 +34,26 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from common.calcifications import (
+    CALC_TYPES,
+    DEFAULT_MIN_AREA_MM2,
+    DEFAULT_MIN_AREA_PX,
+    grow_small_components,
+    label_components,
+    min_area_pixels,
+)
 from datasets.canonical import LARGE_MIN_AREA_PX, VESSEL_MIN_ELONGATION, VESSEL_MIN_LENGTH_PX
 
-CALC_TYPES = ("dot", "vessel", "large")
-EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+# the label definition shared with scoring lives in common.calcifications
+dilate_small_components = grow_small_components
 
 
 @dataclass(frozen=True)
 class LabelParams:
     """Thresholds of the label processing; see the module docstring (all in original pixels)."""
 
-    min_area: int = 900
+    min_area: int = DEFAULT_MIN_AREA_PX  # used when the image's pixel spacing is unknown
+    min_area_mm2: float = DEFAULT_MIN_AREA_MM2  # 0 = always use min_area (pixels)
     vessel_min_length: float = VESSEL_MIN_LENGTH_PX
     vessel_min_elongation: float = VESSEL_MIN_ELONGATION
     large_min_area: int = LARGE_MIN_AREA_PX
@@ -53,12 +65,17 @@ class LabelParams:
         lab = cfg.LABELS
         return cls(
             min_area=int(lab.MIN_AREA),
+            min_area_mm2=float(lab.MIN_AREA_MM2),
             vessel_min_length=float(lab.VESSEL_MIN_LENGTH),
             vessel_min_elongation=float(lab.VESSEL_MIN_ELONGATION),
             large_min_area=int(lab.LARGE_MIN_AREA),
             prefer_canonical_type=bool(lab.PREFER_CANONICAL_TYPE),
             exclude_types=tuple(lab.EXCLUDE_TYPES),
         )
+
+    def min_area_for(self, pixel_spacing) -> int:
+        """Minimum area in pixels of an image with ``pixel_spacing`` ((row, col) mm or None)."""
+        return min_area_pixels(pixel_spacing, self.min_area_mm2, self.min_area)
 
 
 @dataclass
@@ -71,15 +88,10 @@ class ProcessedLabels:
     """
 
     labels: np.ndarray  # int32, 0 = background, 1..n original components
-    train_mask: np.ndarray  # bool, original components with the small ones dilated to min_area
+    train_mask: np.ndarray  # bool, the processed labels: small components grown to the minimum area
     excluded: np.ndarray  # bool, (dilated) pixels of components whose type is in exclude_types
     components: list[dict] = field(default_factory=list)
-
-
-def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected components of a binary mask: (int32 labels (H, W), count)."""
-    labels, n = ndi.label(np.asarray(mask) > 0, structure=EIGHT_CONNECTED)
-    return labels.astype(np.int32, copy=False), int(n)
+    min_area: int = 0  # the minimum area in pixels that was applied
 
 
 def classify_component(component: np.ndarray, params: LabelParams | None = None) -> str:
@@ -99,58 +111,6 @@ def classify_component(component: np.ndarray, params: LabelParams | None = None)
     )
 
 
-def dilate_small_components(
-    labels: np.ndarray, min_area: int, margin: int | None = None
-) -> np.ndarray:
-    """Grow every component smaller than ``min_area`` pixels to at least ``min_area`` pixels.
-
-    Growth is a disc: a small component takes the pixels within Euclidean distance ``r`` of it, with the
-    smallest ``r`` that reaches ``min_area`` (all pixels at that exact distance are taken, so the area can
-    exceed ``min_area`` by one ring). A component only grows into pixels that are closer to it than to any
-    other component (its Voronoi cell), so neighbours never merge because of the dilation; a component
-    whose cell is smaller than ``min_area`` (crowded clusters, image corners) takes its whole cell within
-    the search margin. The result is clipped to the image.
-
-    Args:
-        labels: int (H, W), 0 = background, components 1..n (see :func:`label_components`).
-        min_area: target area in pixels.
-        margin: search distance around a component's box; default large enough for a disc of
-            ``min_area`` pixels in an image corner (a quarter disc).
-
-    Returns:
-        int32 (H, W) labels where small components are enlarged and large ones unchanged.
-    """
-    labels = np.asarray(labels)
-    out = labels.astype(np.int32, copy=True)
-    n = int(labels.max()) if labels.size else 0
-    if n == 0 or min_area <= 1:
-        return out
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
-    small = [i for i in range(1, n + 1) if 0 < areas[i] < min_area]
-    if not small:
-        return out
-    if margin is None:
-        margin = int(np.ceil(2.0 * np.sqrt(min_area / np.pi))) + 2
-    # Voronoi cells of the components: the label of the nearest foreground pixel, for every pixel
-    _, (iy, ix) = ndi.distance_transform_edt(labels == 0, return_indices=True)
-    owner = labels[iy, ix]
-    slices = ndi.find_objects(labels)
-    h, w = labels.shape
-    for i in small:
-        sy, sx = slices[i - 1]
-        y0, y1 = max(sy.start - margin, 0), min(sy.stop + margin, h)
-        x0, x1 = max(sx.start - margin, 0), min(sx.stop + margin, w)
-        comp = labels[y0:y1, x0:x1] == i
-        dist = ndi.distance_transform_edt(~comp)
-        cell = owner[y0:y1, x0:x1] == i
-        d = np.sort(dist[cell])
-        r = d[min(min_area, d.size) - 1]
-        grow = cell & (dist <= r)
-        region = out[y0:y1, x0:x1]
-        region[grow & (region == 0)] = i
-    return out
-
-
 def _canonical_types(labels: np.ndarray, canonical: Sequence[dict] | None) -> dict[int, str]:
     votes: dict[int, Counter] = {}
     for ann in canonical or ():
@@ -164,7 +124,10 @@ def _canonical_types(labels: np.ndarray, canonical: Sequence[dict] | None) -> di
 
 
 def process_mask(
-    mask: np.ndarray, params: LabelParams = LabelParams(), canonical: Sequence[dict] | None = None
+    mask: np.ndarray,
+    params: LabelParams = LabelParams(),
+    canonical: Sequence[dict] | None = None,
+    pixel_spacing=None,
 ) -> ProcessedLabels:
     """Components, types, dilated training mask and excluded pixels of one ground-truth mask.
 
@@ -173,6 +136,7 @@ def process_mask(
         params: thresholds.
         canonical: optional annotations with ``calc_type`` and ``point`` [x, y] (image pixels), e.g. the
             image's entries of ``calcifications.json``; used when ``params.prefer_canonical_type``.
+        pixel_spacing: (row_mm, col_mm) of the image, or None (then ``params.min_area`` pixels).
     """
     labels, n = label_components(mask)
     from_ann = _canonical_types(labels, canonical) if params.prefer_canonical_type else {}
@@ -201,7 +165,9 @@ def process_mask(
         )
         if ctype in params.exclude_types:
             excluded_ids.append(i)
-    grown = dilate_small_components(labels, params.min_area) if n else labels
-    # the dilated extent, so that no patch holds part of a grown vessel / large label
+    min_area = params.min_area_for(pixel_spacing)
+    grown = grow_small_components(labels, min_area) if n else labels
+    # the grown extent, so that no patch holds part of a grown vessel / large label
     excluded = np.isin(grown, excluded_ids) if excluded_ids else np.zeros(labels.shape, dtype=bool)
-    return ProcessedLabels(labels=labels, train_mask=grown > 0, excluded=excluded, components=components)
+    return ProcessedLabels(labels=labels, train_mask=grown > 0, excluded=excluded,
+                           components=components, min_area=min_area)

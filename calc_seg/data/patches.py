@@ -27,11 +27,12 @@ from calc_seg.data.labels import LabelParams, process_mask
 from common.errors import InputError
 from common.io import atomic_write_bytes, atomic_write_json, read_json
 
-CACHE_VERSION = 2  # bump when the cached arrays change meaning
+CACHE_VERSION = 3  # bump when the cached arrays change meaning
 _ARRAYS = ("image", "breast", "gt", "train_mask", "excluded")
 
 PATCH_DTYPE = np.dtype(
-    [("study", np.int32), ("y", np.int32), ("x", np.int32), ("positive", bool), ("excluded", bool)]
+    [("study", np.int32), ("y", np.int32), ("x", np.int32), ("positive", bool), ("excluded", bool),
+     ("pos_pixels", np.int32)]
 )
 
 
@@ -56,8 +57,10 @@ class Study:
     """One cached, pre-processed image. Arrays are memory-mapped read-only (H, W).
 
     image: uint8 windowed image with background / artifacts handled (``common.preprocess``).
-    breast: bool breast region. gt: bool original ground truth. train_mask: bool labels after the
-    900-px dilation. excluded: bool pixels of vessel / large components (dilated extent).
+    breast: bool breast region. gt: bool original (raw) ground truth. train_mask: bool processed labels
+    (small components grown to the minimum area, ``common.calcifications``): the training target and the
+    default IoP ground truth. excluded: bool pixels of vessel / large components (grown extent).
+    min_area: the minimum area in pixels applied to this image.
     components: :class:`calc_seg.data.labels.ProcessedLabels` components (type, bbox, point, area).
     """
 
@@ -67,6 +70,7 @@ class Study:
     width: int
     components: list
     record: dict
+    min_area: int = 0
 
     def array(self, name: str) -> np.ndarray:
         if name not in _ARRAYS:
@@ -130,7 +134,8 @@ def load_study(
     if not meta_path.exists():
         image, breast, prep_record = load_image(record["file_name"], remove_artifacts)
         gt = _read_mask(record.get("mask_file"), image.shape)
-        lab = process_mask(gt, params, record.get("annotations"))
+        spacing = record.get("pixel_spacing") or (prep_record.get("meta") or {}).get("pixel_spacing")
+        lab = process_mask(gt, params, record.get("annotations"), pixel_spacing=spacing)
         arrays = {"image": image, "breast": breast, "gt": gt, "train_mask": lab.train_mask,
                   "excluded": lab.excluded}
         for name, arr in arrays.items():
@@ -140,11 +145,13 @@ def load_study(
         atomic_write_json(
             meta_path,
             {"stem": record["stem"], "height": int(image.shape[0]), "width": int(image.shape[1]),
-             "components": lab.components, "preprocess": prep_record, "key": key},
+             "components": lab.components, "min_area": lab.min_area, "preprocess": prep_record,
+             "key": key},
         )
     meta = read_json(meta_path)
     rec = {k: v for k, v in record.items() if k != "annotations"}
-    return Study(record["stem"], folder, meta["height"], meta["width"], meta["components"], rec)
+    return Study(record["stem"], folder, meta["height"], meta["width"], meta["components"], rec,
+                 int(meta.get("min_area", 0)))
 
 
 def patch_starts(length: int, size: int, stride: int) -> list[int]:
@@ -161,15 +168,23 @@ def patch_starts(length: int, size: int, stride: int) -> list[int]:
 
 
 def index_study(study: Study, study_id: int, size: int, stride: int) -> np.ndarray:
-    """Patch entries (``PATCH_DTYPE``) of one study, all-zero image windows dropped."""
+    """Patch entries (``PATCH_DTYPE``) of one study, all-zero image windows dropped.
+
+    ``pos_pixels`` counts the processed-label pixels of the window (the training target), from which
+    the trainer measures the positive-pixel fraction of its batches.
+    """
     image, train, excl = study.array("image"), study.array("train_mask"), study.array("excluded")
+    sat = np.pad(np.asarray(train, dtype=bool).cumsum(0, dtype=np.int64).cumsum(1), ((1, 0), (1, 0)))
+    h, w = study.height, study.width
     rows = []
-    for y in patch_starts(study.height, size, stride):
-        for x in patch_starts(study.width, size, stride):
+    for y in patch_starts(h, size, stride):
+        for x in patch_starts(w, size, stride):
             win = (slice(y, y + size), slice(x, x + size))
             if not image[win].any():
                 continue
-            rows.append((study_id, y, x, bool(train[win].any()), bool(excl[win].any())))
+            y1, x1 = min(y + size, h), min(x + size, w)
+            n_pos = int(sat[y1, x1] - sat[y, x1] - sat[y1, x] + sat[y, x])
+            rows.append((study_id, y, x, n_pos > 0, bool(excl[win].any()), n_pos))
     return np.array(rows, dtype=PATCH_DTYPE)
 
 
@@ -178,8 +193,8 @@ def build_patch_index(
 ) -> np.ndarray:
     """Patch entries of all studies (``study`` = position in ``studies``), cached in ``cache_dir``.
 
-    Returns a structured array with fields ``study, y, x, positive, excluded`` (top-left corners in the
-    original image frame). Excluded patches are kept here; :func:`select_patches` drops them for
+    Returns a structured array with fields ``study, y, x, positive, excluded, pos_pixels`` (top-left
+    corners in the original image frame). Excluded patches are kept here; :func:`select_patches` drops them for
     training and validation.
     """
     path = None

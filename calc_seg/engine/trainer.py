@@ -7,7 +7,12 @@ One process, or several under ``torchrun`` (``WORLD_SIZE`` set): the model is wr
 Checkpoints (``OUTPUT_DIR/model_last.pth`` and ``model_best.pth``) hold the model, optimizer, scheduler,
 epoch, best score and the config; ``--resume`` continues from ``model_last.pth``. The model-selection
 score is the recall at 1 false positive per image of the IoP FROC on whole validation images
-(``common.metrics.evaluate_masks`` on sliding-window probability maps).
+(``common.metrics.evaluate_masks`` on sliding-window probability maps), scored against the processed
+labels that are also the training target (``TEST.GT_LABELS``, ``common.calcifications``).
+
+Logs: ``OUTPUT_DIR/metrics.jsonl`` (one line per epoch) and TensorBoard event files in ``OUTPUT_DIR``
+(``train/loss``, ``train/lr``, ``train/grad_norm`` per iteration; ``val/recall_at_<k>fp`` per
+validation; ``data/positive_pixel_fraction`` once).
 """
 
 from __future__ import annotations
@@ -61,48 +66,90 @@ def load_split(cfg, split: str) -> list[Study]:
 
 
 def build_lr_lambda(cfg, total_iters: int):
-    """Multiplier of ``BASE_LR`` at iteration ``it`` (cosine / poly / step decay, see config)."""
+    """Multiplier of ``BASE_LR`` at iteration ``it``: linear warm-up from ``WARMUP_FACTOR`` over
+    ``WARMUP_ITERS`` iterations, times the cosine / poly / step decay over all iterations (config)."""
     s = cfg.SOLVER
     floor = s.MIN_LR_RATIO
     total = max(total_iters, 1)
+    warm = min(int(s.WARMUP_ITERS), total)
 
     def f(it: int) -> float:
         t = min(it / total, 1.0)
         if s.LR_SCHEDULER == "cosine":
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-        if s.LR_SCHEDULER == "poly":
-            return floor + (1 - floor) * (1 - t) ** s.POLY_POWER
-        return s.GAMMA ** sum(t >= m for m in s.STEPS)
+            v = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        elif s.LR_SCHEDULER == "poly":
+            v = floor + (1 - floor) * (1 - t) ** s.POLY_POWER
+        else:
+            v = s.GAMMA ** sum(t >= m for m in s.STEPS)
+        if it < warm:
+            v *= s.WARMUP_FACTOR + (1 - s.WARMUP_FACTOR) * it / warm
+        return v
 
     return f
 
 
-def evaluate_studies(model: nn.Module, studies: list[Study], cfg, device=None, progress=False,
-                     ignore_excluded: bool = False):
-    """IoP FROC of ``model`` on whole images.
+def positive_pixel_fraction(entries: np.ndarray, size: int) -> float:
+    """Expected fraction of target pixels in a balanced batch (half positive, half negative patches).
 
-    ``ignore_excluded`` (validation, paper §4.2.1: vessel and large-region labels are kept out of the
-    training and validation sets) removes the ``LABELS.EXCLUDE_TYPES`` components and their dilated
-    extent from the evaluation: their GT pixels are dropped and the probability there is set to 0, so
-    predictions on them count neither as hits nor as false positives. The test split is scored with
-    every label (per-type recall, paper Table 4).
+    Positive patches are drawn uniformly (:class:`~calc_seg.data.sampler.BalancedBatchSampler`), so the
+    mean of their ``pos_pixels`` over ``size**2``, halved for the negative half, is the batch mean.
+    """
+    pos = entries["pos_pixels"][entries["positive"]]
+    return float(pos.mean()) / (2.0 * size * size) if len(pos) else 0.0
 
-    Returns (report, prob_maps): ``common.metrics.evaluate_masks`` report (recall,
-    sensitivity_at_fp, froc, per_type) and ``{stem: float32 (H, W)}`` probability maps (unmasked).
+
+def pos_weight_of(cfg, fraction: float) -> float:
+    """Cross-entropy weight of the calcification class: ``SOLVER.POS_WEIGHT``, or when it is <= 0 the
+    weight that balances the two classes in an average batch, ``(1 - f) / f`` for the measured
+    positive-pixel fraction ``f``, capped at ``SOLVER.POS_WEIGHT_MAX``."""
+    w = float(cfg.SOLVER.POS_WEIGHT)
+    if w > 0:
+        return w
+    if fraction <= 0:
+        return 1.0
+    return float(min((1.0 - fraction) / fraction, cfg.SOLVER.POS_WEIGHT_MAX))
+
+
+def amp_dtype(cfg, device: torch.device):
+    """``torch.bfloat16`` when ``SOLVER.AMP`` is on and ``device`` computes bf16 natively, else None."""
+    if not cfg.SOLVER.AMP:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        return torch.bfloat16 if torch.backends.mkldnn.is_available() and \
+            torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    return None
+
+
+GT_LABELS = {"processed": "train_mask", "raw": "gt"}  # TEST.GT_LABELS -> cached Study array
+
+
+def score_studies(studies: list[Study], probs: dict, cfg, gt_labels: str | None = None,
+                  ignore_excluded: bool = False) -> dict:
+    """IoP FROC of probability maps ``{stem: float (H, W)}`` against the studies' labels.
+
+    ``gt_labels`` (default ``cfg.TEST.GT_LABELS``): "processed" scores against the processed labels
+    (small components grown to the minimum area: the training target, ``common.calcifications``),
+    "raw" against the masks as annotated. ``ignore_excluded`` (validation, paper §4.2.1: vessel and
+    large-region labels are kept out of the training and validation sets) removes the
+    ``LABELS.EXCLUDE_TYPES`` components and their grown extent from the evaluation: their GT pixels are
+    dropped and the probability there is set to 0, so predictions on them count neither as hits nor as
+    false positives. The test split is scored with every label (per-type recall, paper Table 4).
+
+    Returns the ``common.metrics.evaluate_masks`` report (recall, sensitivity_at_fp, froc, per_type)
+    with ``gt_labels`` added.
     """
     from common.metrics import evaluate_masks
 
-    gt, probs, scored, types = {}, {}, {}, {}
+    gt_labels = gt_labels or cfg.TEST.GT_LABELS
+    if gt_labels not in GT_LABELS:
+        raise ValueError(f"gt_labels must be one of {sorted(GT_LABELS)}, got {gt_labels!r}")
+    gt, scored, types = {}, {}, {}
     excluded_types = set(cfg.LABELS.EXCLUDE_TYPES)
-    it = studies
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(studies, desc="evaluate", leave=False)
-    for s in it:
-        prob = predict_from_cfg(model, s.array("image"), s.array("breast"), cfg, device)
-        probs[s.stem] = prob
-        gt[s.stem] = np.asarray(s.array("gt"), dtype=bool)
+    for s in studies:
+        prob = probs[s.stem]
+        gt[s.stem] = np.asarray(s.array(GT_LABELS[gt_labels]), dtype=bool)
         types[s.stem] = s.types
         if ignore_excluded:
             excl = np.asarray(s.array("excluded"), dtype=bool)
@@ -115,6 +162,37 @@ def evaluate_studies(model: nn.Module, studies: list[Study], cfg, device=None, p
         gt, scored, types=types, iop_thr=cfg.TEST.IOP_THR, binarize=cfg.TEST.THRESHOLD,
         fps=tuple(cfg.TEST.FPS),
     )
+    report["gt_labels"] = gt_labels
+    return report
+
+
+def evaluate_studies(model: nn.Module, studies: list[Study], cfg, device=None, progress=False,
+                     ignore_excluded: bool = False, with_raw: bool = False):
+    """IoP FROC of ``model`` on whole images (sliding window, then :func:`score_studies`).
+
+    ``with_raw`` adds ``report["raw_labels"]``: the same probability maps scored against the raw
+    masks (``sensitivity_at_fp``, ``recall``, ``per_type``, ``n_lesions``), reported beside the
+    processed-label figures.
+
+    Returns (report, prob_maps): the report and ``{stem: float32 (H, W)}`` probability maps (unmasked).
+    """
+    it = studies
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(studies, desc="evaluate", leave=False)
+    probs = {s.stem: predict_from_cfg(model, s.array("image"), s.array("breast"), cfg, device)
+             for s in it}
+    report = score_studies(studies, probs, cfg, ignore_excluded=ignore_excluded)
+    if with_raw:
+        other = "raw" if report["gt_labels"] == "processed" else "processed"
+        r = score_studies(studies, probs, cfg, gt_labels=other, ignore_excluded=ignore_excluded)
+        report[f"{other}_labels"] = {
+            "recall": r["recall"], "sensitivity_at_fp": r["sensitivity_at_fp"],
+            "n_lesions": r["n_lesions"], "n_predictions": r["n_predictions"],
+            "per_type": {t: {k: v for k, v in pt.items() if k != "froc"}
+                         for t, pt in (r.get("per_type") or {}).items()},
+        }
     return report, probs
 
 
@@ -151,6 +229,10 @@ class CalcSegTrainer:
         self.dataset = CalcPatchDataset(
             self.train_studies, entries, cfg.PATCH.SIZE, build_augmentation(cfg)
         )
+        self.positive_fraction = positive_pixel_fraction(entries, cfg.PATCH.SIZE)
+        self.pos_weight = pos_weight_of(cfg, self.positive_fraction)
+        logger.info("positive-pixel fraction of a balanced batch %.4f -> calcification class weight %.2f",
+                    self.positive_fraction, self.pos_weight)
         iters = cfg.SOLVER.ITERS_PER_EPOCH or None
         self.sampler = BalancedBatchSampler(
             self.dataset.positive, cfg.SOLVER.BATCH_SIZE, iters, cfg.SEED, self.rank, self.world_size
@@ -159,7 +241,10 @@ class CalcSegTrainer:
             self.dataset, batch_sampler=self.sampler, num_workers=cfg.DATA.NUM_WORKERS,
             pin_memory=self.device.type == "cuda", persistent_workers=cfg.DATA.NUM_WORKERS > 0,
         )
-        self.loss_fn = build_loss(cfg)
+        self.loss_fn = build_loss(cfg, self.pos_weight)
+        self.amp_dtype = amp_dtype(cfg, self.device)
+        if cfg.SOLVER.CHANNELS_LAST:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
         )
@@ -181,6 +266,13 @@ class CalcSegTrainer:
             self.resume()
         if self.start_epoch == 0 and self.rank == 0:  # a fresh run starts a fresh log
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        self.tb = None
+        if self.rank == 0 and cfg.SOLVER.TENSORBOARD:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(self.out), purge_step=self.start_epoch * self.iters_per_epoch)
+            self.tb.add_scalar("data/positive_pixel_fraction", self.positive_fraction, 0)
+            self.tb.add_scalar("data/pos_weight", self.pos_weight, 0)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, epoch: int) -> dict:
@@ -226,17 +318,29 @@ class CalcSegTrainer:
         losses = []
         bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.cfg.SOLVER.EPOCHS}",
                    disable=not progress or self.rank != 0, leave=False)
-        for images, targets in bar:
-            images, targets = images.to(self.device), targets.to(self.device)
-            loss = self.loss_fn(self.net(images), targets)
+        fmt = torch.channels_last if self.cfg.SOLVER.CHANNELS_LAST else torch.contiguous_format
+        clip = self.cfg.SOLVER.GRAD_CLIP if self.cfg.SOLVER.GRAD_CLIP > 0 else float("inf")
+        for i, (images, targets) in enumerate(bar):
+            images = images.to(self.device, memory_format=fmt)
+            targets = targets.to(self.device)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                logits = self.net(images)
+            loss = self.loss_fn(logits.float(), targets)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if self.cfg.SOLVER.GRAD_CLIP > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.SOLVER.GRAD_CLIP)
+            # total gradient norm (logged); clipped only when SOLVER.GRAD_CLIP > 0
+            grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
             self.optimizer.step()
+            lr = self.scheduler.get_last_lr()[0]
             self.scheduler.step()
             losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            if self.tb is not None:
+                step = epoch * self.iters_per_epoch + i
+                self.tb.add_scalar("train/loss", losses[-1], step)
+                self.tb.add_scalar("train/lr", lr, step)
+                self.tb.add_scalar("train/grad_norm", grad_norm, step)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
         return float(np.mean(losses)) if losses else float("nan")
 
     def validate(self) -> dict:
@@ -253,12 +357,18 @@ class CalcSegTrainer:
             loss = self.train_epoch(epoch, progress)
             entry = {"epoch": epoch + 1, "loss": loss, "lr": self.scheduler.get_last_lr()[0],
                      "time_s": round(time.time() - t0, 2)}
+            if epoch == 0:
+                entry["positive_pixel_fraction"] = round(self.positive_fraction, 5)
+                entry["pos_weight"] = round(self.pos_weight, 3)
             if self.rank == 0:
                 last = epoch + 1 == cfg.SOLVER.EPOCHS
                 if self.val_studies and ((epoch + 1) % cfg.TEST.EVAL_PERIOD == 0 or last):
                     report = self.validate()
                     entry["val_recall_at_1fp"] = recall_at(report, 1)
                     entry["val_sensitivity_at_fp"] = report.get("sensitivity_at_fp")
+                    if self.tb is not None:
+                        for k, v in (report.get("sensitivity_at_fp") or {}).items():
+                            self.tb.add_scalar(f"val/recall_at_{k}fp", float(v or 0.0), epoch + 1)
                     # model selection: recall at 1 FP/image (ties -> later epoch, lower loss)
                     if entry["val_recall_at_1fp"] >= self.best_score:
                         self.best_score = entry["val_recall_at_1fp"]
@@ -272,6 +382,11 @@ class CalcSegTrainer:
                 with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps(entry) + "\n")
                 logger.info("epoch %d: %s", epoch + 1, entry)
+                if self.tb is not None:
+                    self.tb.add_scalar("train/epoch_loss", loss, epoch + 1)
+                    self.tb.flush()
             if self.distributed:
                 torch.distributed.barrier()
+        if self.tb is not None:
+            self.tb.flush()
         return entry
