@@ -9,6 +9,7 @@ Masks (calcification segmentation, the paper's IoP rule)::
 
     python -m common.evaluate masks (--gt-dir GT/ | --gt-json calcifications.json [--split test])
         --pred-dir PRED/ [--types TYPES.json] [--iop 0.25] [--binarize 0.5] [--fps 1,2,5,10]
+        [--gt-labels processed|raw] [--min-area-mm2 6.5] [--min-area-px 900]
         [--pixel-spacing MM] [--missing-as-empty] [--bootstrap N --seed S] --out REPORT.json
         [--plot FROC.png]
 
@@ -16,7 +17,10 @@ Every evaluator of the project calls :func:`evaluate_boxes` / :func:`evaluate_ma
 ``common.metrics``); the definitions live in :mod:`common.metrics.matching`, :mod:`common.metrics.froc` and
 :mod:`common.metrics.ap`.
 
-Masks: a GT image without prediction file is an error unless ``--missing-as-empty`` (then it counts as
+Masks: the ground truth is by default the paper's processed labels (§4.2.1), the same definition the
+U-Net trains on (:mod:`common.calcifications`): GT components smaller than 6.5 mm² (the paper's 900 px
+at ~85 µm; the image's pixel spacing converts it, 900 px when unknown) are grown to that area before
+the IoP rule; ``--gt-labels raw`` scores against the masks as annotated. A GT image without prediction file is an error unless ``--missing-as-empty`` (then it counts as
 an image without any prediction, with a warning); a prediction file without GT image is an error, except
 with ``--gt-json ... --split S`` where predictions of the other splits may share the folder and are
 skipped. With ``--gt-json`` images whose ``mask_file`` is null are lesion-free images of the evaluation.
@@ -39,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from common.calcifications import CALC_TYPES, DEFAULT_MIN_AREA_MM2, DEFAULT_MIN_AREA_PX, min_area_pixels
 from common.errors import InputError
 from common.io import atomic_write_json, read_json, read_png
 from common.metrics.ap import (
@@ -60,7 +65,6 @@ from common.metrics.matching import BOX_HIT_RULES, ImageMatch, match_image_boxes
 logger = logging.getLogger(__name__)
 
 #: Calcification types of the paper's Table 4 (always reported when types are given).
-CALC_TYPES = ("dot", "vessel", "large")
 DEFAULT_FPS = (1, 2, 5, 10)
 #: probabilities this far outside [0, 1] (float rounding of blended sliding windows) are clipped, not refused
 PROB_TOL = 1e-5
@@ -348,6 +352,7 @@ def evaluate_masks(
     missing: str = "error",
     bootstrap: int = 0,
     seed: int = 0,
+    min_area: int | Mapping[str, int] | None = None,
 ) -> dict:
     """Evaluate calcification probability maps with the paper's IoP rule.
 
@@ -367,9 +372,14 @@ def evaluate_masks(
             when None).
         missing: what a GT stem without probability map means: ``"error"`` (InputError) or ``"empty"``
             (no prediction on that image, logged as a warning).
+        min_area: the processed labels as ground truth (paper §4.2.1, :mod:`common.calcifications`):
+            GT components smaller than this many pixels (one int, or stem -> int, e.g. from
+            :func:`common.calcifications.min_area_pixels`) are grown to it before matching, as the
+            U-Net's training target is. The lesions stay the annotated components. None = raw masks.
 
     Returns:
-        dict: ``recall``, ``sensitivity_at_fp``, ``froc`` (see :mod:`common.metrics.froc`), counts, and when
+        dict: ``recall``, ``sensitivity_at_fp``, ``froc`` (see :mod:`common.metrics.froc`), counts,
+        ``gt_labels`` ("processed" or "raw") with ``min_area_px`` [min, max] over the images, and when
         types are given ``per_type`` {type: {recall, sensitivity_at_fp, froc, n_lesions}} where, for type T,
         sensitivity = found T lesions / all T lesions while the FP axis stays the overall FP per image of
         all predictions (this is how the paper's Table 4 reads); ``n_untyped`` counts GT components without
@@ -416,6 +426,7 @@ def evaluate_masks(
         )
 
     matches: list[ImageMatch] = []
+    areas_used: list[int] = []
     area_cm2 = 0.0
     spacing_known = True
     for stem in stems:
@@ -437,8 +448,12 @@ def evaluate_masks(
         else:
             raise InputError(stem, "no probability map for this GT image")
         points = types.get(stem, []) if types is not None else None
+        area = min_area.get(stem) if isinstance(min_area, Mapping) else min_area
+        if area is not None:
+            areas_used.append(int(area))
         try:
-            m = match_image_masks(gt, prob, iop_thr=iop_thr, binarize=binarize, type_points=points)
+            m = match_image_masks(gt, prob, iop_thr=iop_thr, binarize=binarize, type_points=points,
+                                  min_area=area)
         except ValueError as e:
             where = f"{types_src} ({stem})" if "type point" in str(e) else _source(gt_masks, stem)
             raise InputError(where, str(e)) from None
@@ -461,7 +476,10 @@ def evaluate_masks(
         "n_true_positive_predictions": int(sum(int(m.pred_hit.sum()) for m in matches)),
         "iop_thr": float(iop_thr),
         "binarize": float(binarize),
+        "gt_labels": "processed" if areas_used else "raw",
     }
+    if areas_used:
+        report["min_area_px"] = [min(areas_used), max(areas_used)]
     if types is not None:
         names = list(CALC_TYPES)
         for m in matches:
@@ -664,7 +682,31 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--binarize", type=float, default=0.5, help="probability threshold of components"
     )
-    m.add_argument("--pixel-spacing", type=float, help="mm per pixel (isotropic), for FP per cm^2")
+    m.add_argument(
+        "--gt-labels",
+        choices=["processed", "raw"],
+        default="processed",
+        help="ground truth of the IoP rule. processed (default): the paper's processed labels, the "
+        "U-Net's training target: every GT component smaller than --min-area-mm2 (converted with the "
+        "image's pixel spacing; --min-area-px when the spacing is unknown) is grown to that area "
+        "without merging neighbours. raw: the masks as annotated (a blob predicted over a 1-3 px dot "
+        "then has IoP far below 0.25)",
+    )
+    m.add_argument(
+        "--min-area-mm2",
+        type=float,
+        default=DEFAULT_MIN_AREA_MM2,
+        help="minimum component area of the processed labels in mm^2 (default %(default)s: the "
+        "paper's 900 px at ~85 um pixels); 0 = always --min-area-px",
+    )
+    m.add_argument(
+        "--min-area-px",
+        type=int,
+        default=DEFAULT_MIN_AREA_PX,
+        help="minimum area in pixels for images without a known pixel spacing (default %(default)s)",
+    )
+    m.add_argument("--pixel-spacing", type=float, help="mm per pixel (isotropic), for FP per cm^2 "
+                   "and the processed labels' minimum area")
     m.add_argument(
         "--missing-as-empty",
         action="store_true",
@@ -694,6 +736,8 @@ def _run(args) -> dict:
         else:
             gt, coco = _gt_from_canonical(args.gt_json, args.split)
             types = args.types if args.types is not None else coco
+        if isinstance(types, str | Path):
+            types = read_json(types)
         pred_files = {s: p for s, p in _pred_files(args.pred_dir).items()}
         unknown = sorted(set(pred_files) - set(gt))
         if unknown and args.gt_json is not None and args.split is not None:
@@ -708,10 +752,23 @@ def _run(args) -> dict:
                 f"no prediction (.png or .npy) for GT image {missing[0]!r} "
                 f"({len(missing)} missing; --missing-as-empty to accept)",
             )
+        min_area = None
+        if args.gt_labels == "processed":
+            if args.pixel_spacing is not None:
+                spacing = dict.fromkeys(gt, args.pixel_spacing)
+            elif _is_canonical(types):
+                spacing = {im.get("stem"): im.get("pixel_spacing") for im in types["images"]}
+            else:
+                spacing = {}
+            min_area = {
+                stem: min_area_pixels(spacing.get(stem), args.min_area_mm2, args.min_area_px)
+                for stem in gt
+            }
         report = evaluate_masks(
             gt,
             LazyFiles(pred_files, read_prob_map),
             types=types,
+            min_area=min_area,
             iop_thr=args.iop,
             binarize=args.binarize,
             fps=args.fps,

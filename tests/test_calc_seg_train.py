@@ -174,10 +174,10 @@ def test_ablation_writes_tables(tmp_path, npy_preprocess):
 
 
 class _FakeStudy:
-    """What evaluate_studies reads from a Study: stem, arrays and typed points."""
+    """What evaluate_studies reads from a Study: stem, arrays, typed points and the minimum area."""
 
-    def __init__(self, stem, arrays, types):
-        self.stem, self._arrays, self.types = stem, arrays, types
+    def __init__(self, stem, arrays, types, min_area=1):
+        self.stem, self._arrays, self.types, self.min_area = stem, arrays, types, min_area
 
     def array(self, name):
         return self._arrays[name]
@@ -198,7 +198,7 @@ def test_validation_ignores_vessel_and_large_labels(monkeypatch):
     prob[50:52, 30:32] = 0.7  # a false positive away from both
     study = _FakeStudy(
         "s", {"image": np.zeros((h, w), np.uint8), "breast": np.ones((h, w), bool), "gt": gt,
-              "train_mask": gt, "excluded": excluded},
+              "excluded": excluded},
         [{"type": "dot", "point": [10, 10]}, {"type": "vessel", "point": [30, 40]}],
     )
     monkeypatch.setattr(trainer_mod, "predict_from_cfg", lambda *a, **k: prob)

@@ -286,3 +286,33 @@ def test_masks_cli_canonical_json_with_split_and_lesion_free_image(tmp_path):
     assert r["per_type"]["dot"]["recall"] == 1.0
     assert r["area_cm2"] == pytest.approx(2 * 0.09)
     assert r["bootstrap"]["unit"] == "patient"
+
+
+def test_masks_cli_processed_labels_by_default_raw_on_request(tmp_path):
+    """A model trained on the processed labels predicts a disc of the minimum area over a small dot:
+    a hit against the processed labels (the default), a false positive against the raw mask."""
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt = np.zeros((120, 120), np.uint8)
+    gt[59:62, 59:62] = 255  # a 3 x 3 px dot
+    atomic_write_png(gt_dir / "a.png", gt)
+    yy, xx = np.mgrid[:120, :120]
+    prob = (((yy - 60) ** 2 + (xx - 60) ** 2) <= 17**2).astype(np.float32) * 0.9  # ~900 px disc
+    pred_dir.mkdir()
+    np.save(pred_dir / "a.npy", prob)
+    base = ["masks", "--gt-dir", str(gt_dir), "--pred-dir", str(pred_dir), "--pixel-spacing", "0.085"]
+    out = tmp_path / "processed.json"
+    assert main([*base, "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["gt_labels"] == "processed" and r["min_area_px"] == [900, 900]
+    assert r["recall"] == 1.0 and r["n_lesions"] == 1
+    out_raw = tmp_path / "raw.json"
+    assert main([*base, "--gt-labels", "raw", "--out", str(out_raw)]) == 0
+    raw = json.loads(out_raw.read_text())
+    assert raw["gt_labels"] == "raw" and "min_area_px" not in raw
+    assert raw["recall"] == 0.0 and raw["froc"]["fp_per_image"] == [1.0]
+    # without a spacing the pixel fallback applies; a tiny minimum area leaves the dot a miss
+    out_px = tmp_path / "px.json"
+    assert main(["masks", "--gt-dir", str(gt_dir), "--pred-dir", str(pred_dir),
+                 "--min-area-px", "20", "--out", str(out_px)]) == 0
+    px = json.loads(out_px.read_text())
+    assert px["min_area_px"] == [20, 20] and px["recall"] == 0.0

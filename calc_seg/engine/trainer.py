@@ -122,9 +122,6 @@ def amp_dtype(cfg, device: torch.device):
     return None
 
 
-GT_LABELS = {"processed": "train_mask", "raw": "gt"}  # TEST.GT_LABELS -> cached Study array
-
-
 def score_studies(studies: list[Study], probs: dict, cfg, gt_labels: str | None = None,
                   ignore_excluded: bool = False) -> dict:
     """IoP FROC of probability maps ``{stem: float (H, W)}`` against the studies' labels.
@@ -143,13 +140,16 @@ def score_studies(studies: list[Study], probs: dict, cfg, gt_labels: str | None 
     from common.metrics import evaluate_masks
 
     gt_labels = gt_labels or cfg.TEST.GT_LABELS
-    if gt_labels not in GT_LABELS:
-        raise ValueError(f"gt_labels must be one of {sorted(GT_LABELS)}, got {gt_labels!r}")
-    gt, scored, types = {}, {}, {}
+    if gt_labels not in ("processed", "raw"):
+        raise ValueError(f"gt_labels must be processed or raw, got {gt_labels!r}")
+    gt, scored, types, min_area = {}, {}, {}, {}
     excluded_types = set(cfg.LABELS.EXCLUDE_TYPES)
     for s in studies:
         prob = probs[s.stem]
-        gt[s.stem] = np.asarray(s.array(GT_LABELS[gt_labels]), dtype=bool)
+        gt[s.stem] = np.asarray(s.array("gt"), dtype=bool)
+        # the processed labels are grown inside the metric with the study's own minimum area: the
+        # same function and area that made its training target (train_mask)
+        min_area[s.stem] = s.min_area
         types[s.stem] = s.types
         if ignore_excluded:
             excl = np.asarray(s.array("excluded"), dtype=bool)
@@ -158,12 +158,10 @@ def score_studies(studies: list[Study], probs: dict, cfg, gt_labels: str | None 
                 prob = np.where(excl, np.float32(0), prob)
             types[s.stem] = [t for t in s.types if t["type"] not in excluded_types]
         scored[s.stem] = prob
-    report = evaluate_masks(
+    return evaluate_masks(
         gt, scored, types=types, iop_thr=cfg.TEST.IOP_THR, binarize=cfg.TEST.THRESHOLD,
-        fps=tuple(cfg.TEST.FPS),
+        fps=tuple(cfg.TEST.FPS), min_area=min_area if gt_labels == "processed" else None,
     )
-    report["gt_labels"] = gt_labels
-    return report
 
 
 def evaluate_studies(model: nn.Module, studies: list[Study], cfg, device=None, progress=False,

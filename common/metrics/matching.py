@@ -26,10 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
-#: 8-connectivity for :func:`scipy.ndimage.label` (the paper's predicted and GT lesions).
-EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+# 8-connected components (the paper's predicted and GT lesions) and the processed-label growth
+from common.calcifications import grow_small_components, label_components
 
 
 @dataclass
@@ -194,12 +193,6 @@ def _lesion_scores(hits: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------- masks
-def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """8-connected components of a boolean (H, W) mask: (int32 labels, 0 = background; count)."""
-    lab, n = ndimage.label(np.asarray(mask, dtype=bool), structure=EIGHT_CONNECTED)
-    return lab, int(n)
-
-
 def assign_types(gt_labels: np.ndarray, n_lesions: int, points) -> np.ndarray:
     """Type name of each GT component from typed points.
 
@@ -230,6 +223,7 @@ def match_image_masks(
     iop_thr: float = 0.25,
     binarize: float = 0.5,
     type_points=None,
+    min_area: int | None = None,
 ) -> ImageMatch:
     """The paper's IoP matching (section 4.2.2) of one probability map against one GT mask.
 
@@ -243,6 +237,10 @@ def match_image_masks(
         gt_mask: (H, W) bool, non-zero = lesion.
         prob: (H, W) float probabilities in [0, 1], same frame as ``gt_mask``.
         type_points: optional list of ``{"type", "point": [x, y]}`` typing the GT components.
+        min_area: when given, the processed labels are the ground truth (paper §4.2.1,
+            :mod:`common.calcifications`): every GT component smaller than ``min_area`` pixels is grown
+            to it, without merging neighbours, before matching. The lesions are still the annotated
+            components (same count, same types), each with its grown extent. None = the raw mask.
 
     Returns:
         :class:`ImageMatch`; ``extras`` holds ``pred_area`` and ``pred_iop`` per component.
@@ -252,6 +250,9 @@ def match_image_masks(
     if gt.shape != prob.shape:
         raise ValueError(f"GT mask {gt.shape} and probability map {prob.shape} differ in size")
     gt_lab, n_gt = label_components(gt)
+    if min_area is not None and n_gt:
+        gt_lab = grow_small_components(gt_lab, int(min_area))
+        gt = gt_lab > 0
     pr_lab, n_pr = label_components(prob >= binarize)
 
     fg = pr_lab > 0
