@@ -164,7 +164,9 @@ def test_ablation_writes_tables(tmp_path, npy_preprocess):
     assert ablate.main(["--data", str(root), "--out", str(out), "--epochs", "1", "--config", str(QUICK),
                         "--no-progress", "--opts", *map(str, opts)]) == 0
     t3 = json.loads((out / "table3.json").read_text())
-    assert list(t3) == ["U-Net BN", "U-Net LN", "U-Net GN"] and list(t3["U-Net GN"]) == ["1", "2", "5", "10"]
+    rec = t3["recall"]
+    assert list(rec) == ["U-Net BN", "U-Net LN", "U-Net GN"] and list(rec["U-Net GN"]) == ["1", "2", "5", "10"]
+    assert list(t3["recall_raw_labels"]) == list(rec) and t3["n_lesions"]["U-Net GN"] > 0
     t4 = json.loads((out / "table4.json").read_text())
     assert list(t4["recall"]) == ["Dot", "Vessel", "Large Region"]
     assert "| U-Net GN |" in (out / "table3.md").read_text()
