@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from common.calcifications import DEFAULT_MIN_AREA_MM2, DEFAULT_MIN_AREA_PX, min_area_pixels
 from common.errors import InputError
 from common.io import atomic_write_bytes, atomic_write_json, atomic_write_png, read_json
 
@@ -106,12 +107,18 @@ def evaluate_folder(
     iou_thr: float = 0.5,
     iop_thr: float = 0.25,
     binarize: float = 0.5,
+    gt_labels: str = "processed",
+    min_area_mm2: float = DEFAULT_MIN_AREA_MM2,
+    min_area_px: int = DEFAULT_MIN_AREA_PX,
 ) -> dict[str, Any]:
     """Score a prediction folder on the images of ``split`` of a canonical dataset.
 
     Masses: ``evaluate_boxes`` on the split's COCO ground truth, predictions re-keyed from the folder's
     image ids to the canonical ids through the stems. Calcifications: ``evaluate_masks`` on the split's
-    masks with the canonical ``calc_type`` points (per-type FROC). A canonical image without prediction
+    masks with the canonical ``calc_type`` points (per-type FROC), by default against the processed
+    labels the U-Net is trained on (``gt_labels="processed"``: components grown to ``min_area_mm2``
+    with each image's pixel spacing, ``min_area_px`` without one; :mod:`common.calcifications`), or
+    against the raw masks (``gt_labels="raw"``). A canonical image without prediction
     counts as an image without any finding (listed in ``missing``); predictions of images outside the
     split are ignored.
 
@@ -136,15 +143,22 @@ def evaluate_folder(
              for stem, rs in mass_by_stem.items() if stem in id_of for r in rs]
     mass_report = evaluate_boxes(mass_gt, preds, hit=hit, iou_thr=iou_thr, fps=fps)
 
+    if gt_labels not in ("processed", "raw"):
+        raise ValueError(f"gt_labels must be 'processed' or 'raw', got {gt_labels!r}")
     calc_images = {im["stem"]: im for im in calc_gt["images"]}
+    min_area = None
+    if gt_labels == "processed":
+        min_area = {s: min_area_pixels(im.get("pixel_spacing"), min_area_mm2, min_area_px)
+                    for s, im in calc_images.items()}
     gt = LazyFiles(calc_images, _gt_mask_reader(gt_root), name=lambda im: str(im.get("mask_file")))
     probs = LazyFiles({s: p for s, p in prob_files.items() if s in calc_images}, read_prob_map)
     calc_report = evaluate_masks(gt, probs, types=calc_gt, iop_thr=iop_thr, binarize=binarize,
-                                 fps=fps, missing="empty")
+                                 fps=fps, missing="empty", min_area=min_area)
     return {"mass": mass_report, "calc": calc_report, "split": split, "n_images": len(stems),
             "missing": missing, "mass_gt": mass_gt, "calc_gt": calc_gt,
             "settings": {"hit": hit, "iou_thr": iou_thr, "iop_thr": iop_thr, "binarize": binarize,
-                         "fps": fps}}
+                         "fps": fps, "gt_labels": gt_labels, "min_area_mm2": min_area_mm2,
+                         "min_area": min_area or {}}}
 
 
 # ------------------------------------------------------------------------------------------ thumbnails
@@ -220,7 +234,8 @@ def _calc_cases(ev: dict, pred_dir: Path, gt_root: Path, thr: float, limit: int)
             prob = np.where(keep[lab], prob, 0).astype(np.float32)
             lab, n = label_components(prob >= s["binarize"])
         kept_masks[im["stem"]] = lab > 0
-        m = match_image_masks(gt, prob, iop_thr=s["iop_thr"], binarize=s["binarize"])
+        m = match_image_masks(gt, prob, iop_thr=s["iop_thr"], binarize=s["binarize"],
+                              min_area=s["min_area"].get(im["stem"]))
         for k, sl in enumerate(ndimage.find_objects(lab)):
             bbox = [sl[1].start, sl[0].start, sl[1].stop - sl[1].start, sl[0].stop - sl[0].start]
             cases["hit" if m.pred_hit[k] else "fp"].append(
@@ -284,6 +299,7 @@ def write_report(
     context: str = "",
     fps: Iterable[float] = DEFAULT_FPS,
     max_thumbs: int = 6,
+    gt_labels: str = "processed",
 ) -> Path:
     """Evaluate ``pred_dir`` against ``gt_root`` (:func:`evaluate_folder`) and write the report folder.
 
@@ -292,6 +308,7 @@ def write_report(
             ``thresholds`` of ``pred_dir/run.json`` when present, else 0.5.
         context: a sentence or two shown at the top (how the models were trained, on what).
         max_thumbs: thumbnails per category (hits / misses / false positives, per lesion kind).
+        gt_labels: calcification ground truth, "processed" (the training target) or "raw" masks.
 
     Returns:
         path of ``index.html``.
@@ -303,7 +320,7 @@ def write_report(
     pred_dir, gt_root, out = Path(pred_dir), Path(gt_root), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fps = list(fps)
-    ev = evaluate_folder(pred_dir, gt_root, split, fps)
+    ev = evaluate_folder(pred_dir, gt_root, split, fps, gt_labels=gt_labels)
     if thresholds is None:
         run = pred_dir / "run.json"
         thresholds = read_json(run).get("thresholds") if run.is_file() else None
@@ -385,6 +402,12 @@ def write_report(
                    f'were scored as images without findings: '
                    f'{html.escape(", ".join(ev["missing"][:10]))}{" ..." if len(ev["missing"]) > 10 else ""}</p>')
     s = ev["settings"]
+    areas = sorted(set(s["min_area"].values()))
+    gt_text = ("the annotated masks (raw labels)" if s["gt_labels"] == "raw" else
+               "the processed labels the U-Net is trained on (components smaller than "
+               f"{s['min_area_mm2']} mm² grown to that area: "
+               + (f"{areas[0]}–{areas[-1]}" if len(areas) > 1 else f"{areas[0] if areas else '–'}")
+               + " px on these images)")
     body = f"""
 <h1>{html.escape(title)}</h1>
 {f'<p class="note">{context}</p>' if context else ''}
@@ -393,7 +416,7 @@ split <b>{html.escape(str(split))}</b>: {ev['n_images']} images.
 Masses: a detection is a hit when its IoU with a ground-truth box is &ge; {s['iou_thr']} ({s['hit']} rule).
 Calcifications: components of the probability map &ge; {s['binarize']}, scored by their maximum
 probability; a component is a hit when its intersection over its own area with the ground-truth mask is
-&ge; {s['iop_thr']} (IoP). Sensitivity at K FP/image is the best sensitivity with at most K false positives
+&ge; {s['iop_thr']} (IoP), the ground truth being {gt_text}. Sensitivity at K FP/image is the best sensitivity with at most K false positives
 per image on average; per-type rows keep the overall FP axis.</p>
 {missing}
 <h2>Scores</h2>

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fps", type=_fps, default=[1, 2, 5, 10], help="FP/image levels (1,2,5,10)")
     e.add_argument("--mass-threshold", type=float, help="threshold of the example thumbnails")
     e.add_argument("--calc-threshold", type=float, help="threshold of the example thumbnails")
+    e.add_argument("--gt-labels", choices=["processed", "raw"], default="processed",
+                   help="calcification ground truth: the processed labels the U-Net trains on "
+                        "(components grown to 6.5 mm², default) or the raw masks")
     e.add_argument("--title", default="DeepLIMa evaluation report")
     e.add_argument("--context", default="", help="text shown at the top of the report (HTML)")
 
@@ -120,7 +123,8 @@ def cmd_evaluate(args) -> int:
                       "calc": args.calc_threshold if args.calc_threshold is not None else 0.5,
                       "source": "command line"}
     index = write_report(args.pred, args.gt, args.output, None if args.split == "all" else args.split,
-                         thresholds=thresholds, title=args.title, context=args.context, fps=args.fps)
+                         thresholds=thresholds, title=args.title, context=args.context, fps=args.fps,
+                         gt_labels=args.gt_labels)
     print(f"report written to {index}")
     return 0
 

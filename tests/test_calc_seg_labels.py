@@ -5,10 +5,10 @@ import numpy as np
 from calc_seg.data.labels import (
     LabelParams,
     classify_component,
-    dilate_small_components,
     label_components,
     process_mask,
 )
+from common.calcifications import grow_small_components
 
 
 def _disc(shape, cy, cx, r):
@@ -40,7 +40,7 @@ def test_thresholds_come_from_params():
 def test_single_pixel_dilated_to_min_area():
     m = np.zeros((100, 100), bool)
     m[50, 50] = True
-    grown = dilate_small_components(label_components(m)[0], 900)
+    grown = grow_small_components(label_components(m)[0], 900)
     area = int((grown == 1).sum())
     assert 900 <= area <= 900 + 2 * np.pi * 18  # one disc ring at most
     ys, xs = np.nonzero(grown)
@@ -50,7 +50,7 @@ def test_single_pixel_dilated_to_min_area():
 def test_dilation_in_corner_is_clipped_but_reaches_area():
     m = np.zeros((100, 100), bool)
     m[0, 0] = True
-    grown = dilate_small_components(label_components(m)[0], 900)
+    grown = grow_small_components(label_components(m)[0], 900)
     assert (grown == 1).sum() >= 900 and grown.shape == (100, 100)
 
 
@@ -60,7 +60,7 @@ def test_neighbours_do_not_merge_and_large_stay():
     big = _disc(m.shape, 60, 120, 20)  # 1257 px, unchanged
     m |= big
     labels, n = label_components(m)
-    grown = dilate_small_components(labels, 900)
+    grown = grow_small_components(labels, 900)
     assert n == 3
     a, b = labels[60, 40], labels[60, 52]
     for i in (a, b):  # each grows only inside its own Voronoi cell and stays one piece

@@ -234,6 +234,8 @@ def test_perfect_prediction_of_processed_labels_scores_every_lesion(tmp_path, np
     processed = score_studies(studies, probs, cfg)
     assert processed["gt_labels"] == "processed" and processed["n_lesions"] >= 10
     assert processed["recall"] == 1.0 and processed["sensitivity_at_fp"]["1"] == 1.0
+    # validation's variant (vessel / large labels left out) scores the same hits
+    assert score_studies(studies, probs, cfg, ignore_excluded=True)["recall"] == 1.0
     raw = score_studies(studies, probs, cfg, gt_labels="raw")
     assert raw["n_lesions"] == processed["n_lesions"] and raw["recall"] < 0.5
     # the raw masks predicted exactly are found in both definitions (a dot inside its grown label)

@@ -111,6 +111,16 @@ def test_evaluate_writes_the_html_report(setup, tmp_path):
     assert set(report["calc"]["per_type"]) >= {"dot", "vessel", "large"}
     for img in html.split('src="')[1:]:
         assert (rep / img.split('"')[0]).is_file()
+    # calcifications are scored against the processed labels by default, the raw masks on request
+    assert report["calc"]["gt_labels"] == "processed" and "processed labels" in html
+    lo, hi = report["calc"]["min_area_px"]
+    assert 0 < lo <= hi < 900  # 6.5 mm² at these coarse pixels (a full field in 384 rows)
+    raw = tmp_path / "raw"
+    assert main(["evaluate", "--pred", str(setup["out"]), "--gt", str(setup["root"]), "--split", "all",
+                 "--gt-labels", "raw", "--output", str(raw)]) == 0
+    raw_report = json.loads((raw / "report.json").read_text())
+    assert raw_report["calc"]["gt_labels"] == "raw"
+    assert raw_report["calc"]["n_lesions"] == report["calc"]["n_lesions"]
 
 
 def test_missing_bundle_and_unknown_operating_point_are_one_line_errors(setup, tmp_path, capsys):

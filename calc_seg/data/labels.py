@@ -44,9 +44,6 @@ from common.calcifications import (
 )
 from datasets.canonical import LARGE_MIN_AREA_PX, VESSEL_MIN_ELONGATION, VESSEL_MIN_LENGTH_PX
 
-# the label definition shared with scoring lives in common.calcifications
-dilate_small_components = grow_small_components
-
 
 @dataclass(frozen=True)
 class LabelParams:
