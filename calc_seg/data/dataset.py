@@ -49,7 +49,7 @@ class CalcPatchDataset(Dataset):
     """Patches listed in a patch index (``calc_seg.data.patches.build_patch_index``).
 
     Item ``i`` is ``(image, target)``: image float32 (1, S, S) in [0, 1] (the uint8 pre-processed image
-    / 255), target int64 (S, S) with 1 = (dilated) calcification label, 0 = background; S = ``size``.
+    / 255), target int64 (S, S) with 1 = processed calcification label (grown to the minimum area), 0 = background; S = ``size``.
     """
 
     def __init__(self, studies: list[Study], entries: np.ndarray, size: int, transform=None):

@@ -86,7 +86,7 @@ class ProcessedLabels:
 
     labels: np.ndarray  # int32, 0 = background, 1..n original components
     train_mask: np.ndarray  # bool, the processed labels: small components grown to the minimum area
-    excluded: np.ndarray  # bool, (dilated) pixels of components whose type is in exclude_types
+    excluded: np.ndarray  # bool, grown pixels of components whose type is in exclude_types
     components: list[dict] = field(default_factory=list)
     min_area: int = 0  # the minimum area in pixels that was applied
 
@@ -126,7 +126,7 @@ def process_mask(
     canonical: Sequence[dict] | None = None,
     pixel_spacing=None,
 ) -> ProcessedLabels:
-    """Components, types, dilated training mask and excluded pixels of one ground-truth mask.
+    """Components, types, processed training mask and excluded pixels of one ground-truth mask.
 
     Args:
         mask: (H, W) ground truth, non-zero = calcification, original image frame.

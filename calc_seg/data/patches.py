@@ -5,7 +5,7 @@ Pre-processing (``common.preprocess``: window, breast region, artifact removal) 
 memory-maps, so no DICOM is read again. The patch index lists every ``size x size`` window at ``stride``
 over each image (the last window of a row/column is aligned with the image edge), drops windows whose
 image content is all zero (outside the breast after pre-processing) and records for each window whether
-it holds a (dilated) calcification label and whether it touches an excluded vessel / large region.
+it holds a processed (grown) calcification label and whether it touches an excluded vessel / large region.
 The index is cached too, keyed by a hash of the images' cache keys and the patch parameters.
 
 Frames: all arrays are in the original image frame, (H, W), rows = y, columns = x; patch positions are
