@@ -43,7 +43,12 @@ from typing import Any
 
 import numpy as np
 
-from common.calcifications import CALC_TYPES, DEFAULT_MIN_AREA_MM2, DEFAULT_MIN_AREA_PX, min_area_pixels
+from common.calcifications import (
+    CALC_TYPES,
+    DEFAULT_MIN_AREA_MM2,
+    DEFAULT_MIN_AREA_PX,
+    min_area_pixels,
+)
 from common.errors import InputError
 from common.io import atomic_write_json, read_json, read_png
 from common.metrics.ap import (
