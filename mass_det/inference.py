@@ -14,7 +14,7 @@ from common.inputs import collect_inputs, unique_stems
 
 from .config import get_mass_det_cfg, resolve_device
 from .data.mapper import gray_to_model_input
-from .engine.trainer import check_weights_file
+from .engine.trainer import resolve_weights_file
 from .evaluation.froc_evaluator import instances_to_coco_results
 
 __all__ = ["MassPredictor", "collect_inputs", "draw_overlay", "predict_mass"]
@@ -46,7 +46,7 @@ class MassPredictor:
     """
 
     def __init__(self, cfg, weights: str):
-        check_weights_file(weights)
+        resolve_weights_file(weights)  # one line for a missing file or a failed download
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.WEIGHTS = str(weights)
@@ -100,7 +100,8 @@ def predict_mass(config_file: str | None, weights: str, inputs: Sequence[str | P
     (``InputError`` lines) and skipped. Returns the failure messages.
 
     Raises:
-        FileNotFoundError: ``weights`` is not a local file (one-line message).
+        FileNotFoundError: ``weights`` is neither a local file nor a URL that could be downloaded
+            (:class:`~mass_det.engine.trainer.WeightsNotFoundError`, one-line message).
     """
     from tqdm import tqdm
 

@@ -48,7 +48,9 @@ def test_ablation_end_to_end_on_tiny_synthetic_data(tmp_path):
 
     data = generate(tmp_path / "data", n=5, seed=1, height=384, width=320, progress=False)
     out = tmp_path / "out"
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "GN", "MODEL.BACKBONE.FREEZE_AT", "0",
+    # from scratch (the rows' ImageNet URL is not downloaded in tests): GN, nothing frozen
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.RESNETS.NORM", "GN",
+            "MODEL.BACKBONE.FREEZE_AT", "0",
             "INPUT.MIN_SIZE_TRAIN", "(256,)", "INPUT.MIN_SIZE_TEST", "256",
             "DATALOADER.NUM_WORKERS", "0"]
     assert main(["--data", str(data), "--out", str(out), "--iters", "2", "--split", "train",

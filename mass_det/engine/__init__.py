@@ -1,5 +1,21 @@
 """Training loop of the mass detector (a detectron2 DefaultTrainer)."""
 
-from .trainer import MassDetCheckpointer, MassDetTrainer, build_mass_optimizer, check_weights_file
+from .trainer import (
+    FrozenRandomInitError,
+    MassDetCheckpointer,
+    MassDetTrainer,
+    WeightsNotFoundError,
+    build_mass_optimizer,
+    check_trainable_init,
+    resolve_weights_file,
+)
 
-__all__ = ["MassDetCheckpointer", "MassDetTrainer", "build_mass_optimizer", "check_weights_file"]
+__all__ = [
+    "FrozenRandomInitError",
+    "MassDetCheckpointer",
+    "MassDetTrainer",
+    "WeightsNotFoundError",
+    "build_mass_optimizer",
+    "check_trainable_init",
+    "resolve_weights_file",
+]

@@ -10,35 +10,130 @@ from __future__ import annotations
 import logging
 import os
 import weakref
+from urllib.parse import urlparse
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.catalog import ModelCatalog
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils.file_io import Detectron2Handler, PathManager
+from iopath.common.file_io import get_cache_dir
 
 from ..data.mapper import MassDatasetMapper
 from ..evaluation.froc_evaluator import FROCEvaluator
 from ..modeling.backbone import convert_torchvision_resnet_names
 
-__all__ = ["MassDetCheckpointer", "MassDetTrainer", "build_mass_optimizer", "check_weights_file"]
+__all__ = [
+    "FrozenRandomInitError",
+    "MassDetCheckpointer",
+    "MassDetTrainer",
+    "WeightsNotFoundError",
+    "build_mass_optimizer",
+    "check_trainable_init",
+    "resolve_weights_file",
+]
 
 logger = logging.getLogger(__name__)
 
 
-def check_weights_file(path: str) -> None:
-    """Raise ``FileNotFoundError`` with one clear line when ``path`` is set but is not a local file.
+# Where MODEL.WEIGHTS may point besides a local file: detectron2's model zoo and plain URLs, all
+# resolved by detectron2's PathManager (download once, then read from iopath's cache).
+ZOO_PREFIXES = ("detectron2://", "catalog://", "http://", "https://")
+# The way on when neither the ImageNet weights nor a copy of them can be had.
+SCRATCH_CONFIG = "mass_det/configs/faster_rcnn_R50_FPN_FL_NL_scratch.yaml"
 
-    Nothing is downloaded: URLs and model-zoo names are refused, since the tool must run offline.
+
+class WeightsNotFoundError(FileNotFoundError):
+    """``MODEL.WEIGHTS`` cannot be had as a local file; ``str(err)`` is one line that names it."""
+
+
+class FrozenRandomInitError(ValueError):
+    """The config would train with randomly initialised layers frozen; ``str(err)`` is one line."""
+
+
+def resolve_weights_file(path: str) -> str:
+    """Local path of a ``MODEL.WEIGHTS`` value; ``""`` (random initialisation) stays ``""``.
+
+    A local file is returned as is. A model-zoo name or URL (``detectron2://``, ``catalog://``,
+    ``http(s)://``) goes through detectron2's PathManager, which downloads it once into iopath's
+    cache (``$FVCORE_CACHE``, default ``~/.torch/iopath_cache``) and afterwards reads the cached
+    copy, offline too. A ``?query`` (DetectionCheckpointer's ``matching_heuristics`` option) is
+    ignored here.
+
+    Raises:
+        WeightsNotFoundError: a local file that does not exist, a ``catalog://`` name detectron2
+            does not know, or a download that failed (offline): one line naming the URL, the cache
+            and the ways on (a local copy in ``MODEL.WEIGHTS``, or the from-scratch config).
     """
     if not path:
+        return ""
+    if not path.startswith(ZOO_PREFIXES):
+        if not os.path.isfile(path):
+            raise WeightsNotFoundError(f"{path}: weights file not found")
+        return path
+    url = urlparse(path)._replace(query="").geturl()
+    try:
+        return PathManager.get_local_path(url)
+    except (KeyError, RuntimeError):  # ModelCatalog.get: a catalog:// name it does not know
+        raise WeightsNotFoundError(
+            f"{path}: not a name in detectron2's model catalog (detectron2.checkpoint.catalog)"
+        ) from None
+    except OSError as e:  # urllib's URLError / HTTPError (offline, proxy, 404), unwritable cache
+        raise WeightsNotFoundError(_download_failed_message(path, url, e)) from None
+
+
+def _download_failed_message(path: str, url: str, error: OSError) -> str:
+    """One line: what failed, where the file is cached once downloaded, and the two ways on."""
+    if url.startswith(Detectron2Handler.PREFIX):
+        http_url = Detectron2Handler.S3_DETECTRON2_PREFIX + url[len(Detectron2Handler.PREFIX):]
+    elif url.startswith("catalog://"):
+        http_url = ModelCatalog.get(url[len("catalog://"):])
+    else:
+        http_url = url
+    # HTTPURLHandler keeps the URL's path under the cache folder: a copy put there is found offline.
+    cached = os.path.join(get_cache_dir(), urlparse(http_url).path.lstrip("/"))
+    reason = " ".join(str(error).split()) or type(error).__name__
+    name = os.path.basename(urlparse(http_url).path)
+    return (
+        f"{path}: cannot download the pretrained weights ({reason}); once downloaded they are "
+        f"cached as {cached} (FVCORE_CACHE sets the folder). Offline, either give a local copy "
+        f"(MODEL.WEIGHTS /path/{name}, fetched from {http_url} on another machine, or a "
+        f"torchvision resnet50 .pth, see Base-MassDet.yaml) or train from scratch with "
+        f"--config-file {SCRATCH_CONFIG}"
+    )
+
+
+def check_trainable_init(cfg) -> None:
+    """Refuse a training config that keeps randomly initialised layers frozen.
+
+    Without ``MODEL.WEIGHTS`` the backbone starts random. ``FrozenBN`` then normalises with fixed
+    made-up statistics (mean 0, variance 1: an un-normalised network that can never adapt), and
+    ``MODEL.BACKBONE.FREEZE_AT > 0`` keeps the stem (and the first stages) at their random values.
+    Both are right only over pretrained weights (detectron2's defaults assume them).
+
+    Raises:
+        FrozenRandomInitError: one line naming the offending keys and the two fixes.
+    """
+    if cfg.MODEL.WEIGHTS:
         return
-    if "://" in path:
-        raise FileNotFoundError(
-            f"{path}: only local weight files are supported (nothing is downloaded)"
+    frozen = [
+        f"{key} FrozenBN"
+        for key, norm in (("MODEL.RESNETS.NORM", cfg.MODEL.RESNETS.NORM),
+                          ("MODEL.FPN.NORM", cfg.MODEL.FPN.NORM))
+        if norm == "FrozenBN"
+    ]
+    if cfg.MODEL.BACKBONE.FREEZE_AT > 0:
+        frozen.append(f"MODEL.BACKBONE.FREEZE_AT {cfg.MODEL.BACKBONE.FREEZE_AT}")
+    if frozen:
+        raise FrozenRandomInitError(
+            f"MODEL.WEIGHTS is empty, so {' and '.join(frozen)} would train with random layers "
+            "frozen: give ImageNet weights (MODEL.WEIGHTS "
+            "detectron2://ImageNetPretrained/MSRA/R-50.pkl or a local copy), or train from scratch "
+            f"with {SCRATCH_CONFIG} "
+            "(MODEL.RESNETS.NORM GN, MODEL.FPN.NORM GN, MODEL.BACKBONE.FREEZE_AT 0)"
         )
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: weights file not found")
 
 
 class MassDetCheckpointer(DetectionCheckpointer):
@@ -94,7 +189,16 @@ def build_mass_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
 
 class MassDetTrainer(DefaultTrainer):
     """DefaultTrainer reading mammograms through :class:`MassDatasetMapper` (train and test alike)
-    and evaluating with :class:`FROCEvaluator`."""
+    and evaluating with :class:`FROCEvaluator`.
+
+    Refuses a config that would train frozen random layers (:func:`check_trainable_init`) before
+    building anything, and resolves ``MODEL.WEIGHTS`` (downloading a model-zoo URL once) in
+    :meth:`resume_or_load`, so a missing file or a failed download stops it before the first iteration.
+    """
+
+    def __init__(self, cfg):
+        check_trainable_init(cfg)
+        super().__init__(cfg)
 
     def build_hooks(self):
         # Called by DefaultTrainer.__init__ right after it creates its checkpointer; ours replaces it
@@ -106,7 +210,8 @@ class MassDetTrainer(DefaultTrainer):
 
     def resume_or_load(self, resume: bool = True):
         if not (resume and self.checkpointer.has_checkpoint()):
-            check_weights_file(self.cfg.MODEL.WEIGHTS)
+            # The checkpointer resolves the URL again and finds the cached copy.
+            resolve_weights_file(self.cfg.MODEL.WEIGHTS)
         return super().resume_or_load(resume=resume)
 
     @classmethod
