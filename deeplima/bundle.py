@@ -3,9 +3,11 @@
 Layout::
 
     BUNDLE/
-      bundle.json              manifest: format version, file names below, free-text description
+      bundle.json              manifest: format version, file names below, free-text description and
+                               the model card (below)
       mass_config.yaml         full detectron2 config of the mass detector (``cfg.dump()``)
-      mass_model.pth           its weights (``{"model": state_dict}``, DetectionCheckpointer format)
+      mass_model.pth           its weights (``{"model": state_dict}``, DetectionCheckpointer format; a
+                               checkpoint file given as the source is copied as is, optimizer included)
       calc_config.yaml         full calc_seg config (``cfg.dump()``)
       calc_model.pth           U-Net weights (``{"model": state_dict}``)
       operating_points.json    thresholds chosen on a validation set (optional, see
@@ -13,22 +15,54 @@ Layout::
 
 The configs are complete dumps, not references to YAML files of the source tree, so a bundle keeps
 working when the repository's configs change. Every file is written atomically.
+
+Model card: the ``model_card`` entry of ``bundle.json`` says what the bundle holds and where it comes
+from (readers ignore keys they do not know, so bundles with and without a card load alike)::
+
+    "model_card": {
+      "created": "2025-01-31T12:00:00+00:00",
+      "mass": {"config": "mass_config.yaml", "config_sha256": "...",
+               "weights": "mass_model.pth", "weights_sha256": "...",  # = the source checkpoint's
+               "settings": {"MODEL.RESNETS.DEPTH": 50, "DATASETS.TRAIN": [...], ...},  # key config values
+               "source": {"output_dir", "checkpoint" ("best" | "final"), "config", "weights",
+                          "iteration"} or null},
+      "calc": {... the same, "source" with "epochs_done", "best_val_recall_at_1fp"},
+      "calibration": null or {"file": "operating_points.json", "source", "default_fp",
+                      "thresholds": {"mass": {"1": t, ...}, "calc": {...}},
+                      "data_root", "split", "n_images", "fps",
+                      "mass": {"n_lesions", "recall", "sensitivity_at_fp", "ap50_coco"},
+                      "calc": {"n_lesions", "recall", "sensitivity_at_fp", "gt_labels", "per_type"}}
+    }
+
+:func:`build_bundle` (``deeplima bundle``) assembles a bundle from the two trainings' output folders
+(:func:`mass_source`, :func:`calc_source`) and optionally calibrates it (:func:`calibrate_bundle`).
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from common.errors import InputError
-from common.io import atomic_write_bytes, atomic_write_json, read_json
+from common.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+
+from .operating_point import DEFAULT_TARGET_FPS
 
 __all__ = [
     "BUNDLE_VERSION",
+    "CHECKPOINT_CHOICES",
     "Bundle",
+    "ModelSource",
+    "build_bundle",
+    "calc_source",
+    "calibrate_bundle",
+    "check_weights_fit",
     "load_bundle",
+    "mass_source",
     "random_bundle",
     "save_bundle",
     "save_operating_points",
@@ -41,6 +75,18 @@ FILES = {
     "calc_config": "calc_config.yaml",
     "calc_weights": "calc_model.pth",
     "operating_points": "operating_points.json",
+}
+NAMES = {"mass": "mass detector", "calc": "calcification U-Net"}
+# config values copied into the model card: architecture, input size, training data and length
+CARD_SETTINGS = {
+    "mass": ("MODEL.META_ARCHITECTURE", "MODEL.BACKBONE.NAME", "MODEL.RESNETS.DEPTH",
+             "MODEL.RESNETS.NORM", "MODEL.FPN.OUT_CHANNELS", "MODEL.ROI_HEADS.NAME",
+             "MODEL.NONLOCAL.ENABLED", "MODEL.FOCAL_LOSS.ENABLED", "INPUT.MIN_SIZE_TEST",
+             "INPUT.MAX_SIZE_TEST", "INPUT.MAMMO.NORMALIZE_LATERALITY", "INPUT.MAMMO.REMOVE_ARTIFACTS",
+             "DATASETS.CANONICAL.ROOTS", "DATASETS.TRAIN", "SOLVER.MAX_ITER"),
+    "calc": ("MODEL.ENCODER", "MODEL.ENCODER_DEPTH", "MODEL.DECODER_CHANNELS", "MODEL.NORM",
+             "PATCH.SIZE", "TEST.WINDOW", "TEST.STRIDE", "TEST.THRESHOLD", "LABELS.MIN_AREA_MM2",
+             "DATA.ROOT", "DATA.TRAIN_SPLIT", "SOLVER.EPOCHS"),
 }
 
 
@@ -58,6 +104,11 @@ class Bundle:
     calc_weights: Path
     operating_points: dict
     manifest: dict
+
+    @property
+    def model_card(self) -> dict:
+        """The ``model_card`` of ``bundle.json`` ({} for bundles written before it existed)."""
+        return self.manifest.get("model_card") or {}
 
     def mass_cfg(self, opts=()):
         """The mass detector's detectron2 config with ``MODEL.WEIGHTS`` set to the bundle's weights."""
@@ -105,8 +156,9 @@ def save_bundle(
     operating_points: dict | None = None,
     description: str = "",
     extra: dict | None = None,
+    sources: dict | None = None,
 ) -> Bundle:
-    """Write a bundle folder and return it loaded.
+    """Write a bundle folder, with its model card, and return it loaded.
 
     Args:
         mass_cfg: detectron2 ``CfgNode`` of the mass detector (``mass_det.config.get_mass_det_cfg``).
@@ -116,6 +168,8 @@ def save_bundle(
         operating_points: content of ``operating_points.json`` (None: no file is written).
         description: free text kept in ``bundle.json`` (how the models were trained).
         extra: more json-able keys for ``bundle.json``.
+        sources: ``{"mass": {...}, "calc": {...}}``, where each model comes from (json-able; the
+            ``source`` entries of the model card).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,18 +185,69 @@ def save_bundle(
     atomic_write_bytes(out / FILES["calc_weights"], _weights_bytes(calc_weights))
     if operating_points is not None:
         atomic_write_json(out / FILES["operating_points"], operating_points)
+    card: dict[str, Any] = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    for kind, cfg in (("mass", mass_cfg), ("calc", calc_cfg)):
+        card[kind] = {
+            "config": FILES[f"{kind}_config"],
+            "config_sha256": sha256_file(out / FILES[f"{kind}_config"]),
+            "weights": FILES[f"{kind}_weights"],
+            "weights_sha256": sha256_file(out / FILES[f"{kind}_weights"]),
+            "settings": _cfg_values(cfg, CARD_SETTINGS[kind]),
+            "source": (sources or {}).get(kind),
+        }
+    card["calibration"] = _calibration_card(operating_points)
     manifest = {"format": "deeplima-bundle", "version": BUNDLE_VERSION, "files": FILES,
-                "description": description, **(extra or {})}
+                "description": description, "model_card": card, **(extra or {})}
     atomic_write_json(out / "bundle.json", manifest)
     return load_bundle(out)
 
 
+def _cfg_values(cfg, keys: Iterable[str]) -> dict:
+    """``{"A.B.C": value}`` of the keys the config has (tuples as lists)."""
+    out = {}
+    for key in keys:
+        node = cfg
+        for part in key.split("."):
+            if not hasattr(node, part):
+                break
+            node = getattr(node, part)
+        else:
+            out[key] = list(node) if isinstance(node, tuple | list) else node
+    return out
+
+
+def _calibration_card(operating_points: dict | None) -> dict | None:
+    """The model card's ``calibration`` entry: thresholds and validation figures (None: uncalibrated)."""
+    if not operating_points:
+        return None
+    card = {
+        "file": FILES["operating_points"],
+        "source": operating_points.get("source", ""),
+        "default_fp": operating_points.get("default_fp"),
+        "thresholds": {kind: {k: v["threshold"] for k, v in operating_points[kind].items()}
+                       for kind in ("mass", "calc") if kind in operating_points},
+    }
+    # figures of the calibration split, when calibrate() measured them
+    card.update(operating_points.get("validation") or {})
+    return card
+
+
 def save_operating_points(bundle: Bundle | str | Path, operating_points: dict) -> Path:
-    """(Re)write ``operating_points.json`` of an existing bundle."""
+    """(Re)write ``operating_points.json`` of an existing bundle and the ``calibration`` entry of the
+    model card in its ``bundle.json`` (added to bundles written without a card)."""
     root = bundle.root if isinstance(bundle, Bundle) else Path(bundle)
     path = atomic_write_json(root / FILES["operating_points"], operating_points)
+    manifest_path = root / "bundle.json"
+    manifest = read_json(manifest_path) if manifest_path.is_file() else None
+    if isinstance(manifest, dict):
+        if not isinstance(manifest.get("model_card"), dict):
+            manifest["model_card"] = {}
+        manifest["model_card"]["calibration"] = _calibration_card(operating_points)
+        atomic_write_json(manifest_path, manifest)
     if isinstance(bundle, Bundle):
         bundle.operating_points = operating_points
+        if isinstance(manifest, dict):
+            bundle.manifest = manifest
     return path
 
 
@@ -203,4 +308,272 @@ def random_bundle(
     torch.manual_seed(seed)
     return save_bundle(out_dir, mass_cfg, build_model(mass_cfg), calc_cfg, build_unet(calc_cfg),
                        operating_points=operating_points,
-                       description="randomly initialised models (tests and benchmarks only)")
+                       description="randomly initialised models (tests and benchmarks only)",
+                       sources={k: {"initialisation": f"random (torch seed {seed})"}
+                                for k in ("mass", "calc")})
+
+
+# ------------------------------------------------------------------------ from training outputs
+CHECKPOINT_CHOICES = ("best", "final")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """The config and weights files of one model, and the training folder they were found in.
+
+    ``output_dir`` and ``checkpoint`` ("best" | "final") are None when the files were named directly.
+    """
+
+    config: Path
+    weights: Path
+    output_dir: Path | None = None
+    checkpoint: str | None = None
+
+    def card(self) -> dict:
+        """The model card's ``source`` entry (absolute paths of the training machine)."""
+        return {
+            "output_dir": None if self.output_dir is None else str(self.output_dir.resolve()),
+            "checkpoint": self.checkpoint,
+            "config": str(self.config.resolve()),
+            "weights": str(self.weights.resolve()),
+        }
+
+
+def _named_by_last_checkpoint(out: Path) -> Path | None:
+    """The file that detectron2's ``OUTPUT_DIR/last_checkpoint`` names (None without that file)."""
+    tag = out / "last_checkpoint"
+    if not tag.is_file():
+        return None
+    name = tag.read_text(encoding="utf-8").strip()
+    if not name:
+        return None
+    path = out / name
+    if not path.is_file():
+        raise InputError(path, f"checkpoint named in {tag} not found")
+    return path
+
+
+def _find_mass_checkpoint(out: Path, checkpoint: str) -> Path:
+    final = out / "model_final.pth"
+    if checkpoint == "best":  # the end of the schedule; mass_det keeps no model-selection copy
+        if final.is_file():
+            return final
+        last = _named_by_last_checkpoint(out)
+    else:  # the latest checkpoint written (model_final.pth once training has finished)
+        last = _named_by_last_checkpoint(out) or (final if final.is_file() else None)
+    if last is None:
+        raise InputError(final, "mass detector checkpoint not found (and no last_checkpoint file "
+                                "naming another one)")
+    return last
+
+
+def _find_calc_checkpoint(out: Path, checkpoint: str) -> Path:
+    path = out / ("model_best.pth" if checkpoint == "best" else "model_last.pth")
+    if not path.is_file():
+        why = ("the trainer writes it at the first validation" if checkpoint == "best"
+               else "the trainer writes it after each epoch")
+        raise InputError(path, f"calcification U-Net checkpoint not found ({why})")
+    return path
+
+
+def _source(kind: str, output_dir, config, weights, checkpoint: str, find) -> ModelSource:
+    name = NAMES[kind]
+    if checkpoint not in CHECKPOINT_CHOICES:
+        raise ValueError(f"checkpoint must be one of {CHECKPOINT_CHOICES}, got {checkpoint!r}")
+    if output_dir is not None:
+        if config is not None or weights is not None:
+            raise InputError(None, f"{name}: give either its training output folder or its config "
+                                   "and weights files, not both")
+        out = Path(output_dir)
+        if not out.is_dir():
+            raise InputError(out, f"{name} training output folder not found")
+        cfg = out / "config.yaml"
+        if not cfg.is_file():
+            raise InputError(cfg, f"{name} training config not found (the trainer writes it into "
+                                  "OUTPUT_DIR)")
+        return ModelSource(cfg, find(out, checkpoint), out, checkpoint)
+    if config is None or weights is None:
+        raise InputError(None, f"{name}: give its training output folder, or both a config and a "
+                               "weights file")
+    for path, what in ((config, "config"), (weights, "weights")):
+        if not Path(path).is_file():
+            raise InputError(path, f"{name} {what} file not found")
+    return ModelSource(Path(config), Path(weights))
+
+
+def mass_source(output_dir=None, config=None, weights=None, checkpoint: str = "best") -> ModelSource:
+    """Config and weights of the mass detector: from a ``mass_det.train_net`` OUTPUT_DIR, or named.
+
+    In OUTPUT_DIR, detectron2 writes ``config.yaml`` (``default_setup``), the periodic
+    ``model_XXXXXXX.pth``, ``model_final.pth`` at the end of the schedule, and ``last_checkpoint``
+    naming the latest of them. ``checkpoint="best"`` takes ``model_final.pth``, else the file named in
+    ``last_checkpoint`` (a run stopped early); ``"final"`` takes the file named in ``last_checkpoint``,
+    else ``model_final.pth``.
+
+    Raises:
+        InputError: a file is missing (one line naming it) or the arguments are incomplete.
+    """
+    return _source("mass", output_dir, config, weights, checkpoint, _find_mass_checkpoint)
+
+
+def calc_source(output_dir=None, config=None, weights=None, checkpoint: str = "best") -> ModelSource:
+    """Config and weights of the calcification U-Net: from a ``calc_seg.train_net`` OUTPUT_DIR, or named.
+
+    In OUTPUT_DIR, ``calc_seg.train_net`` writes ``config.yaml`` and the trainer ``model_best.pth`` (best
+    validation recall at 1 FP/image) and ``model_last.pth`` (after each epoch).
+    ``checkpoint="best"`` takes ``model_best.pth``, ``"final"`` ``model_last.pth``.
+
+    Raises:
+        InputError: a file is missing (one line naming it) or the arguments are incomplete.
+    """
+    return _source("calc", output_dir, config, weights, checkpoint, _find_calc_checkpoint)
+
+
+def _load_cfg(kind: str, config: Path):
+    """The config of one model from its YAML file; an unusable file is an InputError naming it."""
+    try:
+        if kind == "mass":
+            import mass_det  # noqa: F401  (registers the components the config names)
+            from mass_det.config import get_mass_det_cfg
+
+            return get_mass_det_cfg(str(config))
+        from calc_seg.config import load_calc_seg_cfg
+
+        return load_calc_seg_cfg(str(config))
+    except InputError:
+        raise
+    except Exception as e:  # YAML, unknown keys, inconsistent values: all mean "not this model's"
+        raise InputError(config, f"not a usable {NAMES[kind]} config ({type(e).__name__}: {e})") from None
+
+
+def check_weights_fit(kind: str, cfg, weights: str | Path) -> dict:
+    """Build the model of ``cfg`` on the CPU and check that ``weights`` holds exactly its parameters.
+
+    detectron2 loads mass weights non-strictly (mismatches are only logged), so a config and weights
+    of different runs would otherwise make a bundle that silently predicts with random layers.
+
+    Returns:
+        What the checkpoint says about itself: ``{"iteration"}`` (detectron2) or ``{"epochs_done",
+        "best_val_recall_at_1fp"}`` (calc_seg), when present.
+
+    Raises:
+        InputError: unreadable checkpoint, or missing / unexpected / differently shaped parameters (one
+            line with counts and an example key).
+    """
+    import torch
+
+    weights = Path(weights)
+    try:
+        # a checkpoint is data: tensors and plain containers only, no arbitrary objects unpickled
+        ckpt = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch and pickle raise many types for a damaged or foreign file
+        raise InputError(weights, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    state = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        state = ckpt if isinstance(ckpt, dict) and ckpt else None
+    if state is None or not all(hasattr(v, "shape") for v in state.values()):
+        raise InputError(weights, "checkpoint holds no state dict")
+    # DistributedDataParallel prefix, which both loaders strip too
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+
+    if kind == "mass":
+        from detectron2.modeling import build_model
+
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.DEVICE = "cpu"
+        model = build_model(cfg)
+    else:
+        from calc_seg.model import build_model as build_unet
+
+        model = build_unet(cfg)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected
+                if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or reshaped:
+        problems = [f"{len(keys)} {what} (e.g. {keys[0]})"
+                    for keys, what in ((missing, "missing"), (unexpected, "unexpected"),
+                                       (reshaped, "of another shape")) if keys]
+        raise InputError(weights, f"weights do not fit the {NAMES[kind]} config: parameters "
+                                  f"{', '.join(problems)}")
+    meta: dict[str, Any] = {}
+    if isinstance(ckpt, dict):
+        if isinstance(ckpt.get("iteration"), int):
+            meta["iteration"] = ckpt["iteration"]
+        if isinstance(ckpt.get("epoch"), int):
+            meta["epochs_done"] = ckpt["epoch"] + 1  # calc_seg stores the index of the last epoch
+        if isinstance(ckpt.get("best_score"), float) and ckpt["best_score"] >= 0:
+            meta["best_val_recall_at_1fp"] = ckpt["best_score"]
+    return meta
+
+
+def calibrate_bundle(
+    bundle: Bundle | str | Path,
+    gt_root: str | Path,
+    split: str = "val",
+    work_dir: str | Path | None = None,
+    fps: Iterable[float] = DEFAULT_TARGET_FPS,
+    default_fp: float = 1,
+    progress: bool = True,
+) -> dict:
+    """Choose a bundle's operating points on a validation split and store them.
+
+    Runs :func:`deeplima.operating_point.calibrate` (predictions of the split into ``work_dir``,
+    default ``BUNDLE/calibration_predictions``) and :func:`save_operating_points` (``operating_points.json``
+    and the model card's ``calibration`` with the validation figures). Returns the operating points.
+    """
+    from .operating_point import calibrate
+    from .pipeline import Pipeline
+
+    bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    # the threshold only marks findings in the validation predictions; calibration reads whole curves
+    ops = calibrate(Pipeline(bundle, threshold=0.5), gt_root,
+                    work_dir or bundle.root / "calibration_predictions", split=split, fps=fps,
+                    default_fp=default_fp, progress=progress)
+    save_operating_points(bundle, ops)
+    return ops
+
+
+def build_bundle(
+    out_dir: str | Path,
+    mass: ModelSource,
+    calc: ModelSource,
+    calibrate_on: str | Path | None = None,
+    split: str = "val",
+    work_dir: str | Path | None = None,
+    fps: Iterable[float] = DEFAULT_TARGET_FPS,
+    default_fp: float = 1,
+    description: str = "",
+    progress: bool = True,
+) -> Bundle:
+    """A bundle from the files of two trainings (``deeplima bundle``), calibrated on request.
+
+    Loads both configs, checks that each weights file fits its config (:func:`check_weights_fit`),
+    writes the bundle with :func:`save_bundle` (weights copied byte for byte, model card with their
+    SHA-256 and ``mass.card()`` / ``calc.card()`` as sources), then, with ``calibrate_on`` (a canonical
+    dataset folder), runs :func:`calibrate_bundle` on its ``split``. An ``operating_points.json`` left
+    in ``out_dir`` by an earlier bundle is removed: its thresholds belong to other weights.
+
+    Args:
+        mass, calc: from :func:`mass_source` / :func:`calc_source`.
+        work_dir: folder of the validation predictions (default ``BUNDLE/calibration_predictions``).
+        fps, default_fp: FP/image levels of the operating points, and the one ``predict`` uses by
+            default.
+
+    Raises:
+        InputError: an unusable config, weights file or calibration dataset (one line naming it).
+    """
+    mass_cfg = _load_cfg("mass", mass.config)
+    calc_cfg = _load_cfg("calc", calc.config)
+    sources = {"mass": {**mass.card(), **check_weights_fit("mass", mass_cfg, mass.weights)},
+               "calc": {**calc.card(), **check_weights_fit("calc", calc_cfg, calc.weights)}}
+    out = Path(out_dir)
+    (out / FILES["operating_points"]).unlink(missing_ok=True)
+    bundle = save_bundle(out, mass_cfg, mass.weights, calc_cfg, calc.weights,
+                         description=description, sources=sources)
+    if calibrate_on is not None:
+        calibrate_bundle(bundle, calibrate_on, split=split, work_dir=work_dir, fps=fps,
+                         default_fp=default_fp, progress=progress)
+    return bundle

@@ -10,7 +10,9 @@ counts hits or false positives itself.
       "source": "validation set description",
       "mass": {"1": {"threshold": 0.43, "fp_per_image": 0.9, "sensitivity": 0.6}, "2": {...}, ...},
       "calc": {"1": {...}, ...},
-      "default_fp": "1"          # used by ``predict`` when neither --threshold nor --target-fp is given
+      "default_fp": "1",         # used by ``predict`` when neither --threshold nor --target-fp is given
+      "validation": {...}        # figures of the calibration split (``validation_figures``; also in
+                                 # the model card of ``bundle.json``)
     }
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -30,6 +33,7 @@ __all__ = [
     "choose_operating_points",
     "resolve_thresholds",
     "threshold_at_fp",
+    "validation_figures",
 ]
 
 DEFAULT_TARGET_FPS = (0.25, 0.5, 1, 2, 5, 10)
@@ -141,8 +145,13 @@ def calibrate(
     Predicts the split into ``work_dir`` (a prediction folder, see :mod:`deeplima.pipeline`), scores it
     with :func:`deeplima.report.evaluate_folder` (common.metrics) and reads the thresholds off the two
     FROC curves. Returns the ``operating_points.json`` content (store it with
-    :func:`deeplima.bundle.save_operating_points`).
+    :func:`deeplima.bundle.save_operating_points`), with a ``validation`` entry holding the figures
+    of that split (:func:`validation_figures`) for the bundle's model card.
+
+    Raises:
+        InputError: the split has no image (or the dataset's COCO file is missing).
     """
+    from common.errors import InputError
     from datasets.register import load_canonical_dicts
 
     from .pipeline import write_predictions
@@ -151,11 +160,53 @@ def calibrate(
     fps = list(fps)
     dicts = load_canonical_dicts(gt_root, "mass", split)
     if not dicts:
-        raise ValueError(f"{gt_root}: no image in split {split!r} to calibrate on")
+        raise InputError(gt_root, f"no image in split {split!r} to calibrate on")
     write_predictions(pipeline, [d["file_name"] for d in dicts], work_dir, progress=progress,
                       stems=[d["stem"] for d in dicts])
     ev = evaluate_folder(work_dir, gt_root, split, fps=fps)
-    return choose_operating_points(
+    ops = choose_operating_points(
         ev["mass"], ev["calc"], fps, default_fp=default_fp,
         source=f"{gt_root} split {split} ({len(dicts)} images; {ev['mass']['n_lesions']} masses, "
                f"{ev['calc']['n_lesions']} calcifications)")
+    ops["validation"] = validation_figures(ev, gt_root, fps)
+    return ops
+
+
+def validation_figures(ev: Mapping, gt_root, fps: Iterable[float]) -> dict:
+    """The figures of a validation run worth keeping with the models (JSON-ready, NaN -> None).
+
+    Args:
+        ev: the result of :func:`deeplima.report.evaluate_folder` on the validation split.
+
+    Returns:
+        ``{"data_root", "split", "n_images", "fps", "mass": {"n_lesions", "recall",
+        "sensitivity_at_fp", "ap50_coco"}, "calc": {"n_lesions", "recall", "sensitivity_at_fp"
+        (lesion recall of the IoP FROC), "gt_labels", "per_type": {type: {"n_lesions", "recall"}}}}``;
+        ``sensitivity_at_fp`` keys are :func:`common.metrics.froc.fp_key` levels.
+    """
+    m, c = ev["mass"], ev["calc"]
+    out = {
+        "data_root": str(Path(gt_root).resolve()),
+        "split": ev.get("split"),
+        "n_images": ev.get("n_images"),
+        "fps": [float(k) for k in fps],
+        "mass": {"n_lesions": m["n_lesions"], "recall": m["recall"],
+                 "sensitivity_at_fp": m["sensitivity_at_fp"], "ap50_coco": m.get("ap50_coco")},
+        "calc": {"n_lesions": c["n_lesions"], "recall": c["recall"],
+                 "sensitivity_at_fp": c["sensitivity_at_fp"], "gt_labels": c.get("gt_labels"),
+                 "per_type": {t: {"n_lesions": s["n_lesions"], "recall": s["recall"]}
+                              for t, s in (c.get("per_type") or {}).items()}},
+    }
+    return _finite_or_none(out)
+
+
+def _finite_or_none(obj):
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,14 +1,20 @@
-"""DeepLIMa command line: predict findings, evaluate a prediction folder, calibrate operating points.
+"""DeepLIMa command line: predict findings, evaluate a prediction folder, calibrate operating points,
+assemble a model bundle from training outputs.
 
     python -m scripts.deeplima predict INPUT... --output DIR --model BUNDLE
         [--threshold T | --target-fp K] [--resume] [--normalize-laterality | --keep-laterality]
     python -m scripts.deeplima evaluate --pred DIR --gt CANONICAL_DIR [--split test] --output REPORT_DIR
     python -m scripts.deeplima calibrate --model BUNDLE --gt CANONICAL_DIR [--split val] [--fps 0.5,1,2]
+    python -m scripts.deeplima bundle --mass MASS_OUTPUT_DIR | --mass-config CFG --mass-weights W \
+        --calc CALC_OUTPUT_DIR | --calc-config CFG --calc-weights W [--checkpoint best|final] \
+        [--calibrate-on CANONICAL_DIR --split val] --out BUNDLE
 
 (also installed as the ``deeplima`` command). INPUT may be DICOM/PNG/TIFF files, folders (searched
 recursively) and glob patterns. The prediction folder format is described in ``deeplima/pipeline.py``;
 ``evaluate`` accepts any folder with ``images.json``, ``masses_results.json`` and
-``calc_prob/<stem>.png``, so predictions of other tools can be scored the same way.
+``calc_prob/<stem>.png``, so predictions of other tools can be scored the same way. ``bundle`` writes
+the model bundle (``deeplima/bundle.py``) with a model card in its ``bundle.json``: weights SHA-256,
+source folders and checkpoints, and the validation figures when it calibrates.
 
 Exit status: 0 success; 1 some input files failed (listed in DIR/failures.txt, the others are done);
 2 unusable arguments, bundle or ground truth (one line ``error: ...`` on stderr).
@@ -84,6 +90,40 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(default BUNDLE/calibration_predictions)")
     c.add_argument("--threads", type=int, default=0)
     c.add_argument("--no-progress", action="store_true")
+
+    b = sub.add_parser("bundle", help="assemble a model bundle from the two trainings' outputs",
+                       description="Copy the configs and weights of a mass detector and a "
+                                   "calcification U-Net into a model bundle (with a model card in "
+                                   "bundle.json), optionally choosing its operating points.")
+    m = b.add_argument_group("mass detector (a training output folder, or a config and weights)")
+    m.add_argument("--mass", type=Path, metavar="MASS_OUTPUT_DIR",
+                   help="OUTPUT_DIR of mass_det.train_net (config.yaml + checkpoint)")
+    m.add_argument("--mass-config", type=Path, metavar="CFG.yaml", help="full mass_det config")
+    m.add_argument("--mass-weights", type=Path, metavar="W.pth", help="mass_det checkpoint")
+    k = b.add_argument_group("calcification U-Net (a training output folder, or a config and weights)")
+    k.add_argument("--calc", type=Path, metavar="CALC_OUTPUT_DIR",
+                   help="OUTPUT_DIR of calc_seg.train_net (config.yaml + checkpoint)")
+    k.add_argument("--calc-config", type=Path, metavar="CFG.yaml", help="full calc_seg config")
+    k.add_argument("--calc-weights", type=Path, metavar="W.pth", help="calc_seg checkpoint")
+    b.add_argument("--checkpoint", choices=["best", "final"], default="best",
+                   help="checkpoint taken from the output folders. best (default): calc "
+                        "model_best.pth (best validation recall at 1 FP/image); mass "
+                        "model_final.pth, else the file named in last_checkpoint. final: calc "
+                        "model_last.pth; mass the file named in last_checkpoint (model_final.pth "
+                        "after a finished run), else model_final.pth")
+    b.add_argument("--calibrate-on", type=Path, metavar="DATA",
+                   help="canonical dataset folder: choose the operating points on its --split and "
+                        "record the validation figures in the model card")
+    b.add_argument("--split", default="val", choices=["train", "val", "test"],
+                   help="split of --calibrate-on (default val)")
+    b.add_argument("--fps", type=_fps, default=[0.25, 0.5, 1, 2, 5, 10], help="FP/image levels")
+    b.add_argument("--default-fp", type=float, default=1.0, help="level used when predict gets none")
+    b.add_argument("--work", type=Path, help="folder for the validation predictions "
+                                              "(default BUNDLE/calibration_predictions)")
+    b.add_argument("--description", default="", help="free text kept in bundle.json")
+    b.add_argument("--out", "-o", required=True, type=Path, help="bundle folder (written)")
+    b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--no-progress", action="store_true")
     return ap
 
 
@@ -129,22 +169,44 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_calibrate(args) -> int:
-    from deeplima.bundle import load_bundle, save_operating_points
-    from deeplima.operating_point import calibrate
-    from deeplima.pipeline import Pipeline
-
-    _threads(args.threads)
-    bundle = load_bundle(args.model)
-    pipeline = Pipeline(bundle, threshold=0.5)
-    ops = calibrate(pipeline, args.gt, args.work or bundle.root / "calibration_predictions",
-                    split=args.split, fps=args.fps, default_fp=args.default_fp,
-                    progress=not args.no_progress)
-    path = save_operating_points(bundle, ops)
+def _print_operating_points(ops: dict) -> None:
     for kind in ("mass", "calc"):
         pts = ", ".join(f"{k} FP/img: {v['threshold']:.3f}" for k, v in ops.get(kind, {}).items())
         print(f"{kind}: {pts}")
-    print(f"operating points written to {path}")
+
+
+def cmd_calibrate(args) -> int:
+    from deeplima.bundle import FILES, calibrate_bundle, load_bundle
+
+    _threads(args.threads)
+    bundle = load_bundle(args.model)
+    ops = calibrate_bundle(bundle, args.gt, split=args.split, work_dir=args.work, fps=args.fps,
+                           default_fp=args.default_fp, progress=not args.no_progress)
+    _print_operating_points(ops)
+    print(f"operating points written to {bundle.root / FILES['operating_points']}")
+    return 0
+
+
+def cmd_bundle(args) -> int:
+    from deeplima.bundle import build_bundle, calc_source, mass_source
+
+    _threads(args.threads)
+    mass = mass_source(args.mass, args.mass_config, args.mass_weights, args.checkpoint)
+    calc = calc_source(args.calc, args.calc_config, args.calc_weights, args.checkpoint)
+    bundle = build_bundle(args.out, mass, calc, calibrate_on=args.calibrate_on, split=args.split,
+                          work_dir=args.work, fps=args.fps, default_fp=args.default_fp,
+                          description=args.description, progress=not args.no_progress)
+    print(f"mass detector: {mass.weights}; calcification U-Net: {calc.weights}")
+    calibration = bundle.model_card.get("calibration")
+    if calibration:
+        _print_operating_points(bundle.operating_points)
+        for kind in ("mass", "calc"):
+            fig = calibration[kind]
+            sens = ", ".join(f"{k}: {v if v is None else round(v, 3)}"
+                             for k, v in fig["sensitivity_at_fp"].items())
+            print(f"{kind} on {calibration['split']} ({fig['n_lesions']} lesions), "
+                  f"sensitivity at FP/img {sens}")
+    print(f"model bundle written to {bundle.root}")
     return 0
 
 
@@ -159,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     from deeplima.operating_point import OperatingPointError
 
     try:
-        return {"predict": cmd_predict, "evaluate": cmd_evaluate, "calibrate": cmd_calibrate}[
-            args.command](args)
+        return {"predict": cmd_predict, "evaluate": cmd_evaluate, "calibrate": cmd_calibrate,
+                "bundle": cmd_bundle}[args.command](args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

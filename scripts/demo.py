@@ -3,10 +3,12 @@
     python -m scripts.demo --out demo_out [--studies 20] [--mass-iters 180] [--calc-epochs 3]
 
 1. generate synthetic studies (``datasets.synthetic``, 640x512 images, patient-level train/val/test);
-2. train the mass detector (``mass_det``: the FPN + focal loss + non-local config, shrunk by config
-   overrides to a ResNet-18 with GroupNorm trained from scratch at a 448-pixel short edge);
+2. train the mass detector (``mass_det``: the FPN + focal loss + non-local model as a ResNet-18
+   with GroupNorm trained from scratch at a 448-pixel short edge,
+   ``faster_rcnn_R18_FPN_FL_NL_scratch_cpu.yaml``);
 3. train the calcification U-Net (``calc_seg``, GroupNorm, 128-pixel patches, a few short epochs);
-4. build a model bundle and choose its operating points on the validation split;
+4. build a model bundle from the two training folders and choose its operating points on the
+   validation split (:func:`deeplima.bundle.build_bundle`, what ``deeplima bundle`` runs);
 5. run :class:`deeplima.Pipeline` on the held-out test split;
 6. evaluate with ``common.evaluate``'s API and write ``OUT/report/index.html``.
 
@@ -34,43 +36,17 @@ SCALE = HEIGHT / 3328  # lengths relative to a full-field image; areas scale wit
 
 
 def mass_opts(data: Path, out: Path, iters: int) -> list[str]:
-    """Overrides of ``faster_rcnn_R50_FPN_FL_NL.yaml`` for a short CPU run from scratch."""
+    """Overrides of ``faster_rcnn_R18_FPN_FL_NL_scratch_cpu.yaml`` (ResNet-18 GN from scratch at a
+    448-pixel short edge): the demo's data, run length and output folder."""
     return [
-        "MODEL.DEVICE", "cpu",
-        # no ImageNet weights offline: ResNet-18 with GroupNorm from scratch (FrozenBN would freeze
-        # random statistics), unit-variance input scaling
-        "MODEL.RESNETS.DEPTH", "18",
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
-        "MODEL.RESNETS.NORM", "GN",
-        "MODEL.RESNETS.STRIDE_IN_1X1", "False",
-        "MODEL.BACKBONE.FREEZE_AT", "0",
-        "MODEL.PIXEL_STD", "[57.375, 57.12, 58.395]",
-        "MODEL.FPN.OUT_CHANNELS", "64",
-        "MODEL.ROI_BOX_HEAD.FC_DIM", "256",
-        # masses are 2-6 % of the image height: 13-40 px at 640 rows
-        "MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32], [64], [128], [256]]",
-        "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "600",
-        "MODEL.RPN.PRE_NMS_TOPK_TEST", "300",
-        "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200",
-        "MODEL.RPN.POST_NMS_TOPK_TEST", "50",
-        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
-        # the 512-column images are seen at a 448-pixel short edge (CPU time)
-        "INPUT.MIN_SIZE_TRAIN", "(416, 448, 480)",
-        "INPUT.MAX_SIZE_TRAIN", "640",
-        "INPUT.MIN_SIZE_TEST", "448",
-        "INPUT.MAX_SIZE_TEST", "640",
         "DATASETS.CANONICAL.ROOTS", f"['demo={data}']",
         "DATASETS.TRAIN", "('demo_mass_train',)",
         "DATASETS.TEST", "()",
-        "DATALOADER.NUM_WORKERS", "0",
-        "SOLVER.IMS_PER_BATCH", "2",
-        "SOLVER.BASE_LR", "0.0005",
         "SOLVER.MAX_ITER", str(iters),
         "SOLVER.STEPS", f"({int(iters * 0.8)},)",
         "SOLVER.WARMUP_ITERS", str(min(50, iters // 5)),
         "SOLVER.CHECKPOINT_PERIOD", "1000000",
         "TEST.EVAL_PERIOD", "0",
-        "TEST.DETECTIONS_PER_IMAGE", "30",
         "OUTPUT_DIR", str(out),
     ]
 
@@ -126,17 +102,20 @@ def train_mass(data: Path, out: Path, iters: int):
     from mass_det.data.register import register_mass_datasets
     from mass_det.engine.trainer import MassDetTrainer
 
-    cfg_file = Path(mass_det.__file__).parent / "configs" / "faster_rcnn_R50_FPN_FL_NL.yaml"
+    cfg_file = (Path(mass_det.__file__).parent / "configs"
+                / "faster_rcnn_R18_FPN_FL_NL_scratch_cpu.yaml")
     cfg = get_mass_det_cfg(str(cfg_file), mass_opts(data, out, iters))
     register_mass_datasets(cfg)
     cfg.freeze()
     out.mkdir(parents=True, exist_ok=True)
     setup_logger(str(out), name="detectron2", abbrev_name="d2")
     logging.getLogger("detectron2").setLevel(logging.INFO)
+    # the training folder holds what mass_det.train_net leaves there (its default_setup dumps the config)
+    (out / "config.yaml").write_text(cfg.dump())
     trainer = MassDetTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    return cfg, out / "model_final.pth"
+    return out / "model_final.pth"
 
 
 def train_calc(data: Path, out: Path, epochs: int, iters_per_epoch: int):
@@ -146,11 +125,13 @@ def train_calc(data: Path, out: Path, epochs: int, iters_per_epoch: int):
 
     cfg_file = Path(calc_seg.__file__).parent / "configs" / "unet_gn.yaml"
     cfg = load_calc_seg_cfg(str(cfg_file), calc_opts(data, out, epochs, iters_per_epoch))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(cfg.dump())  # as calc_seg.train_net does
     logging.getLogger("calc_seg").setLevel(logging.INFO)
     trainer = CalcSegTrainer(cfg)
     last = trainer.train(progress=True)
     print(f"    U-Net: {json.dumps({k: v for k, v in last.items() if k != 'val_sensitivity_at_fp'})}")
-    return cfg, out / "model_best.pth", trainer.iters_per_epoch * epochs, len(trainer.dataset)
+    return out / "model_best.pth", trainer.iters_per_epoch * epochs, len(trainer.dataset)
 
 
 def main(argv=None) -> int:
@@ -196,17 +177,16 @@ def main(argv=None) -> int:
     st.start("mass detector", f"training Faster R-CNN FPN + focal loss + non-local (ResNet-18 GN "
                               f"from scratch) for {args.mass_iters} iterations on "
                               f"{len(splits['train'])} images")
-    mass_cfg, mass_weights = train_mass(data, out / "mass_det", args.mass_iters)
+    mass_weights = train_mass(data, out / "mass_det", args.mass_iters)
     st.done(f"weights {mass_weights}")
 
     st.start("calcification U-Net", f"training the GroupNorm U-Net for {args.calc_epochs} epochs of "
                                     f"{args.calc_iters_per_epoch} balanced batches of 128-px patches")
-    calc_cfg, calc_weights, calc_iters, n_patches = train_calc(
+    calc_weights, calc_iters, n_patches = train_calc(
         data, out / "calc_seg", args.calc_epochs, args.calc_iters_per_epoch)
     st.done(f"{calc_iters} iterations, weights {calc_weights}")
 
-    from deeplima.bundle import save_bundle, save_operating_points
-    from deeplima.operating_point import calibrate
+    from deeplima.bundle import build_bundle, calc_source, mass_source
     from deeplima.pipeline import Pipeline, write_predictions
 
     n_train = len(splits["train"])
@@ -216,10 +196,11 @@ def main(argv=None) -> int:
                f"Expect low numbers: this shows that every stage runs, not what the method reaches.")
     st.start("bundle + operating points", "saving the model bundle; choosing thresholds for K FP "
                                           f"per image on the {len(splits['val'])} validation images")
-    bundle = save_bundle(out / "bundle", mass_cfg, mass_weights, calc_cfg, calc_weights,
-                         description=context)
-    ops = calibrate(Pipeline(bundle, threshold=0.5), data, out / "val_predictions", split="val")
-    save_operating_points(bundle, ops)
+    # the route of `deeplima bundle --mass OUT/mass_det --calc OUT/calc_seg --calibrate-on OUT/data`
+    bundle = build_bundle(out / "bundle", mass_source(out / "mass_det"), calc_source(out / "calc_seg"),
+                          calibrate_on=data, split="val", work_dir=out / "val_predictions",
+                          description=context)
+    ops = bundle.operating_points
     st.done("; ".join(f"{k} @1 FP/img: threshold {ops[k]['1']['threshold']:.3f}"
                       for k in ("mass", "calc")))
 

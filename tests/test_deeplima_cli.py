@@ -1,4 +1,5 @@
-"""``python -m scripts.deeplima``: predict (outputs, failures, resume), evaluate (HTML report), errors."""
+"""``python -m scripts.deeplima``: predict (outputs, failures, resume), evaluate (HTML report), bundle
+(from training output folders, model card, calibration), errors."""
 
 from __future__ import annotations
 
@@ -11,8 +12,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("detectron2")
 
-from common.io import read_png  # noqa: E402
-from deeplima.bundle import random_bundle  # noqa: E402
+from common.io import read_png, sha256_file  # noqa: E402
+from deeplima.bundle import (  # noqa: E402
+    calc_source,
+    load_bundle,
+    mass_source,
+    random_bundle,
+    save_operating_points,
+)
 from scripts.deeplima import main  # noqa: E402
 
 TINY_MASS_OPTS = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
@@ -140,3 +147,147 @@ def test_missing_bundle_and_unknown_operating_point_are_one_line_errors(setup, t
         assert rc == 2 and "calc_model.pth" in err and "\n" not in err
     finally:
         (tmp_path / "calc_model.pth").rename(setup["bundle"] / "calc_model.pth")
+
+
+# ------------------------------------------------------------------------------------------- bundle
+@pytest.fixture(scope="module")
+def training_outputs(setup, tmp_path_factory):
+    """Output folders as the two trainers leave them, holding the fixture bundle's models: a mass run
+    stopped early (a periodic checkpoint named by ``last_checkpoint``, no ``model_final.pth``) and a
+    U-Net run with ``model_best.pth`` and ``model_last.pth``."""
+    src = load_bundle(setup["bundle"])
+    base = tmp_path_factory.mktemp("train_out")
+    mass = base / "mass_det"
+    mass.mkdir()
+    (mass / "config.yaml").write_text(src.mass_cfg().dump())  # detectron2's default_setup
+    state = torch.load(src.mass_weights, map_location="cpu")["model"]
+    torch.save({"model": state, "optimizer": {}, "iteration": 99}, mass / "model_0000099.pth")
+    (mass / "last_checkpoint").write_text("model_0000099.pth")
+    calc = base / "calc_seg"
+    calc.mkdir()
+    calc_cfg = src.calc_cfg()
+    (calc / "config.yaml").write_text(calc_cfg.dump())  # calc_seg.train_net's setup
+    state = torch.load(src.calc_weights, map_location="cpu")["model"]
+    for name, epoch in (("model_best.pth", 0), ("model_last.pth", 1)):
+        torch.save({"model": state, "optimizer": {}, "epoch": epoch, "best_score": 0.25,
+                    "cfg": calc_cfg.dump()}, calc / name)
+    return {"mass": mass, "calc": calc}
+
+
+def test_bundle_from_training_folders_loads_and_predicts(setup, training_outputs, tmp_path):
+    mass, calc = training_outputs["mass"], training_outputs["calc"]
+    out = tmp_path / "bundle"
+    rc = main(["bundle", "--mass", str(mass), "--calc", str(calc), "--out", str(out),
+               "--no-progress", "--threads", "1"])
+    assert rc == 0
+    bundle = load_bundle(out)
+    card = json.loads((out / "bundle.json").read_text())["model_card"]
+    assert card == bundle.model_card
+    # weights copied byte for byte: the card's hash is the bundle file's and the checkpoint's
+    assert card["mass"]["weights_sha256"] == sha256_file(bundle.mass_weights) == sha256_file(
+        mass / "model_0000099.pth")
+    assert card["calc"]["weights_sha256"] == sha256_file(bundle.calc_weights) == sha256_file(
+        calc / "model_best.pth")
+    assert card["mass"]["config_sha256"] == sha256_file(bundle.mass_config)
+    assert card["mass"]["source"] == {
+        "output_dir": str(mass.resolve()), "checkpoint": "best",
+        "config": str((mass / "config.yaml").resolve()),
+        "weights": str((mass / "model_0000099.pth").resolve()), "iteration": 99}
+    assert card["calc"]["source"]["weights"] == str((calc / "model_best.pth").resolve())
+    assert card["calc"]["source"]["epochs_done"] == 1
+    assert card["calc"]["source"]["best_val_recall_at_1fp"] == 0.25
+    assert card["mass"]["settings"]["MODEL.RESNETS.DEPTH"] == 18
+    assert "MODEL.ENCODER" in card["calc"]["settings"]
+    assert card["calibration"] is None and bundle.operating_points == {}
+
+    image = sorted((setup["root"] / "images").glob("*.dcm"))[0]
+    pred = tmp_path / "pred"
+    rc = main(["predict", str(image), "--output", str(pred), "--model", str(out), "--threshold",
+               "0.5", "--no-progress", "--threads", "1"])
+    assert rc == 0
+    assert len(json.loads((pred / "images.json").read_text())) == 1
+
+
+def test_bundle_calibrated_on_a_split_records_the_validation_figures(setup, training_outputs,
+                                                                    tmp_path):
+    from datasets.register import load_canonical_dicts
+
+    mass, calc = training_outputs["mass"], training_outputs["calc"]
+    out = tmp_path / "bundle"
+    rc = main(["bundle", "--mass-config", str(mass / "config.yaml"), "--mass-weights",
+               str(mass / "model_0000099.pth"), "--calc", str(calc), "--checkpoint", "final",
+               # the train split: the only one of this tiny set with calcifications
+               "--calibrate-on", str(setup["root"]), "--split", "train", "--fps", "1,2",
+               "--out", str(out), "--no-progress", "--threads", "1"])
+    assert rc == 0
+    bundle = load_bundle(out)
+    ops = json.loads((out / "operating_points.json").read_text())
+    assert bundle.operating_points == ops and set(ops["mass"]) == set(ops["calc"]) == {"1", "2"}
+    card = json.loads((out / "bundle.json").read_text())["model_card"]
+    assert card["mass"]["source"]["output_dir"] is None
+    assert card["calc"]["source"]["checkpoint"] == "final"
+    assert card["calc"]["source"]["weights"] == str((calc / "model_last.pth").resolve())
+    assert card["calc"]["weights_sha256"] == sha256_file(calc / "model_last.pth")
+    cal = card["calibration"]
+    images = load_canonical_dicts(setup["root"], "mass", "train")
+    assert cal["data_root"] == str(setup["root"].resolve()) and cal["split"] == "train"
+    assert cal["n_images"] == len(images) == 2
+    assert cal["mass"]["n_lesions"] == sum(len(d["annotations"]) for d in images)
+    assert cal["calc"]["n_lesions"] > 0 and cal["calc"]["gt_labels"] == "processed"
+    assert sum(t["n_lesions"] for t in cal["calc"]["per_type"].values()) <= cal["calc"]["n_lesions"]
+    assert all(0 <= v <= 1 for v in cal["calc"]["sensitivity_at_fp"].values())
+    for kind in ("mass", "calc"):
+        assert set(cal[kind]["sensitivity_at_fp"]) == {"1", "2"}
+        assert cal["thresholds"][kind] == {k: v["threshold"] for k, v in ops[kind].items()}
+    assert cal["default_fp"] == "1"
+
+
+def test_checkpoint_choice(tmp_path):
+    mass, calc = tmp_path / "mass", tmp_path / "calc"
+    for folder, names in ((mass, ["config.yaml", "model_0000099.pth", "model_final.pth"]),
+                          (calc, ["config.yaml", "model_best.pth", "model_last.pth"])):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_bytes(b"")
+    (mass / "last_checkpoint").write_text("model_0000099.pth")  # (hand-edited: final is newer)
+    assert mass_source(mass).weights == mass / "model_final.pth"
+    assert mass_source(mass, checkpoint="final").weights == mass / "model_0000099.pth"
+    assert calc_source(calc).weights == calc / "model_best.pth"
+    assert calc_source(calc, checkpoint="final").weights == calc / "model_last.pth"
+
+
+def test_bundle_errors_are_one_line_with_exit_2(training_outputs, tmp_path, capsys):
+    mass, calc = training_outputs["mass"], training_outputs["calc"]
+    out = str(tmp_path / "bundle")
+    no_best = tmp_path / "calc_no_best"
+    no_best.mkdir()
+    for name in ("config.yaml", "model_last.pth"):
+        shutil.copy(calc / name, no_best / name)
+    no_ckpt = tmp_path / "mass_no_ckpt"
+    no_ckpt.mkdir()
+    shutil.copy(mass / "config.yaml", no_ckpt / "config.yaml")
+    cases = [
+        (["--mass", str(mass), "--calc", str(no_best)], "model_best.pth"),
+        (["--mass", str(no_ckpt), "--calc", str(calc)], "model_final.pth"),
+        (["--mass", str(tmp_path / "nowhere"), "--calc", str(calc)], "nowhere"),
+        (["--mass-config", str(mass / "config.yaml"), "--calc", str(calc)], "weights"),
+        (["--mass-config", str(mass / "config.yaml"), "--mass-weights", str(calc / "model_best.pth"),
+          "--calc", str(calc)], "do not fit"),
+    ]
+    for args, expect in cases:
+        rc = main(["bundle", *args, "--out", out, "--no-progress"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith("error: ") and expect in err and "\n" not in err, err
+    assert not (tmp_path / "bundle" / "bundle.json").exists()
+
+
+def test_bundles_without_model_card_still_load(setup, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(setup["bundle"], old)
+    manifest = json.loads((old / "bundle.json").read_text())
+    del manifest["model_card"]
+    (old / "bundle.json").write_text(json.dumps(manifest))
+    bundle = load_bundle(old)
+    assert bundle.model_card == {} and bundle.operating_points["default_fp"] == "1"
+    save_operating_points(bundle, bundle.operating_points)  # recalibrating adds the card's entry
+    assert load_bundle(old).model_card["calibration"]["thresholds"]["mass"] == {"1": 0.4}
