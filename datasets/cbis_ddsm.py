@@ -27,7 +27,7 @@ Format facts honoured:
   :func:`datasets.canonical.classify_component` (large regions are "large").
 * An image with an unusable abnormality (no mask, size mismatch, unreadable) is left out: its ground
   truth would be incomplete. The official train/test membership is kept as ``source_split``; the
-  canonical split is a fresh patient-level 60/20/20 (paper §4.1).
+  canonical split is a fresh patient-level 60/20/20 (paper §3.3).
 """
 
 from __future__ import annotations

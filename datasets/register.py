@@ -1,9 +1,12 @@
 """Detectron2 registration of canonical dataset folders.
 
-A canonical folder (see :mod:`datasets.canonical`) becomes six named datasets::
+A canonical folder (see :mod:`datasets.canonical`) becomes eight named datasets::
 
-    <prefix>_mass_{train,val,test}   from OUT/masses.json
-    <prefix>_calc_{train,val,test}   from OUT/calcifications.json
+    <prefix>_mass_{train,val,test,all}   from OUT/masses.json
+    <prefix>_calc_{train,val,test,all}   from OUT/calcifications.json
+
+``all`` holds every image of the folder whatever its split: a source used entirely for training (the
+paper's INbreast and BCDR, §3.3) is named as ``<prefix>_mass_all`` in ``DATASETS.TRAIN``.
 
 :func:`load_canonical_dicts` builds Detectron2's standard dataset dicts without importing detectron2
 (``bbox_mode`` is the integer value of ``BoxMode.XYWH_ABS``), so ``calc_seg`` can use it too.
@@ -23,6 +26,7 @@ from datasets.canonical import SPLITS, resolve_file
 
 BOX_MODE_XYWH_ABS = 1  # detectron2.structures.BoxMode.XYWH_ABS
 KINDS = {"mass": "masses.json", "calc": "calcifications.json"}
+ALL = "all"  # dataset-name suffix of every image of a folder (load_canonical_dicts(split=None))
 THING_CLASSES = {"mass": ["mass"], "calc": ["calcification"]}
 EVALUATOR_TYPE = "deeplima_froc"
 _ANNOTATION_EXTRAS = (
@@ -112,25 +116,45 @@ def load_canonical_dicts(
     return dicts
 
 
-def register_canonical(root: str | Path, prefix: str) -> list[str]:
-    """Register ``<prefix>_{mass,calc}_{train,val,test}`` from a canonical folder.
+def _load_registered(
+    name: str, prefix: str, root: Path, kind: str, split: str | None
+) -> list[dict]:
+    """Loader behind a registered name: a missing folder is one error naming it and the dataset."""
+    if not root.is_dir():
+        raise InputError(
+            root,
+            f"canonical dataset folder not found (dataset '{name}' reads it); write it with a "
+            f"converter (python -m datasets.<source> --root RAW --out {root}) or register "
+            f"'{prefix}' with an existing canonical folder",
+        )
+    return load_canonical_dicts(root, kind, split)
 
-    Loading is lazy (the COCO files are read when the dataset is first used). Metadata: ``thing_classes``
-    (["mass"] / ["calcification"]), ``json_file``, ``root``, ``evaluator_type`` "deeplima_froc".
-    Names already in the catalog are left alone. Returns every name of the six, registered now or before.
+
+def register_canonical(root: str | Path, prefix: str) -> list[str]:
+    """Register ``<prefix>_{mass,calc}_{train,val,test,all}`` from a canonical folder.
+
+    ``all`` is every image of the folder whatever its split. Loading is lazy: the COCO files are read
+    when the dataset is first used, so a folder that does not exist yet can be registered, and using
+    one of its datasets raises one :class:`~common.errors.InputError` naming the folder and the
+    dataset. Metadata: ``thing_classes`` (["mass"] / ["calcification"]), ``json_file``, ``root``,
+    ``evaluator_type`` "deeplima_froc".
+    Names already in the catalog are left alone. Returns every name of the eight, registered now or
+    before, ordered by kind then ``train, val, test, all``.
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     root = Path(root).resolve()
     names = []
     for kind in KINDS:
-        for split in SPLITS:
+        for split in (*SPLITS, ALL):
             name = f"{prefix}_{kind}_{split}"
             names.append(name)
             if name in DatasetCatalog.list():
                 continue
+            images = None if split == ALL else split
             DatasetCatalog.register(
-                name, lambda r=root, k=kind, s=split: load_canonical_dicts(r, k, s)
+                name,
+                lambda n=name, p=prefix, r=root, k=kind, s=images: _load_registered(n, p, r, k, s),
             )
             MetadataCatalog.get(name).set(
                 thing_classes=list(THING_CLASSES[kind]),

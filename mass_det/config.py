@@ -13,7 +13,7 @@ def add_mass_det_config(cfg: CN) -> CN:
 
     New nodes: ``MODEL.NONLOCAL``, ``MODEL.FOCAL_LOSS``, ``SOLVER.OPTIMIZER``, ``INPUT.MAMMO``,
     ``TEST.FROC``, ``DATASETS.CANONICAL``. Defaults leave detectron2's models unchanged (no non-local
-    blocks, softmax cross-entropy); the YAMLs under ``mass_det/configs`` switch them on.
+    blocks, softmax / binary cross-entropy); the YAMLs under ``mass_det/configs`` switch them on.
     """
     _C = cfg
 
@@ -33,12 +33,23 @@ def add_mass_det_config(cfg: CN) -> CN:
     # so FrozenBN is refused. GN does not depend on the (small) detection batch size.
     _C.MODEL.NONLOCAL.NORM = "GN"
 
-    # Sigmoid focal loss in the Fast R-CNN box classifier (FocalLossROIHeads).
+    # Sigmoid focal loss (paper §2.1.3) in the Fast R-CNN box classifier (FocalLossROIHeads) and,
+    # optionally, in the RPN objectness (FocalLossRPN). Each switch needs its module named in the
+    # YAML (ROI_HEADS.NAME / PROPOSAL_GENERATOR.NAME); MassDetTrainer refuses a switch they would ignore.
     _C.MODEL.FOCAL_LOSS = CN()
-    # False keeps softmax cross-entropy even under FocalLossROIHeads (for ablations).
+    # Box classifier. False keeps softmax cross-entropy even under FocalLossROIHeads (for ablations).
     _C.MODEL.FOCAL_LOSS.ENABLED = False
+    # RPN objectness: focal loss on the sampled anchors instead of binary cross-entropy, normalised
+    # like detectron2's RPN loss (RPN.BATCH_SIZE_PER_IMAGE x images). False keeps BCE even under
+    # FocalLossRPN.
+    _C.MODEL.FOCAL_LOSS.RPN = False
     _C.MODEL.FOCAL_LOSS.GAMMA = 2.0  # focusing parameter of eq. (1); 0 = sigmoid cross-entropy
     _C.MODEL.FOCAL_LOSS.ALPHA = 0.25  # weight of positives; -1 disables class weighting
+    # Divisor of the box classifier's summed focal loss: "sampled" = all sampled RoIs
+    # (ROI_HEADS.BATCH_SIZE_PER_IMAGE per image; detectron2's habit, same scale as its cross-entropy)
+    # or "foreground" = foreground RoIs in the batch, at least 1 (RetinaNet's habit; with
+    # ROI_HEADS.POSITIVE_FRACTION 0.25 usually 4x the "sampled" loss or more).
+    _C.MODEL.FOCAL_LOSS.BOX_NORMALIZER = "sampled"
 
     # Optimizer; SOLVER.BASE_LR, WEIGHT_DECAY, CLIP_GRADIENTS and the LR schedule still apply.
     _C.SOLVER.OPTIMIZER = CN()
@@ -70,8 +81,10 @@ def add_mass_det_config(cfg: CN) -> CN:
     _C.TEST.FROC.HIT = "iou"  # hit rule of common.metrics ("iou", "center", "iop")
     _C.TEST.FROC.IOU_THRESH = 0.5
 
-    # Canonical dataset folders registered in setup() as <prefix>_mass_{train,val,test}
-    # (datasets.register.register_canonical). Relative paths are relative to the working directory.
+    # Canonical dataset folders registered in setup() as <prefix>_{mass,calc}_{train,val,test,all}
+    # (datasets.register.register_canonical; "all" = every image whatever its split, for a source
+    # used entirely for training). Relative paths are relative to the working directory; a missing
+    # folder is an error only when one of its datasets is used.
     _C.DATASETS.CANONICAL = CN()
     _C.DATASETS.CANONICAL.ROOTS = ["synthetic=data/synthetic"]  # "prefix=path" entries
     return cfg
@@ -105,11 +118,17 @@ def resolve_device(cfg: CN) -> CN:
 
 
 def parse_canonical_roots(entries: Sequence[str]) -> list[tuple[str, str]]:
-    """``["prefix=path", ...]`` -> ``[(prefix, path), ...]``; raises ValueError on a malformed entry."""
+    """``["prefix=path", ...]`` -> ``[(prefix, path), ...]``.
+
+    Raises ValueError on a malformed entry or a prefix given twice (registration keeps the first
+    folder of a name, so the second would be ignored silently).
+    """
     out = []
     for entry in entries:
         prefix, sep, path = str(entry).partition("=")
         if not sep or not prefix.strip() or not path.strip():
             raise ValueError(f"DATASETS.CANONICAL.ROOTS entries are 'prefix=path', got {entry!r}")
+        if prefix.strip() in dict(out):
+            raise ValueError(f"DATASETS.CANONICAL.ROOTS names the prefix {prefix.strip()!r} twice")
         out.append((prefix.strip(), path.strip()))
     return out

@@ -8,7 +8,8 @@ The paper's configs start from ImageNet weights (``detectron2://ImageNetPretrain
 downloaded once into iopath's cache); offline, give a local copy in ``MODEL.WEIGHTS`` or use
 ``faster_rcnn_R50_FPN_FL_NL_scratch.yaml``. A missing weights file, a failed download or a config
 that would train frozen random layers stops the command before the first iteration with one
-``error:`` line.
+``error:`` line, as do a focal-loss switch the configured modules would ignore and a training or test
+dataset whose canonical folder does not exist.
 The datasets of ``DATASETS.CANONICAL.ROOTS`` are registered in ``setup()``, so every process that
 ``launch`` starts has them.
 """
@@ -22,6 +23,7 @@ from mass_det.config import get_mass_det_cfg, resolve_device
 from mass_det.data.register import register_mass_datasets
 from mass_det.engine.trainer import (
     FrozenRandomInitError,
+    IgnoredLossSwitchError,
     MassDetCheckpointer,
     MassDetTrainer,
     WeightsNotFoundError,
@@ -65,7 +67,7 @@ def cli(argv=None):
             dist_url=args.dist_url,
             args=(args,),
         )
-    except (WeightsNotFoundError, FrozenRandomInitError, InputError) as e:
+    except (WeightsNotFoundError, FrozenRandomInitError, IgnoredLossSwitchError, InputError) as e:
         # Their messages already say what to do; a traceback would only bury that line. (With
         # several processes, torch.multiprocessing reports the worker's traceback instead.)
         raise SystemExit(f"error: {e}") from None

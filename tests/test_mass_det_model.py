@@ -19,6 +19,7 @@ import mass_det  # noqa: E402,F401  (registration)
 from mass_det.config import get_mass_det_cfg  # noqa: E402
 from mass_det.engine.trainer import (  # noqa: E402
     MassDetCheckpointer,
+    check_loss_switches,
     check_trainable_init,
     resolve_weights_file,
 )
@@ -51,6 +52,7 @@ def test_config_dir_has_the_three_table1_rows_and_instant_test():
         "faster_rcnn_R50_FPN_FL_NL.yaml",
         "faster_rcnn_R50_FPN_FL_NL_scratch.yaml",
         "faster_rcnn_R18_FPN_FL_NL_scratch_cpu.yaml",
+        "faster_rcnn_R50_FPN_FL_NL_paper_data.yaml",
         "mass_det_instant_test.yaml",
     } <= names
 
@@ -63,6 +65,8 @@ def test_every_config_builds_and_runs_on_cpu(path):
     # ImageNet R-50 (paper §4.1.1) or nothing at all; building the model loads no weights
     assert cfg.MODEL.WEIGHTS in ("", "detectron2://ImageNetPretrained/MSRA/R-50.pkl")
     check_trainable_init(cfg)  # no config trains frozen random layers
+    check_loss_switches(cfg)  # no config sets a focal-loss switch its modules ignore
+    assert cfg.SEED >= 0  # default_setup seeds every run the same way
     model = build_model(cfg).eval()
     image = torch.randint(0, 256, (3, 128, 96), dtype=torch.uint8)
     with torch.no_grad():

@@ -141,11 +141,13 @@ def test_register_canonical_idempotent(canonical):
     prefix = f"t{uuid.uuid4().hex[:8]}"
     names = register_canonical(canonical, prefix)
     assert names == [
-        f"{prefix}_{k}_{s}" for k in ("mass", "calc") for s in ("train", "val", "test")
+        f"{prefix}_{k}_{s}" for k in ("mass", "calc") for s in ("train", "val", "test", "all")
     ]
     assert register_canonical(canonical, prefix) == names  # second call is a no-op, no error
     assert register_all({prefix: canonical}) == names
     assert len(DatasetCatalog.get(f"{prefix}_mass_test")[0]["annotations"]) == 1
+    assert [d["image_id"] for d in DatasetCatalog.get(f"{prefix}_mass_all")] == [1, 2, 3]
+    assert [d["image_id"] for d in DatasetCatalog.get(f"{prefix}_calc_all")] == [1, 2, 3]
     assert DatasetCatalog.get(f"{prefix}_calc_train")[0]["annotations"][0]["calc_type"] == "dot"
     meta = MetadataCatalog.get(f"{prefix}_calc_val")
     assert meta.thing_classes == ["calcification"]

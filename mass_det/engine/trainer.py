@@ -17,6 +17,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.catalog import ModelCatalog
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
+from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY, ROI_HEADS_REGISTRY
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.file_io import Detectron2Handler, PathManager
 from iopath.common.file_io import get_cache_dir
@@ -24,13 +25,17 @@ from iopath.common.file_io import get_cache_dir
 from ..data.mapper import MassDatasetMapper
 from ..evaluation.froc_evaluator import FROCEvaluator
 from ..modeling.backbone import convert_torchvision_resnet_names
+from ..modeling.roi_heads import FocalLossROIHeads
+from ..modeling.rpn import FocalLossRPN
 
 __all__ = [
     "FrozenRandomInitError",
+    "IgnoredLossSwitchError",
     "MassDetCheckpointer",
     "MassDetTrainer",
     "WeightsNotFoundError",
     "build_mass_optimizer",
+    "check_loss_switches",
     "check_trainable_init",
     "resolve_weights_file",
 ]
@@ -51,6 +56,10 @@ class WeightsNotFoundError(FileNotFoundError):
 
 class FrozenRandomInitError(ValueError):
     """The config would train with randomly initialised layers frozen; ``str(err)`` is one line."""
+
+
+class IgnoredLossSwitchError(ValueError):
+    """A ``MODEL.FOCAL_LOSS`` switch is on but the named module ignores it; ``str(err)`` is one line."""
 
 
 def resolve_weights_file(path: str) -> str:
@@ -136,6 +145,47 @@ def check_trainable_init(cfg) -> None:
         )
 
 
+def _registered_subclass(registry, name: str, cls: type) -> bool:
+    try:
+        obj = registry.get(name)
+    except KeyError:  # e.g. "PrecomputedProposals", which detectron2 handles without its registry
+        return False
+    return isinstance(obj, type) and issubclass(obj, cls)
+
+
+def check_loss_switches(cfg) -> None:
+    """Refuse a focal-loss switch that the modules named in the config would silently ignore.
+
+    ``MODEL.FOCAL_LOSS.ENABLED`` is read only by :class:`FocalLossROIHeads` (``ROI_HEADS.NAME``) and
+    ``MODEL.FOCAL_LOSS.RPN`` only by :class:`FocalLossRPN` (``PROPOSAL_GENERATOR.NAME``), as
+    detectron2 picks modules by name.
+
+    Raises:
+        IgnoredLossSwitchError: one line naming the switch and the module to name.
+    """
+    fl = cfg.MODEL.FOCAL_LOSS
+    problems = []
+    if fl.ENABLED and not _registered_subclass(
+        ROI_HEADS_REGISTRY, cfg.MODEL.ROI_HEADS.NAME, FocalLossROIHeads
+    ):
+        problems.append(
+            f"MODEL.FOCAL_LOSS.ENABLED True needs MODEL.ROI_HEADS.NAME FocalLossROIHeads "
+            f"(got {cfg.MODEL.ROI_HEADS.NAME!r})"
+        )
+    if fl.RPN and not _registered_subclass(
+        PROPOSAL_GENERATOR_REGISTRY, cfg.MODEL.PROPOSAL_GENERATOR.NAME, FocalLossRPN
+    ):
+        problems.append(
+            f"MODEL.FOCAL_LOSS.RPN True needs MODEL.PROPOSAL_GENERATOR.NAME FocalLossRPN "
+            f"(got {cfg.MODEL.PROPOSAL_GENERATOR.NAME!r})"
+        )
+    if problems:
+        raise IgnoredLossSwitchError(
+            "; ".join(problems) + ": otherwise the switch would be ignored and the model would "
+            "train with cross-entropy"
+        )
+
+
 class MassDetCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that also reads torchvision ResNet ``.pth`` files.
 
@@ -191,13 +241,14 @@ class MassDetTrainer(DefaultTrainer):
     """DefaultTrainer reading mammograms through :class:`MassDatasetMapper` (train and test alike)
     and evaluating with :class:`FROCEvaluator`.
 
-    Refuses a config that would train frozen random layers (:func:`check_trainable_init`) before
-    building anything, and resolves ``MODEL.WEIGHTS`` (downloading a model-zoo URL once) in
+    Refuses a config that would train frozen random layers (:func:`check_trainable_init`) or ignore a
+    focal-loss switch (:func:`check_loss_switches`) before building anything, and resolves ``MODEL.WEIGHTS`` (downloading a model-zoo URL once) in
     :meth:`resume_or_load`, so a missing file or a failed download stops it before the first iteration.
     """
 
     def __init__(self, cfg):
         check_trainable_init(cfg)
+        check_loss_switches(cfg)
         super().__init__(cfg)
 
     def build_hooks(self):

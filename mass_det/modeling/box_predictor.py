@@ -13,24 +13,31 @@ from detectron2.config import configurable
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from fvcore.nn import sigmoid_focal_loss
 
-__all__ = ["FocalLossFastRCNNOutputLayers"]
+__all__ = ["FOCAL_LOSS_NORMALIZERS", "FocalLossFastRCNNOutputLayers"]
+
+# Divisors of the summed focal loss: every sampled RoI (detectron2) or the foreground ones (RetinaNet).
+FOCAL_LOSS_NORMALIZERS = ("sampled", "foreground")
 
 
 class FocalLossFastRCNNOutputLayers(FastRCNNOutputLayers):
     """:class:`FastRCNNOutputLayers` whose ``loss_cls`` is the sigmoid focal loss.
 
-    ``loss_cls = sum_{r, k} FL(p_rk) / R`` with ``p_rk = sigmoid(scores[r, k])`` for the K foreground
-    classes and R the number of sampled proposals (``ROI_HEADS.BATCH_SIZE_PER_IMAGE`` per image), so
-    the loss keeps the scale of detectron2's per-proposal cross-entropy.
+    ``loss_cls = sum_{r, k} FL(p_rk) / Z`` with ``p_rk = sigmoid(scores[r, k])`` for the K foreground
+    classes. ``Z`` is R, the number of sampled proposals in the batch (``ROI_HEADS.BATCH_SIZE_PER_IMAGE``
+    per image; normalizer "sampled", the default), so the loss keeps the scale of detectron2's
+    per-proposal cross-entropy; or ``max(R_fg, 1)``, the number of foreground proposals (normalizer
+    "foreground", as RetinaNet divides by foreground anchors), which multiplies it by ``R / R_fg``.
     """
 
     @configurable
     def __init__(self, input_shape, *, focal_loss_gamma: float = 2.0, focal_loss_alpha: float = 0.25,
-                 **kwargs):
+                 focal_loss_normalizer: str = "sampled", **kwargs):
         """
         Args:
             focal_loss_gamma: focusing parameter (gamma >= 0; 0 gives plain sigmoid cross-entropy).
             focal_loss_alpha: weight of the positive class in [0, 1]; negative disables weighting.
+            focal_loss_normalizer: "sampled" (divide by all sampled proposals) or "foreground"
+                (divide by the foreground proposals, at least 1).
             Other arguments as :class:`FastRCNNOutputLayers`; ``use_sigmoid_ce`` is forced on so that
             inference reads sigmoid probabilities of the same logits the loss trained.
         """
@@ -40,14 +47,21 @@ class FocalLossFastRCNNOutputLayers(FastRCNNOutputLayers):
         super().__init__(input_shape, **kwargs)
         if focal_loss_gamma < 0:
             raise ValueError(f"focal loss gamma must be >= 0, got {focal_loss_gamma}")
+        if focal_loss_normalizer not in FOCAL_LOSS_NORMALIZERS:
+            raise ValueError(
+                f"focal loss normalizer must be one of {FOCAL_LOSS_NORMALIZERS}, "
+                f"got {focal_loss_normalizer!r}"
+            )
         self.focal_loss_gamma = float(focal_loss_gamma)
         self.focal_loss_alpha = float(focal_loss_alpha)
+        self.focal_loss_normalizer = focal_loss_normalizer
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret["focal_loss_gamma"] = cfg.MODEL.FOCAL_LOSS.GAMMA
         ret["focal_loss_alpha"] = cfg.MODEL.FOCAL_LOSS.ALPHA
+        ret["focal_loss_normalizer"] = cfg.MODEL.FOCAL_LOSS.BOX_NORMALIZER
         return ret
 
     def sigmoid_cross_entropy_loss(self, pred_class_logits: torch.Tensor, gt_classes: torch.Tensor):
@@ -69,4 +83,6 @@ class FocalLossFastRCNNOutputLayers(FastRCNNOutputLayers):
             gamma=self.focal_loss_gamma,
             reduction="sum",
         )
+        if self.focal_loss_normalizer == "foreground":
+            return loss / (gt_classes < k).sum().clamp(min=1)
         return loss / num_proposals
