@@ -50,7 +50,7 @@ from common.calcifications import (
     min_area_pixels,
 )
 from common.errors import InputError
-from common.io import atomic_write_json, read_json, read_png
+from common.io import atomic_write_json, finite_or_none, read_json, read_png
 from common.metrics.ap import (
     ap_coco_101,
     ap_voc_all_point,
@@ -73,19 +73,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_FPS = (1, 2, 5, 10)
 #: probabilities this far outside [0, 1] (float rounding of blended sliding windows) are clipped, not refused
 PROB_TOL = 1e-5
-
-
-def _finite_or_none(obj: Any) -> Any:
-    """Replace NaN/inf floats by None recursively (REPORT.json is strict JSON)."""
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite_or_none(v) for v in obj]
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _summary(pooled: dict, fps: Iterable[float]) -> dict:
@@ -268,7 +255,7 @@ def evaluate_boxes(
         pids = [im.get("patient_id") for im in gt["images"]]
         groups = pids if all(p is not None for p in pids) else None
         report["bootstrap"] = bootstrap_froc(pooled, bootstrap, seed, fps, groups)
-    return _finite_or_none(report)
+    return finite_or_none(report)
 
 
 # ============================================================================================ masks
@@ -521,7 +508,7 @@ def evaluate_masks(
                 }
                 for t in report["per_type"]
             }
-    return _finite_or_none(report)
+    return finite_or_none(report)
 
 
 # ============================================================================================ files

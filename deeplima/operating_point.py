@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.io import finite_or_none
 from common.metrics.froc import fp_key
 
 __all__ = [
@@ -197,16 +198,6 @@ def validation_figures(ev: Mapping, gt_root, fps: Iterable[float]) -> dict:
                  "per_type": {t: {"n_lesions": s["n_lesions"], "recall": s["recall"]}
                               for t, s in (c.get("per_type") or {}).items()}},
     }
-    return _finite_or_none(out)
+    return finite_or_none(out)
 
 
-def _finite_or_none(obj):
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite_or_none(v) for v in obj]
-    if isinstance(obj, float | np.floating):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
