@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 4 -m calc_seg.train_net --config ...   # multi-GPU
 
 ``--eval-only`` evaluates ``MODEL.WEIGHTS`` (or ``OUTPUT_DIR/model_best.pth``) on the test split and
-writes ``OUTPUT_DIR/test_report.json``.
+writes ``OUTPUT_DIR/test_report.json``: scored against the processed labels (``TEST.GT_LABELS``), with
+the raw-mask figures beside them.
 """
 
 from __future__ import annotations
@@ -52,11 +53,14 @@ def main(args) -> int:
             load_weights(model, Path(cfg.OUTPUT_DIR) / "model_best.pth")
         device = "cuda" if torch.cuda.is_available() else "cpu"
         report, _ = evaluate_studies(model.to(device), load_split(cfg, cfg.DATA.TEST_SPLIT), cfg,
-                                     device, progress=not args.no_progress)
+                                     device, progress=not args.no_progress, with_raw=True)
         from common.io import atomic_write_json
 
         atomic_write_json(Path(cfg.OUTPUT_DIR) / "test_report.json", report)
-        print(json.dumps({"sensitivity_at_fp": report.get("sensitivity_at_fp")}))
+        other = "raw_labels" if report.get("gt_labels") == "processed" else "processed_labels"
+        print(json.dumps({"gt_labels": report.get("gt_labels"),
+                          "sensitivity_at_fp": report.get("sensitivity_at_fp"),
+                          other: (report.get(other) or {}).get("sensitivity_at_fp")}))
         return 0
     from calc_seg.engine.trainer import CalcSegTrainer
 

@@ -68,6 +68,10 @@ def test_train_net_cli_and_predict(synthetic_root, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((out / "test_report.json").read_text())
     assert {"1", "2", "5", "10"} <= set(report["sensitivity_at_fp"])
+    assert report["gt_labels"] == "processed"
+    assert report["raw_labels"]["n_lesions"] == report["n_lesions"]  # the raw figures beside them
+    printed = json.loads(r.stdout.strip().splitlines()[-1])
+    assert printed["gt_labels"] == "processed" and set(printed["raw_labels"]) == {"1", "2", "5", "10"}
     dcm = sorted((synthetic_root / "images").glob("*.dcm"))[0]
     r = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "predict_calc.py"), "--config", str(QUICK), "--weights",
