@@ -113,14 +113,3 @@ def grow_small_components(
         region = out[y0:y1, x0:x1]
         region[grow & (region == 0)] = i
     return out
-
-
-def processed_mask(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """The processed label mask of one image: bool (H, W), components grown to ``min_area`` pixels.
-
-    This is the training target of the U-Net and the default IoP ground truth.
-    """
-    labels, n = label_components(mask)
-    if n == 0:
-        return labels > 0
-    return grow_small_components(labels, min_area) > 0

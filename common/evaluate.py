@@ -345,6 +345,8 @@ def evaluate_masks(
     bootstrap: int = 0,
     seed: int = 0,
     min_area: int | Mapping[str, int] | None = None,
+    min_area_mm2: float | None = None,
+    min_area_px: int = DEFAULT_MIN_AREA_PX,
 ) -> dict:
     """Evaluate calcification probability maps with the paper's IoP rule.
 
@@ -367,7 +369,11 @@ def evaluate_masks(
         min_area: the processed labels as ground truth (paper §4.2.1, :mod:`common.calcifications`):
             GT components smaller than this many pixels (one int, or stem -> int, e.g. from
             :func:`common.calcifications.min_area_pixels`) are grown to it before matching, as the
-            U-Net's training target is. The lesions stay the annotated components. None = raw masks.
+            U-Net's training target is. The lesions stay the annotated components. None = raw masks
+            unless ``min_area_mm2`` is given.
+        min_area_mm2, min_area_px: the processed labels with the minimum area converted per image from
+            its ``pixel_spacing`` (as resolved above), ``min_area_px`` for images without one; used
+            when ``min_area`` is None.
 
     Returns:
         dict: ``recall``, ``sensitivity_at_fp``, ``froc`` (see :mod:`common.metrics.froc`), counts,
@@ -440,7 +446,10 @@ def evaluate_masks(
         else:
             raise InputError(stem, "no probability map for this GT image")
         points = types.get(stem, []) if types is not None else None
+        sp = _spacing_of(pixel_spacing, stem)
         area = min_area.get(stem) if isinstance(min_area, Mapping) else min_area
+        if area is None and min_area_mm2 is not None:
+            area = min_area_pixels(sp, min_area_mm2, min_area_px)
         if area is not None:
             areas_used.append(int(area))
         try:
@@ -450,7 +459,6 @@ def evaluate_masks(
             where = f"{types_src} ({stem})" if "type point" in str(e) else _source(gt_masks, stem)
             raise InputError(where, str(e)) from None
         matches.append(m)
-        sp = _spacing_of(pixel_spacing, stem)
         if sp is None:
             spacing_known = False
         else:
@@ -728,8 +736,6 @@ def _run(args) -> dict:
         else:
             gt, coco = _gt_from_canonical(args.gt_json, args.split)
             types = args.types if args.types is not None else coco
-        if isinstance(types, str | Path):
-            types = read_json(types)
         pred_files = {s: p for s, p in _pred_files(args.pred_dir).items()}
         unknown = sorted(set(pred_files) - set(gt))
         if unknown and args.gt_json is not None and args.split is not None:
@@ -744,23 +750,12 @@ def _run(args) -> dict:
                 f"no prediction (.png or .npy) for GT image {missing[0]!r} "
                 f"({len(missing)} missing; --missing-as-empty to accept)",
             )
-        min_area = None
-        if args.gt_labels == "processed":
-            if args.pixel_spacing is not None:
-                spacing = dict.fromkeys(gt, args.pixel_spacing)
-            elif _is_canonical(types):
-                spacing = {im.get("stem"): im.get("pixel_spacing") for im in types["images"]}
-            else:
-                spacing = {}
-            min_area = {
-                stem: min_area_pixels(spacing.get(stem), args.min_area_mm2, args.min_area_px)
-                for stem in gt
-            }
         report = evaluate_masks(
             gt,
             LazyFiles(pred_files, read_prob_map),
             types=types,
-            min_area=min_area,
+            min_area_mm2=args.min_area_mm2 if args.gt_labels == "processed" else None,
+            min_area_px=args.min_area_px,
             iop_thr=args.iop,
             binarize=args.binarize,
             fps=args.fps,
