@@ -16,6 +16,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform  # noqa: E402
 from detectron2.modeling.proposal_generator import RPN  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
+from mass_det_testing import training_batch  # noqa: E402
 
 import mass_det  # noqa: E402,F401  (registration)
 from mass_det.config import get_mass_det_cfg  # noqa: E402
@@ -118,15 +119,8 @@ def test_one_training_step_with_focal_rpn_gives_finite_losses():
     check_loss_switches(cfg)
     model = build_model(cfg).train()
     assert isinstance(model.proposal_generator, FocalLossRPN) and model.proposal_generator.focal_loss
-    image = torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8)
-    inst = Instances((128, 128))
-    inst.gt_boxes = Boxes(torch.tensor([[30.0, 40.0, 70.0, 80.0]]))
-    inst.gt_classes = torch.tensor([0])
-    empty = Instances((128, 128))
-    empty.gt_boxes = Boxes(torch.zeros(0, 4))
-    empty.gt_classes = torch.zeros(0, dtype=torch.int64)
     with EventStorage():
-        losses = model([{"image": image, "instances": inst}, {"image": image, "instances": empty}])
+        losses = model(training_batch())
     assert {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"} <= losses.keys()
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()

@@ -14,6 +14,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, ROI_HEADS_REGISTRY, build_mod
 from detectron2.modeling.backbone.resnet import build_resnet_backbone  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
+from mass_det_testing import training_batch  # noqa: E402
 
 import mass_det  # noqa: E402,F401  (registration)
 from mass_det.config import get_mass_det_cfg  # noqa: E402
@@ -268,15 +269,8 @@ def test_focal_gamma_zero_is_sigmoid_cross_entropy():
 def test_one_training_step_of_the_full_model_gives_finite_losses():
     cfg = _cfg(CONFIG_DIR / "quick_schedules" / "mass_det_instant_test.yaml")
     model = build_model(cfg).train()
-    image = torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8)
-    inst = Instances((128, 128))
-    inst.gt_boxes = Boxes(torch.tensor([[30.0, 40.0, 70.0, 80.0]]))
-    inst.gt_classes = torch.tensor([0])
-    empty = Instances((128, 128))
-    empty.gt_boxes = Boxes(torch.zeros(0, 4))
-    empty.gt_classes = torch.zeros(0, dtype=torch.int64)
     with EventStorage():
-        losses = model([{"image": image, "instances": inst}, {"image": image, "instances": empty}])
+        losses = model(training_batch())
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
