@@ -74,6 +74,12 @@ def add_mass_det_config(cfg: CN) -> CN:
     # RandomExtent shifts the centre by shift_range * size * U(-0.5, 0.5): (0.1, 0.1) moves it by up to
     # 5 % of the width / height.
     _C.INPUT.MAMMO.SHIFT_RANGE = (0.1, 0.1)
+    # Training on square crops of the resized image (MassCrop): CROP_SIZE pixels a side, 0 = whole
+    # images. With probability CROP_POSITIVE_PROB a crop holds a randomly chosen mass whole; otherwise it
+    # is centred on breast tissue anywhere. Small crops let one batch hold more images, and so more
+    # masses, for the same compute; prediction still sees the whole image.
+    _C.INPUT.MAMMO.CROP_SIZE = 0
+    _C.INPUT.MAMMO.CROP_POSITIVE_PROB = 0.5
 
     # FROC / AP evaluation through common.metrics.evaluate_boxes.
     _C.TEST.FROC = CN()

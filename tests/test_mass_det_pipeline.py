@@ -20,7 +20,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 import mass_det  # noqa: E402,F401
 from common.errors import InputError  # noqa: E402
 from mass_det.config import get_mass_det_cfg  # noqa: E402
-from mass_det.data.mapper import MassDatasetMapper  # noqa: E402
+from mass_det.data.mapper import MassCrop, MassDatasetMapper  # noqa: E402
 from mass_det.data.register import register_mass_datasets  # noqa: E402
 from mass_det.evaluation.froc_evaluator import FROCEvaluator  # noqa: E402
 
@@ -82,6 +82,52 @@ def test_train_mapper_scales_and_flips_boxes(synthetic):
     expect[:, [0, 2]] = w - expect[:, [2, 0]]
     assert np.allclose(flipped["instances"].gt_boxes.tensor.numpy(), expect, atol=1.0)
     assert torch.equal(flipped["image"], out["image"].flip(-1))
+
+
+def test_mass_crop_holds_a_whole_box_or_lands_on_tissue():
+    rng_state = np.random.get_state()
+    np.random.seed(0)
+    image = np.zeros((300, 200, 3), np.uint8)
+    image[:, :120] = 90  # "breast" on the left, background on the right
+    boxes = np.array([[150.0, 20.0, 180.0, 60.0], [10.0, 200.0, 40.0, 250.0]])
+    always = MassCrop(64, positive_prob=1.0)
+    held = set()
+    for _ in range(50):
+        t = always.get_transform(image, boxes)
+        assert (t.w, t.h) == (64, 64) and 0 <= t.x0 <= 136 and 0 <= t.y0 <= 236
+        inside = [(t.x0 <= b[0] and b[2] <= t.x0 + 64 and t.y0 <= b[1] and b[3] <= t.y0 + 64)
+                  for b in boxes]
+        assert any(inside)
+        held.update(i for i, ok in enumerate(inside) if ok)
+    assert held == {0, 1}  # either mass may be chosen
+    big = MassCrop(64, positive_prob=1.0).get_transform(image, np.array([[0.0, 0.0, 100.0, 100.0]]))
+    assert (big.x0, big.y0) == (18, 18)  # a box larger than the crop: centred on it
+    never = MassCrop(64, positive_prob=0.0)
+    centres = [never.get_transform(image, boxes) for _ in range(50)]
+    assert sum(image[t.y0 + 32, t.x0 + 32, 0] > 0 for t in centres) >= 45  # on tissue
+    whole = MassCrop(512).get_transform(image, np.zeros((0, 4)))
+    assert (whole.x0, whole.y0, whole.w, whole.h) == (0, 0, 200, 300)  # smaller image: kept whole
+    with pytest.raises(ValueError, match="crop size"):
+        MassCrop(0)
+    np.random.set_state(rng_state)
+
+
+def test_train_mapper_crops_around_masses(synthetic):
+    cfg = _cfg(synthetic, "INPUT.MAMMO.EXTENT_PROB", "0.0", "INPUT.MAMMO.HFLIP_PROB", "0.5",
+               "INPUT.MAMMO.CROP_SIZE", "96", "INPUT.MAMMO.CROP_POSITIVE_PROB", "1.0")
+    d = _with_masses(cfg, 1)[0]
+    mapper = MassDatasetMapper(cfg, is_train=True)
+    gt = np.array([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                   for a in d["annotations"]])
+    for _ in range(6):
+        out = mapper(d)
+        assert tuple(out["image"].shape) == (3, 96, 96)
+        boxes = out["instances"].gt_boxes.tensor.numpy()
+        assert len(boxes) >= 1 and (boxes >= 0).all() and (boxes <= 96).all()
+        # the chosen mass is whole: its crop box has the resized size of an original box
+        sizes = (gt[:, 2:] - gt[:, :2]) * 256 / min(d["height"], d["width"])
+        assert any(np.allclose(b[2:] - b[:2], s, atol=1.0) for b in boxes for s in sizes)
+    assert "instances" not in MassDatasetMapper(cfg, is_train=False)(d)
 
 
 def test_laterality_normalised_image_gets_mirrored_boxes(synthetic):

@@ -36,6 +36,7 @@ from calc_seg.data.sampler import BalancedBatchSampler
 from calc_seg.inference import predict_from_cfg
 from calc_seg.losses import build_loss
 from calc_seg.model import build_model
+from common.amp import native_bf16
 
 logger = logging.getLogger("calc_seg")
 
@@ -112,14 +113,7 @@ def pos_weight_of(cfg, fraction: float) -> float:
 
 def amp_dtype(cfg, device: torch.device):
     """``torch.bfloat16`` when ``SOLVER.AMP`` is on and ``device`` computes bf16 natively, else None."""
-    if not cfg.SOLVER.AMP:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        return torch.bfloat16 if torch.backends.mkldnn.is_available() and \
-            torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-    return None
+    return torch.bfloat16 if cfg.SOLVER.AMP and native_bf16(device) else None
 
 
 def score_studies(studies: list[Study], probs: dict, cfg, gt_labels: str | None = None,

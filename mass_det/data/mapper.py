@@ -25,7 +25,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from common.errors import InputError
 
-__all__ = ["MassDatasetMapper", "build_mass_augmentations", "gray_to_model_input"]
+__all__ = ["MassCrop", "MassDatasetMapper", "build_mass_augmentations", "gray_to_model_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,45 @@ def gray_to_model_input(image: np.ndarray, image_format: str = "BGR") -> np.ndar
     if image.dtype != np.uint8 or image.ndim != 2:
         raise ValueError(f"expected a (H, W) uint8 image, got {image.dtype} {image.shape}")
     return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2))
+
+
+class MassCrop(T.Augmentation):
+    """A square crop of ``size`` pixels (smaller sides are kept whole) that, with probability
+    ``positive_prob``, holds one randomly chosen box whole (a box larger than the crop is centred);
+    otherwise its centre lies on a non-zero pixel (breast tissue; the pre-processed background is 0),
+    drawn from up to ``tries`` uniform positions."""
+
+    def __init__(self, size: int, positive_prob: float = 0.5, tries: int = 10):
+        super().__init__()
+        if size <= 0:
+            raise ValueError(f"crop size must be positive, got {size}")
+        if not 0.0 <= positive_prob <= 1.0:
+            raise ValueError(f"positive_prob must be in [0, 1], got {positive_prob}")
+        self._init(locals())
+
+    def get_transform(self, image, boxes):
+        h, w = image.shape[:2]
+        ch, cw = min(self.size, h), min(self.size, w)
+        if boxes is not None and len(boxes) and self._rand_range() < self.positive_prob:
+            x0, y0, x1, y1 = np.asarray(boxes, dtype=np.float64)[np.random.randint(len(boxes))]
+            left = self._start(x0, x1, cw, w)
+            top = self._start(y0, y1, ch, h)
+        else:
+            for _ in range(self.tries):
+                top, left = np.random.randint(h - ch + 1), np.random.randint(w - cw + 1)
+                if image[top + ch // 2, left + cw // 2].any():
+                    break
+        return T.CropTransform(int(left), int(top), cw, ch)
+
+    @staticmethod
+    def _start(lo: float, hi: float, crop: int, size: int) -> int:
+        """A uniform start of a ``crop``-long window in ``[0, size]`` that holds ``[lo, hi]`` whole
+        (centred on it when it does not fit)."""
+        if hi - lo >= crop:
+            start = 0.5 * (lo + hi - crop)
+        else:
+            start = np.random.uniform(hi - crop, lo)
+        return int(np.clip(np.floor(start), 0, size - crop))
 
 
 def build_mass_augmentations(cfg, is_train: bool) -> list[T.Augmentation]:
@@ -69,6 +108,8 @@ def build_mass_augmentations(cfg, is_train: bool) -> list[T.Augmentation]:
             cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
         )
     )
+    if m.CROP_SIZE > 0:
+        augs.append(MassCrop(m.CROP_SIZE, m.CROP_POSITIVE_PROB))
     return augs
 
 
@@ -212,7 +253,11 @@ class MassDatasetMapper:
         utils.check_image_size(dataset_dict, image)
         original_hw = image.shape[:2]
 
-        aug_input = T.AugInput(image)
+        annos = [a for a in dataset_dict.pop("annotations", []) if not a.get("iscrowd", 0)]
+        # Annotations are in the original frame; a laterality flip happened before augmentation.
+        frame = T.TransformList([T.HFlipTransform(original_hw[1])] if flipped else [])
+        # The boxes travel with the image for augmentations that look at them (MassCrop).
+        aug_input = T.AugInput(image, boxes=frame.apply_box(self._xyxy(annos)) if self.is_train else None)
         transforms = self.augmentations(aug_input)
         image = aug_input.image
         image_shape = image.shape[:2]
@@ -220,25 +265,23 @@ class MassDatasetMapper:
         dataset_dict["flipped"] = flipped
 
         if not self.is_train:
-            dataset_dict.pop("annotations", None)
             return dataset_dict
-
-        annos = [a for a in dataset_dict.pop("annotations", []) if not a.get("iscrowd", 0)]
-        # Annotations are in the original frame; a laterality flip happened before augmentation.
-        if flipped:
-            transforms = T.TransformList([T.HFlipTransform(original_hw[1])]) + transforms
-        dataset_dict["instances"] = self._boxes_to_instances(annos, transforms, image_shape)
+        dataset_dict["instances"] = self._boxes_to_instances(annos, frame + transforms, image_shape)
         return dataset_dict
+
+    @staticmethod
+    def _xyxy(annos: list[dict]) -> np.ndarray:
+        """(N, 4) float64 XYXY_ABS boxes of the annotations."""
+        return np.array(
+            [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos],
+            dtype=np.float64,
+        ).reshape(-1, 4)
 
     @staticmethod
     def _boxes_to_instances(annos: list[dict], transforms, image_shape) -> Instances:
         instances = Instances(image_shape)
         if annos:
-            boxes = np.array(
-                [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos],
-                dtype=np.float64,
-            ).reshape(-1, 4)
-            boxes = transforms.apply_box(boxes)
+            boxes = transforms.apply_box(MassDatasetMapper._xyxy(annos))
             area = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)
             h, w = image_shape
             clipped = np.stack(

@@ -16,11 +16,13 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.catalog import ModelCatalog
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import DefaultTrainer, SimpleTrainer
 from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY, ROI_HEADS_REGISTRY
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.file_io import Detectron2Handler, PathManager
 from iopath.common.file_io import get_cache_dir
+
+from common.amp import native_bf16
 
 from ..data.mapper import MassDatasetMapper
 from ..evaluation.froc_evaluator import FROCEvaluator
@@ -34,6 +36,7 @@ __all__ = [
     "MassDetCheckpointer",
     "MassDetTrainer",
     "WeightsNotFoundError",
+    "CPUAutocastTrainer",
     "build_mass_optimizer",
     "check_loss_switches",
     "check_trainable_init",
@@ -237,6 +240,20 @@ def build_mass_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     return maybe_add_gradient_clipping(cfg, optimizer)
 
 
+class CPUAutocastTrainer(SimpleTrainer):
+    """detectron2's :class:`SimpleTrainer` with each step under ``torch.autocast("cpu", bfloat16)``.
+
+    detectron2's :class:`AMPTrainer` is CUDA-only (float16 with a gradient scaler). bfloat16 keeps
+    float32's exponent range, so it needs no scaler; the optimizer step inside the context is
+    unaffected (autocast only recasts convolutions, matrix products and their kin). Box decoding stays
+    in float32: detectron2's ``Box2BoxTransform.apply_deltas`` casts the deltas up first.
+    """
+
+    def run_step(self):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            super().run_step()
+
+
 class MassDetTrainer(DefaultTrainer):
     """DefaultTrainer reading mammograms through :class:`MassDatasetMapper` (train and test alike)
     and evaluating with :class:`FROCEvaluator`.
@@ -250,6 +267,15 @@ class MassDetTrainer(DefaultTrainer):
         check_trainable_init(cfg)
         check_loss_switches(cfg)
         super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cpu":
+            # DefaultTrainer built detectron2's CUDA-only AMPTrainer: same model, data and optimizer,
+            # stepped under CPU bf16 autocast instead, or in float32 where the CPU lacks native bf16.
+            t = self._trainer
+            if native_bf16("cpu"):
+                self._trainer = CPUAutocastTrainer(t.model, t.data_loader, t.optimizer)
+            else:
+                logger.warning("SOLVER.AMP.ENABLED: this CPU has no native bfloat16; training in float32")
+                self._trainer = SimpleTrainer(t.model, t.data_loader, t.optimizer)
 
     def build_hooks(self):
         # Called by DefaultTrainer.__init__ right after it creates its checkpointer; ours replaces it
