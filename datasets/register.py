@@ -37,6 +37,7 @@ _ANNOTATION_EXTRAS = (
     "margins",
     "pathology",
     "contrast",
+    "contrast_level",
 )
 _IMAGE_KEYS = ("stem", "patient_id", "laterality", "view", "pixel_spacing", "density", "split")
 

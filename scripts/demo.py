@@ -1,11 +1,11 @@
 """The whole DeepLIMa pipeline on synthetic mammograms, on a CPU, in minutes (``make demo``).
 
-    python -m scripts.demo --out demo_out [--studies 20] [--mass-iters 180] [--calc-epochs 3]
+    python -m scripts.demo --out demo_out [--studies 40] [--mass-iters 600] [--calc-epochs 3]
 
 1. generate synthetic studies (``datasets.synthetic``, 640x512 images, patient-level train/val/test);
 2. train the mass detector (``mass_det``: the FPN + focal loss + non-local model as a ResNet-18
-   with GroupNorm trained from scratch at a 448-pixel short edge,
-   ``faster_rcnn_R18_FPN_FL_NL_scratch_cpu.yaml``);
+   with GroupNorm trained from scratch on 256-pixel crops in bf16, the CPU recipe
+   ``faster_rcnn_R18_FPN_FL_NL_scratch_cpu.yaml`` with a shorter run);
 3. train the calcification U-Net (``calc_seg``, GroupNorm, 128-pixel patches, a few short epochs);
 4. build a model bundle from the two training folders and choose its operating points on the
    validation split (:func:`deeplima.bundle.build_bundle`, what ``deeplima bundle`` runs);
@@ -36,8 +36,8 @@ SCALE = HEIGHT / 3328  # lengths relative to a full-field image; areas scale wit
 
 
 def mass_opts(data: Path, out: Path, iters: int) -> list[str]:
-    """Overrides of ``faster_rcnn_R18_FPN_FL_NL_scratch_cpu.yaml`` (ResNet-18 GN from scratch at a
-    448-pixel short edge): the demo's data, run length and output folder."""
+    """Overrides of ``faster_rcnn_R18_FPN_FL_NL_scratch_cpu.yaml`` (the CPU recipe): the demo's data,
+    run length and output folder."""
     return [
         "DATASETS.CANONICAL.ROOTS", f"['demo={data}']",
         "DATASETS.TRAIN", "('demo_mass_train',)",
@@ -115,7 +115,7 @@ def train_mass(data: Path, out: Path, iters: int):
     trainer = MassDetTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    return out / "model_final.pth"
+    return out / "model_final.pth", cfg.SOLVER.IMS_PER_BATCH, cfg.INPUT.MAMMO.CROP_SIZE
 
 
 def train_calc(data: Path, out: Path, epochs: int, iters_per_epoch: int):
@@ -138,8 +138,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--out", type=Path, default=Path("demo_out"))
-    ap.add_argument("--studies", type=int, default=20, help="synthetic patients (two views each)")
-    ap.add_argument("--mass-iters", type=int, default=180)
+    ap.add_argument("--studies", type=int, default=40, help="synthetic patients (two views each)")
+    ap.add_argument("--mass-iters", type=int, default=600)
     ap.add_argument("--calc-epochs", type=int, default=3)
     ap.add_argument("--calc-iters-per-epoch", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     st.start("mass detector", f"training Faster R-CNN FPN + focal loss + non-local (ResNet-18 GN "
                               f"from scratch) for {args.mass_iters} iterations on "
                               f"{len(splits['train'])} images")
-    mass_weights = train_mass(data, out / "mass_det", args.mass_iters)
+    mass_weights, mass_batch, mass_crop = train_mass(data, out / "mass_det", args.mass_iters)
     st.done(f"weights {mass_weights}")
 
     st.start("calcification U-Net", f"training the GroupNorm U-Net for {args.calc_epochs} epochs of "
@@ -191,7 +191,8 @@ def main(argv=None) -> int:
 
     n_train = len(splits["train"])
     context = (f"Demo models trained on CPU in minutes: the mass detector for {args.mass_iters} "
-               f"iterations (batch 2) and the U-Net for {calc_iters} iterations (batch 8 patches), "
+               f"iterations (batches of {mass_batch} crops of {mass_crop} px) and the U-Net for "
+               f"{calc_iters} iterations (batch 8 patches), "
                f"both from random initialisation on {n_train} synthetic {HEIGHT}x{WIDTH} images. "
                f"Expect low numbers: this shows that every stage runs, not what the method reaches.")
     st.start("bundle + operating points", "saving the model bundle; choosing thresholds for K FP "
