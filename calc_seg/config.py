@@ -3,13 +3,16 @@
 A plain fvcore :class:`CfgNode` (no detectron2): YAML files may name a parent with ``_BASE_`` (resolved
 relative to the child file). Every key has a default here with the reason next to it; ``get_calc_seg_cfg``
 returns a fresh copy that is the one entry point used by training, inference, scripts and tests. New keys
-are never allowed at merge time, so a typo in a YAML file or in ``--opts`` is an error.
+are never allowed at merge time, so a typo in a YAML file or in ``--opts`` is an error. YAML is read with
+PyYAML's safe loader only: a config is data, a ``!!python/...`` tag is refused (:func:`merge_yaml_file`).
 """
 
 from __future__ import annotations
 
+import yaml
 from fvcore.common.config import CfgNode as CN
 
+from common.errors import InputError
 from datasets.canonical import LARGE_MIN_AREA_PX, VESSEL_MIN_ELONGATION, VESSEL_MIN_LENGTH_PX
 
 _C = CN()
@@ -132,11 +135,38 @@ def get_calc_seg_cfg() -> CN:
     return _C.clone()
 
 
+def _yaml_error(config_file, error) -> InputError:
+    """One-line :class:`InputError` for a YAML file the safe loader rejects (the ``_BASE_`` file
+    where the problem is, when it is one)."""
+    mark = getattr(error, "problem_mark", None)
+    where = getattr(mark, "name", None)
+    path = where if where and not str(where).startswith("<") else config_file
+    line = f" at line {mark.line + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error)
+    if isinstance(error, yaml.constructor.ConstructorError):
+        return InputError(path, f"YAML tag refused{line}: {problem} (configs are plain data; Python "
+                                "object tags are never loaded)")
+    return InputError(path, f"invalid YAML{line}: {problem}")
+
+
+def merge_yaml_file(cfg: CN, config_file) -> None:
+    """Merge a YAML file (and its ``_BASE_`` chain) into ``cfg`` with PyYAML's safe loader only.
+
+    A ``!!python/...`` tag (which ``yaml.unsafe_load`` would execute) or malformed YAML is an
+    :class:`InputError` naming the file.
+    """
+    try:
+        cfg.merge_from_file(str(config_file), allow_unsafe=False)
+    except yaml.YAMLError as e:
+        raise _yaml_error(config_file, e) from None
+
+
 def load_calc_seg_cfg(config_file: str | None = None, opts: list | None = None) -> CN:
-    """Defaults, then ``config_file`` (with ``_BASE_`` chain), then ``KEY VALUE`` pairs; frozen."""
+    """Defaults, then ``config_file`` (with ``_BASE_`` chain, safe YAML only: a Python object tag is
+    an :class:`~common.errors.InputError`), then ``KEY VALUE`` pairs; frozen."""
     cfg = get_calc_seg_cfg()
     if config_file:
-        cfg.merge_from_file(str(config_file))
+        merge_yaml_file(cfg, config_file)
     if opts:
         cfg.merge_from_list(list(opts))
     check_cfg(cfg)

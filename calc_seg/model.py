@@ -19,6 +19,8 @@ one group, i.e. ``GroupNorm(1, C)`` normalises each sample over (C, H, W).
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -166,11 +168,30 @@ def build_model(cfg) -> nn.Module:
     return model
 
 
-def load_weights(model: nn.Module, path: str | Path, map_location="cpu") -> dict:
-    """Load a checkpoint written by the trainer (``{"model": state_dict, ...}``) or a bare state dict.
+def _numpy_scalar_globals() -> list:
+    """What a pickled numpy number needs (its dtype and the scalar constructor): numbers only, no code.
+
+    Checkpoints written before the trainer stored plain Python numbers can hold numpy floats in their
+    metric history; these are allowed so that such files still load with ``weights_only=True``.
+    """
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
+    scalar = getattr(getattr(core, "multiarray", None), "scalar", None)
+    return [g for g in (scalar, np.dtype) if g is not None] + [
+        type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8",
+                                    "?")]
+
+
+def load_checkpoint(path: str | Path, map_location="cpu"):
+    """``torch.load`` of a checkpoint as data: tensors, numbers, strings and plain containers only.
+
+    ``weights_only=True`` refuses any other object, so a crafted pickle (a ``__reduce__`` that runs a
+    command) is an error instead of code run. The trainer's checkpoints (model, Adam and LambdaLR
+    states, epoch, history, ``cfg.dump()``) are such data.
 
     Raises:
-        common.errors.InputError: the file is missing or is not a checkpoint of this model.
+        common.errors.InputError: missing, damaged or foreign file (one line naming it).
     """
     from common.errors import InputError
 
@@ -178,13 +199,68 @@ def load_weights(model: nn.Module, path: str | Path, map_location="cpu") -> dict
     if not path.is_file():
         raise InputError(path, "weights file not found (give a local checkpoint path)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is an input error
-        raise InputError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        with torch.serialization.safe_globals(_numpy_scalar_globals()), warnings.catch_warnings():
+            # (a foreign pickle's protocol: the refusal below says what matters)
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch and pickle raise many types for a foreign file
+        raise InputError(path, f"not a readable PyTorch checkpoint ({checkpoint_error(e)})") from None
+
+
+def checkpoint_error(error: Exception) -> str:
+    """A short reason for a failed ``torch.load(weights_only=True)``: torch's refusal of an object
+    (several lines of advice to load it unsafely) becomes the one global it named."""
+    reason = " ".join(str(error).split())
+    if "Weights only load failed" in reason:
+        found = re.search(r"GLOBAL ([\w.]+)", reason)
+        if found:
+            return (f"it would build the Python object {found.group(1)}; checkpoints are read as "
+                    "tensors and plain data only")
+        found = re.search(r"WeightsUnpickler error: (.*?) Check the documentation", reason)
+        detail = f" ({found.group(1)[:200]})" if found else ""
+        return f"not tensors and plain data{detail}; checkpoints are read as data only"
+    return f"{type(error).__name__}: {reason[:300]}"
+
+
+def state_dict_mismatch(expected: dict, state: dict, limit: int = 3) -> str:
+    """One-line summary of how ``state`` differs from a model's ``expected`` state dict ("" if it fits):
+    counts of missing, unexpected and differently shaped entries, with a few of their keys."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and hasattr(state[k], "shape")
+                and tuple(state[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape")):
+        if keys:
+            more = ", ..." if len(keys) > limit else ""
+            parts.append(f"{len(keys)} {what} ({', '.join(keys[:limit])}{more})")
+    return "; ".join(parts)
+
+
+def load_weights(model: nn.Module, path: str | Path, map_location="cpu") -> dict:
+    """Load a checkpoint written by the trainer (``{"model": state_dict, ...}``) or a bare state dict.
+
+    The file is read as data only (:func:`load_checkpoint`, ``torch.load(weights_only=True)``), and it
+    must hold exactly the model's parameters: a checkpoint that would leave some of them at their
+    random initialisation is refused.
+
+    Raises:
+        common.errors.InputError: the file is missing, is not a checkpoint (or holds Python objects), or
+            is not a checkpoint of this model (missing / unexpected / differently shaped parameters,
+            some of them named).
+    """
+    from common.errors import InputError
+
+    path = Path(path)
+    ckpt = load_checkpoint(path, map_location)
     state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise InputError(path, "checkpoint holds no state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise InputError(path, f"weights do not fit this model config: parameters {mismatch}")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -12,10 +12,23 @@ mapping so that tissue is always bright and the background is 0.
 
 Every problem with an input file raises :class:`common.errors.InputError` with a one-line message that
 names the file.
+
+Size limit: an image whose header declares more than :func:`pixel_limit` pixel values
+(``Rows * Columns * SamplesPerPixel * NumberOfFrames`` for DICOM, compressed or not; width x height x
+channels (x pages) for PNG/TIFF) is refused from its header, before any pixel is decoded, so that a
+small hostile file cannot make the reader allocate gigabytes. The limit is :data:`DEFAULT_MAX_PIXELS`
+(100 million, several times the largest mammography detector), overridden by the environment variable
+``DEEPLIMA_MAX_PIXELS`` or the ``max_pixels`` argument of the readers.
+
+Saturation: :func:`window_image` refuses a window whose output is constant (nothing left to see) and
+adds a warning to its record when the window saturates almost every pixel (see
+:func:`window_saturation`).
 """
 
 from __future__ import annotations
 
+import os
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +40,13 @@ from common.errors import InputError
 
 #: Suffixes read as ordinary image files; everything else is tried as DICOM.
 RASTER_SUFFIXES = (".png", ".tif", ".tiff")
+
+#: Default maximum number of pixel values of one image (rows x columns x samples x frames). 100 million
+#: covers every real mammography detector (the largest are below 30 MP) and digitised film with room to
+#: spare; 100 MP of float32 pixels is 400 MB.
+DEFAULT_MAX_PIXELS = 100_000_000
+#: Environment variable overriding :data:`DEFAULT_MAX_PIXELS` (a positive integer, e.g. ``2e8``).
+MAX_PIXELS_ENV = "DEEPLIMA_MAX_PIXELS"
 
 
 @dataclass
@@ -58,6 +78,104 @@ def _check_file(path: Path) -> None:
         raise InputError(path, "is a directory, not an image file")
     if path.stat().st_size == 0:
         raise InputError(path, "empty file (0 bytes)")
+
+
+def pixel_limit(value: int | None = None) -> int:
+    """The pixel-count limit in force: ``value`` when given, else ``$DEEPLIMA_MAX_PIXELS``, else
+    :data:`DEFAULT_MAX_PIXELS`. A limit that is not a positive integer raises :class:`InputError`
+    (without a file name)."""
+    source = "max_pixels"
+    if value is None:
+        env = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not env:
+            return DEFAULT_MAX_PIXELS
+        source = f"${MAX_PIXELS_ENV}"
+        try:
+            value = float(env)
+        except ValueError:
+            value = env
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    if not ok or not np.isfinite(value) or value < 1 or float(value) != int(value):
+        raise InputError(None, f"{source} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_pixel_count(
+    path: str | Path | None, count: int, what: str, limit: int | None = None
+) -> None:
+    """Raise :class:`InputError` when a header declares more than ``limit`` pixel values.
+
+    ``what`` describes the factors, e.g. ``"65535 x 65535 x 1 sample x 1 frame"``.
+    """
+    limit = pixel_limit(limit)
+    if count > limit:
+        raise InputError(
+            path,
+            f"image too large: the header declares {what} = {count:,} pixel values, more than the "
+            f"limit of {limit:,} (set {MAX_PIXELS_ENV} or max_pixels to raise it)",
+        )
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def raster_header_size(path: str | Path) -> tuple[int, int, int, int] | None:
+    """(height, width, channels, pages) of a PNG or TIFF file from its header, without decoding.
+
+    PNG: the IHDR chunk (first 33 bytes). TIFF: tifffile's page index (``series[0]``, what
+    ``tifffile.imread`` returns). Other content (e.g. a JPEG named ``.png``): PIL's lazy header
+    reader. Returns None when the header cannot be read (the decoder then reports the problem).
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(33)
+    if head[:8] == _PNG_SIGNATURE and len(head) >= 26 and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return int(height), int(width), _PNG_CHANNELS.get(head[25], 4), 1
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tf:
+                shape = tuple(int(v) for v in tf.series[0].shape)
+        except Exception:
+            return None
+        if not shape:
+            return None
+        # shape ends with (H, W) or (H, W, S); anything before is pages / planes
+        if len(shape) >= 3 and shape[-1] <= 4:
+            h, w, c, pages = shape[-3], shape[-2], shape[-1], int(np.prod(shape[:-3], dtype=object))
+        else:
+            h, w, c = shape[-2] if len(shape) > 1 else 1, shape[-1], 1
+            pages = int(np.prod(shape[:-2], dtype=object)) if len(shape) > 2 else 1
+        return int(h), int(w), int(c), int(pages)
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:  # lazy: reads the header only
+                w, h = im.size
+                c = len(im.getbands())
+                pages = int(getattr(im, "n_frames", 1) or 1)
+        return int(h), int(w), int(c), pages
+    except Image.DecompressionBombError as e:
+        # PIL refuses to even open it: far beyond its own limit (about 179 MP)
+        raise InputError(path, f"image too large ({e})") from None
+    except Exception:
+        return None
+
+
+def check_raster_size(path: str | Path, limit: int | None = None) -> None:
+    """Refuse a PNG/TIFF (or other raster) whose header declares more than :func:`pixel_limit`
+    pixel values, before decoding it."""
+    size = raster_header_size(path)
+    if size is None:
+        return
+    h, w, c, pages = size
+    what = f"{w} x {h} pixels x {c} channel(s)" + (f" x {pages} pages" if pages > 1 else "")
+    check_pixel_count(path, h * w * c * pages, what, limit)
 
 
 def _first(value: Any) -> Any:
@@ -110,7 +228,16 @@ def _dicom_meta(ds: Any, source: str) -> dict[str, Any]:
     }
 
 
-def _check_dicom_header(ds: Any, path: Path) -> None:
+def _header_int(ds: Any, keyword: str, default: int, path: Path) -> int:
+    value = ds.get(keyword, default)
+    value = default if value is None or value == "" else value
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise InputError(path, f"malformed DICOM header value {keyword}={value!r}") from None
+
+
+def _check_dicom_header(ds: Any, path: Path, limit: int | None = None) -> None:
     """Reject what the pipeline cannot use, before decoding any pixel."""
     from pydicom.pixels import get_decoder
 
@@ -128,13 +255,20 @@ def _check_dicom_header(ds: Any, path: Path) -> None:
             path,
             "FOR PROCESSING image (raw detector data); only FOR PRESENTATION images are supported",
         )
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if rows == 0 or cols == 0:
+    rows, cols = _header_int(ds, "Rows", 0, path), _header_int(ds, "Columns", 0, path)
+    if rows <= 0 or cols <= 0:
         raise InputError(path, f"empty image ({rows}x{cols} pixels)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = max(1, _header_int(ds, "NumberOfFrames", 1, path))
+    samples = max(1, _header_int(ds, "SamplesPerPixel", 1, path))
+    # Before anything is decoded (compressed data included: its decoder allocates the declared size).
+    check_pixel_count(
+        path,
+        rows * cols * samples * frames,
+        f"{cols} x {rows} pixels x {samples} sample(s) x {frames} frame(s)",
+        limit,
+    )
     if frames > 1:
         raise InputError(path, f"multi-frame image ({frames} frames) is not supported")
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise InputError(
@@ -164,8 +298,12 @@ def _check_dicom_header(ds: Any, path: Path) -> None:
             raise InputError(path, f"truncated pixel data ({got} of {expected} bytes)")
 
 
-def read_dicom_dataset(path: str | Path) -> Any:
-    """Read and validate a DICOM file; returns the pydicom ``FileDataset`` (pixels not decoded yet)."""
+def read_dicom_dataset(path: str | Path, max_pixels: int | None = None) -> Any:
+    """Read and validate a DICOM file; returns the pydicom ``FileDataset`` (pixels not decoded yet).
+
+    ``max_pixels``: size limit checked on the header (see :func:`pixel_limit`; None = the default or
+    ``$DEEPLIMA_MAX_PIXELS``).
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -181,7 +319,7 @@ def read_dicom_dataset(path: str | Path) -> Any:
         raise InputError(
             path, f"unreadable or truncated DICOM file ({type(e).__name__}: {e})"
         ) from None
-    _check_dicom_header(ds, path)
+    _check_dicom_header(ds, path, max_pixels)
     return ds
 
 
@@ -197,10 +335,11 @@ def _modality_lut(stored: np.ndarray, ds: Any) -> np.ndarray:
     return np.asarray(apply_modality_lut(stored, ds), dtype=np.float32)
 
 
-def load_dicom(path: str | Path) -> LoadedImage:
-    """Decode a single-frame greyscale DICOM and apply its Modality LUT."""
+def load_dicom(path: str | Path, max_pixels: int | None = None) -> LoadedImage:
+    """Decode a single-frame greyscale DICOM and apply its Modality LUT (``max_pixels``: see
+    :func:`read_dicom_dataset`)."""
     path = Path(path)
-    ds = read_dicom_dataset(path)
+    ds = read_dicom_dataset(path, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -253,10 +392,15 @@ def raster_meta(source: str, shape: tuple[int, int]) -> dict[str, Any]:
     }
 
 
-def load_raster(path: str | Path) -> LoadedImage:
-    """Read a greyscale PNG or TIFF (any integer or float bit depth) as float32 pixels."""
+def load_raster(path: str | Path, max_pixels: int | None = None) -> LoadedImage:
+    """Read a greyscale PNG or TIFF (any integer or float bit depth) as float32 pixels.
+
+    The size declared in the header is checked against ``max_pixels`` (see :func:`pixel_limit`) before
+    decoding.
+    """
     path = Path(path)
     _check_file(path)
+    check_raster_size(path, max_pixels)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -287,21 +431,27 @@ def load_raster(path: str | Path) -> LoadedImage:
     return LoadedImage(pixels=pixels, meta=raster_meta(str(path), pixels.shape))
 
 
-def load_image(path: str | Path) -> LoadedImage:
-    """Read a DICOM, PNG or TIFF file (chosen by suffix: .png/.tif/.tiff, anything else is DICOM)."""
+def load_image(path: str | Path, max_pixels: int | None = None) -> LoadedImage:
+    """Read a DICOM, PNG or TIFF file (chosen by suffix: .png/.tif/.tiff, anything else is DICOM).
+
+    ``max_pixels``: largest accepted image (pixel values), checked on the header before decoding;
+    None = ``$DEEPLIMA_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`.
+    """
     path = Path(path)
     if path.suffix.lower() in RASTER_SUFFIXES:
-        return load_raster(path)
-    return load_dicom(path)
+        return load_raster(path, max_pixels)
+    return load_dicom(path, max_pixels)
 
 
-def read_image(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
+def read_image(
+    path: str | Path, max_pixels: int | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Read an image file; returns (float32 (H, W) Modality-LUT pixels, json-able meta dict).
 
     The pixels are in the stored orientation (row 0 = top, column 0 = left). MONOCHROME1 data is NOT
     inverted here (``meta["photometric"]`` says so); :func:`window_image` does that.
     """
-    loaded = load_image(path)
+    loaded = load_image(path, max_pixels)
     return loaded.pixels, loaded.meta
 
 
@@ -440,6 +590,49 @@ def _center_width(low: float, high: float, invert: bool) -> tuple[float, float]:
     return float(-center if invert else center), float(high - low)
 
 
+#: A window leaving fewer than this fraction of the non-zero pixels below 255 is "saturated to white".
+SATURATED_WHITE_FRACTION = 0.95
+#: A window leaving fewer than this fraction of all pixels strictly between 0 and 255 is "saturated".
+SATURATED_GREY_FRACTION = 0.01
+
+
+def window_saturation(image: np.ndarray, source: str | Path | None, what: str = "window") -> list[str]:
+    """Check a windowed uint8 image for a window that leaves (almost) nothing to see.
+
+    Raises :class:`InputError` when the image is constant (every pixel 0: the window hides the whole
+    image; every pixel 255 or any other single value: it saturates it). Returns a list with one warning
+    when the window is saturated: at least :data:`SATURATED_WHITE_FRACTION` of the non-zero pixels
+    (the breast, background being 0) are 255, or fewer than :data:`SATURATED_GREY_FRACTION` of all
+    pixels have a grey level strictly between 0 and 255. Otherwise returns [].
+    """
+    import cv2
+
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    n = int(image.size)
+    if n == 0:
+        raise InputError(source, "empty image after windowing")
+    hist = cv2.calcHist([image.reshape(image.shape[0], -1)], [0], None, [256], [0, 256]).ravel()
+    n0, n255 = int(hist[0]), int(hist[255])
+    if int(np.count_nonzero(hist)) == 1:
+        v = int(np.argmax(hist))
+        if v == 0:
+            why = "no non-zero pixel after windowing (the window hides the whole image)"
+        else:
+            why = (f"constant image after windowing (every pixel is {v}): the {what} saturates "
+                   "the whole image, nothing is left to see")
+        raise InputError(source, why)
+    grey = n - n0 - n255
+    foreground = n - n0
+    if foreground and n255 >= SATURATED_WHITE_FRACTION * foreground:
+        return [f"saturated {what}: {100.0 * n255 / foreground:.1f}% of the non-zero (breast) pixels "
+                "are white (255); the window is probably wrong for this image"]
+    if grey < SATURATED_GREY_FRACTION * n:
+        return [f"saturated {what}: only {100.0 * grey / n:.2f}% of the pixels lie strictly "
+                f"between 0 and 255 ({100.0 * n0 / n:.1f}% at 0, {100.0 * n255 / n:.1f}% at 255); "
+                "the window is probably wrong for this image"]
+    return []
+
+
 def window_image(
     loaded: LoadedImage, window: tuple[float, float] | None = None
 ) -> tuple[np.ndarray, dict]:
@@ -451,7 +644,22 @@ def window_image(
 
     Returns (uint8 (H, W), record) where record = {"center", "width", "source", "invert", "warnings"};
     center/width are None for a VOI LUT (its descriptor is recorded instead).
+
+    Raises :class:`InputError` when the windowed image is constant (nothing left to see) and adds a
+    warning when the window saturates almost every pixel (see :func:`window_saturation`).
     """
+    out, rec = _window_image(loaded, window)
+    if rec.get("center") is not None:
+        what = f"{rec['source']} window (c={rec['center']:.6g}, w={rec['width']:.6g})"
+    else:
+        what = "VOI LUT" if rec.get("source") == "voi_lut_sequence" else "window"
+    rec["warnings"] = list(rec["warnings"]) + window_saturation(out, loaded.meta.get("source"), what)
+    return out, rec
+
+
+def _window_image(
+    loaded: LoadedImage, window: tuple[float, float] | None = None
+) -> tuple[np.ndarray, dict]:
     meta = loaded.meta
     invert = str(meta.get("photometric") or "").upper() == "MONOCHROME1"
     warns: list[str] = []

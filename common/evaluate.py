@@ -26,8 +26,22 @@ with ``--gt-json ... --split S`` where predictions of the other splits may share
 skipped. With ``--gt-json`` images whose ``mask_file`` is null are lesion-free images of the evaluation.
 FP per cm^2 divides by the full image area (``--pixel-spacing`` or the canonical images' spacing).
 
-Exit status: 0 on success, 2 on an input error (one line ``error: PATH: reason`` on stderr; missing file,
-unknown image id, bad bbox, NaN score, mismatched mask size, ...), 1 on an unexpected failure.
+Probability PNGs are read as value / 255 (8-bit) or value / 65535 (16-bit). A PNG holding only the
+values 0 and 1 (8 or 16 bit) or 0 and 255 (16 bit) is most likely a binary mask saved without scaling
+(it reads as p <= 0.004, below any ``--binarize``): it is read as it is, with a warning on stderr.
+Save masks as 0/255 (8-bit) or 0/65535 (16-bit), or probabilities as floats in ``.npy``.
+
+Untrusted input is checked: JSON fields must have the right types (ids are integers or strings, not
+booleans; a bbox is a list of 4 finite numbers, not a string; scores are numbers), two GT images
+sharing a stem are an error naming both, threshold arguments must be finite and in range, images
+larger than ``$DEEPLIMA_MAX_PIXELS`` (default 100 million pixel values, see :mod:`common.dicom`) are
+refused from their header, and ``--out``/``--plot`` must be writable files (not folders).
+
+Exit status: 0 on success; 2 on a usage, input or output error, with one line ``error: ...`` on stderr
+(bad argument such as ``--iou nan`` or ``--bootstrap -5``; missing file, unknown image id, bad bbox,
+NaN score, mismatched mask size, duplicate stem, ...; ``--out`` that is a folder, a file that cannot
+be read or written: a folder given as a file, no permission, disk full); 1 on an unexpected failure
+(a bug: traceback).
 """
 
 from __future__ import annotations
@@ -35,6 +49,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -49,6 +64,7 @@ from common.calcifications import (
     DEFAULT_MIN_AREA_PX,
     min_area_pixels,
 )
+from common.dicom import check_pixel_count, check_raster_size
 from common.errors import InputError
 from common.io import atomic_write_json, finite_or_none, read_json, read_png
 from common.metrics.ap import (
@@ -75,6 +91,34 @@ DEFAULT_FPS = (1, 2, 5, 10)
 PROB_TOL = 1e-5
 
 
+# ======================================================================================= validation
+def _is_number(v: Any) -> bool:
+    """A real number from JSON or numpy; ``True``/``False`` and strings are not numbers."""
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+
+
+def _is_id(v: Any) -> bool:
+    """An image or category id: an integer or a string (``True`` is not the id 1)."""
+    return isinstance(v, int | str | np.integer) and not isinstance(v, bool)
+
+
+def _check_threshold(name: str, value: Any) -> float:
+    """A threshold in (0, 1]; ValueError otherwise (NaN, inf, 0 and booleans included)."""
+    if not _is_number(value) or not 0 < float(value) <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_run_args(fps, bootstrap, seed) -> list[float]:
+    fps = list(fps)
+    if not all(_is_number(v) and math.isfinite(float(v)) and v >= 0 for v in fps):
+        raise ValueError(f"fps must be finite numbers >= 0, got {fps!r}")
+    for name, v in (("bootstrap", bootstrap), ("seed", seed)):
+        if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+    return fps
+
+
 def _summary(pooled: dict, fps: Iterable[float]) -> dict:
     curve = froc_from_pooled(pooled)
     return {
@@ -99,10 +143,9 @@ def _load_gt_coco(gt_coco: dict | str | Path) -> tuple[dict, str]:
 
 
 def _check_box(src: str, what: str, bbox) -> list[float]:
-    try:
-        b = [float(v) for v in bbox]
-    except (TypeError, ValueError):
-        raise InputError(src, f"{what}: bbox {bbox!r} is not 4 numbers") from None
+    if not isinstance(bbox, list | tuple | np.ndarray) or not all(_is_number(v) for v in bbox):
+        raise InputError(src, f"{what}: bad bbox {bbox!r} (need a list of 4 numbers [x, y, w, h])")
+    b = [float(v) for v in bbox]
     if len(b) != 4 or not all(math.isfinite(v) for v in b) or b[2] < 0 or b[3] < 0:
         raise InputError(
             src, f"{what}: bad bbox {bbox!r} (need finite [x, y, w, h] with w, h >= 0)"
@@ -115,23 +158,43 @@ def _index_boxes(gt: dict, src: str, predictions, pred_src: str):
     order)."""
     image_ids = []
     for i, im in enumerate(gt["images"]):
-        if "id" not in im:
+        if not isinstance(im, Mapping) or "id" not in im:
             raise InputError(src, f"images[{i}] has no 'id'")
+        if not _is_id(im["id"]):
+            raise InputError(src, f"images[{i}]: id {im['id']!r} is not an integer or a string")
         image_ids.append(im["id"])
     if len(set(image_ids)) != len(image_ids):
         raise InputError(src, "duplicate image ids")
     known = set(image_ids)
-    cats = [c["id"] for c in gt.get("categories", [])]
+    categories = gt.get("categories", [])
+    annotations = gt.get("annotations", [])
+    for key, value in (("categories", categories), ("annotations", annotations)):
+        if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+            raise InputError(src, f"'{key}' must be a list of objects")
+    cats = []
+    for i, c in enumerate(categories):
+        if not _is_id(c.get("id")):
+            raise InputError(src, f"categories[{i}]: id {c.get('id')!r} is not an integer or a string")
+        cats.append(c["id"])
     gt_by_img: dict = defaultdict(list)
-    for i, a in enumerate(gt.get("annotations", [])):
-        if a.get("image_id") not in known:
-            raise InputError(src, f"annotations[{i}]: unknown image_id {a.get('image_id')!r}")
-        b = _check_box(src, f"annotations[{i}]", a.get("bbox"))
+    for i, a in enumerate(annotations):
+        what = f"annotations[{i}]"
+        if not _is_id(a.get("image_id")) or a.get("image_id") not in known:
+            raise InputError(src, f"{what}: unknown image_id {a.get('image_id')!r}")
+        b = _check_box(src, what, a.get("bbox"))
         cat = a.get("category_id", cats[0] if len(cats) == 1 else None)
+        if cat is not None and not _is_id(cat):
+            raise InputError(src, f"{what}: category_id {cat!r} is not an integer or a string")
         if cat not in cats:
             cats.append(cat)  # a GT category missing from 'categories' still has to be evaluated
-        area = float(a["area"]) if a.get("area") is not None else b[2] * b[3]
-        gt_by_img[a["image_id"]].append((b, bool(a.get("iscrowd", 0)), area, cat))
+        area = a.get("area")
+        if area is not None and (not _is_number(area) or not math.isfinite(area) or area < 0):
+            raise InputError(src, f"{what}: area {area!r} is not a finite number >= 0")
+        area = float(area) if area is not None else b[2] * b[3]
+        crowd = a.get("iscrowd", 0)
+        if not isinstance(crowd, int | np.integer) or crowd not in (0, 1):
+            raise InputError(src, f"{what}: iscrowd {crowd!r} is not 0 or 1")
+        gt_by_img[a["image_id"]].append((b, bool(crowd), area, cat))
 
     if isinstance(predictions, str | Path):
         pred_src = str(predictions)
@@ -142,16 +205,17 @@ def _index_boxes(gt: dict, src: str, predictions, pred_src: str):
     for i, p in enumerate(predictions):
         if not isinstance(p, Mapping):
             raise InputError(pred_src, f"[{i}] is not an object")
-        if p.get("image_id") not in known:
+        if not _is_id(p.get("image_id")) or p.get("image_id") not in known:
             raise InputError(pred_src, f"[{i}]: unknown image_id {p.get('image_id')!r}")
         b = _check_box(pred_src, f"[{i}]", p.get("bbox"))
-        try:
-            s = float(p["score"])
-        except (KeyError, TypeError, ValueError):
-            raise InputError(pred_src, f"[{i}]: missing or non-numeric score") from None
+        if not _is_number(p.get("score")):
+            raise InputError(pred_src, f"[{i}]: missing or non-numeric score {p.get('score')!r}")
+        s = float(p["score"])
         if not math.isfinite(s):
             raise InputError(pred_src, f"[{i}]: score is {s}")
         cat = p.get("category_id", cats[0] if len(cats) == 1 else None)
+        if cat is not None and not _is_id(cat):
+            raise InputError(pred_src, f"[{i}]: category_id {cat!r} is not an integer or a string")
         if cat not in cats:
             raise InputError(pred_src, f"[{i}]: category_id {cat!r} not among GT categories {cats}")
         pr_by_img[p["image_id"]].append((b, s, cat))
@@ -197,11 +261,15 @@ def evaluate_boxes(
         values (no lesion at all) are None.
 
     Raises:
-        InputError: unknown image id, bad bbox, NaN score, unknown category, unreadable file.
+        InputError: unknown image id, bad bbox, NaN score, unknown category, wrongly typed field
+            (a bool id, a string bbox or score), unreadable file.
+        ValueError: bad argument (unknown hit rule, ``iou_thr`` not in (0, 1], negative
+            ``bootstrap``/``seed``, non-finite ``fps``).
     """
     if hit not in BOX_HIT_RULES:
         raise ValueError(f"unknown hit rule {hit!r}; choose from {sorted(BOX_HIT_RULES)}")
-    fps = list(fps)
+    iou_thr = _check_threshold("iou_thr", iou_thr)
+    fps = _check_run_args(fps, bootstrap, seed)
     gt, src = _load_gt_coco(gt_coco)
     image_ids, cats, gt_by_img, pr_by_img = _index_boxes(gt, src, predictions, "predictions")
 
@@ -264,14 +332,41 @@ def _is_canonical(obj: Any) -> bool:
 
 
 def _types_from_canonical(coco: dict, src: str) -> dict[str, list[dict]]:
+    _check_canonical_stems(coco, src)
     stem_of = {im["id"]: im.get("stem") for im in coco["images"]}
     out: dict[str, list[dict]] = defaultdict(list)
     for i, a in enumerate(coco["annotations"]):
+        if not isinstance(a, Mapping):
+            raise InputError(src, f"annotations[{i}] is not an object")
         if a.get("calc_type") is not None and a.get("point") is not None:
-            if a.get("image_id") not in stem_of:
+            if not _is_id(a.get("image_id")) or a.get("image_id") not in stem_of:
                 raise InputError(src, f"annotations[{i}]: unknown image_id {a.get('image_id')!r}")
             out[stem_of[a["image_id"]]].append({"type": a["calc_type"], "point": a["point"]})
     return dict(out)
+
+
+def _check_canonical_stems(coco: dict, src: str, split: str | None = None) -> dict[str, dict]:
+    """stem -> image record of a canonical dataset; InputError for a missing or shared stem."""
+    if not isinstance(coco.get("images"), list) or not isinstance(coco.get("annotations"), list):
+        raise InputError(src, "'images' and 'annotations' must be lists")
+    by_stem: dict[str, dict] = {}
+    for i, im in enumerate(coco["images"]):
+        if not isinstance(im, Mapping) or not _is_id(im.get("id")):
+            raise InputError(src, f"images[{i}]: not an object with an integer or string 'id'")
+        if split is not None and im.get("split") != split:
+            continue
+        stem = im.get("stem")
+        if not isinstance(stem, str) or not stem:
+            raise InputError(src, f"image {im.get('id')!r} has no 'stem' (or it is not a string)")
+        if stem in by_stem:
+            first = by_stem[stem]
+
+            def name(r):
+                return f"image {r.get('id')!r} ({r.get('mask_file') or 'no mask_file'})"
+
+            raise InputError(src, f"two images share the stem {stem!r}: {name(first)} and {name(im)}")
+        by_stem[stem] = im
+    return by_stem
 
 
 def _check_types(types: Mapping, src: str) -> None:
@@ -284,10 +379,7 @@ def _check_types(types: Mapping, src: str) -> None:
             ok = isinstance(p, Mapping) and isinstance(p.get("type"), str)
             ok = ok and isinstance(pt, list | tuple) and len(pt) == 2
             if ok:
-                try:
-                    ok = all(np.isfinite(float(v)) for v in pt)
-                except (TypeError, ValueError):
-                    ok = False
+                ok = all(_is_number(v) and math.isfinite(float(v)) for v in pt)
             if not ok:
                 raise InputError(src, f"{stem}[{i}]: expected {{\"type\": str, \"point\": [x, y]}}, got {p!r}")
 
@@ -298,10 +390,19 @@ def _spacing_of(spacing, stem: str):
         return None
     if isinstance(spacing, Mapping):
         return _spacing_of(spacing.get(stem), stem)
-    if isinstance(spacing, int | float):
-        return (float(spacing), float(spacing))
-    r, c = spacing
-    return (float(r), float(c))
+    if _is_number(spacing):
+        pair = (float(spacing), float(spacing))
+    elif (
+        isinstance(spacing, list | tuple | np.ndarray)
+        and len(spacing) == 2
+        and all(_is_number(v) for v in spacing)
+    ):
+        pair = (float(spacing[0]), float(spacing[1]))
+    else:
+        raise InputError(stem, f"pixel spacing {spacing!r} is not a number or a [row_mm, col_mm] pair")
+    if not all(math.isfinite(v) and v > 0 for v in pair):
+        raise InputError(stem, f"pixel spacing {spacing!r} must be finite and > 0")
+    return pair
 
 
 def _source(mapping: Mapping, stem: str) -> str:
@@ -388,11 +489,16 @@ def evaluate_masks(
         ``froc.fp_per_cm2`` per threshold.
 
     Raises:
-        InputError: size mismatch, NaN or out-of-range probability, missing or unknown prediction.
+        InputError: size mismatch, NaN or out-of-range probability, missing or unknown prediction,
+            wrongly typed field in ``types``, two canonical images sharing a stem.
+        ValueError: bad argument (``iop_thr`` or ``binarize`` not in (0, 1], negative
+            ``bootstrap``/``seed``, non-finite ``fps``).
     """
     if missing not in ("error", "empty"):
         raise ValueError("missing must be 'error' or 'empty'")
-    fps = list(fps)
+    iop_thr = _check_threshold("iop_thr", iop_thr)
+    binarize = _check_threshold("binarize", binarize)
+    fps = _check_run_args(fps, bootstrap, seed)
     canonical = None
     if isinstance(types, str | Path):
         types_src = str(types)
@@ -409,7 +515,7 @@ def evaluate_masks(
     if types is not None:
         _check_types(types, types_src)
     if canonical is not None:
-        by_stem = {im.get("stem"): im for im in canonical["images"]}
+        by_stem = _check_canonical_stems(canonical, types_src)
         if pixel_spacing is None:
             pixel_spacing = {s: im.get("pixel_spacing") for s, im in by_stem.items()}
         if patient_ids is None:
@@ -543,34 +649,64 @@ class LazyFiles(Mapping):
 
 
 def read_gt_mask(path: str | Path) -> np.ndarray:
-    """GT mask PNG -> (H, W) bool, non-zero = lesion (any channel of a colour PNG)."""
+    """GT mask PNG -> (H, W) bool, non-zero = lesion (any channel of a colour PNG).
+
+    A PNG whose header declares more than ``$DEEPLIMA_MAX_PIXELS`` pixel values is refused before
+    decoding (:func:`common.dicom.check_raster_size`).
+    """
+    if Path(path).is_file():
+        check_raster_size(path)
     a = read_png(path)
     return (a != 0).any(axis=2) if a.ndim == 3 else a != 0
+
+
+#: (dtype, top value) of PNGs that look like unscaled binary masks rather than probability maps
+_MASK_LIKE = {np.dtype(np.uint8): (1,), np.dtype(np.uint16): (1, 255)}
+
+
+def _warn_if_binary(path: Path, a: np.ndarray) -> None:
+    """Warn about a PNG holding only {0, m} with m = 1 (8/16-bit) or 255 (16-bit): an unscaled mask."""
+    tops = _MASK_LIKE.get(a.dtype, ())
+    if not a.size or not tops:
+        return
+    top = int(a.max())
+    if top in tops and not np.any((a != 0) & (a != top)):
+        full = np.iinfo(a.dtype).max
+        logger.warning(
+            "%s: looks like a binary mask, not a probability map: a %d-bit PNG with only the values "
+            "0 and %d, read as p = %d/%d = %.4g; save masks as 0/%d or probabilities as .npy floats",
+            path, a.dtype.itemsize * 8, top, top, full, top / full, full,
+        )
 
 
 def read_prob_map(path: str | Path) -> np.ndarray:
     """Probability map -> (H, W) float32 in [0, 1].
 
-    ``.npy``: float array as is; 16-bit PNG: value / 65535; 8-bit PNG: value / 255.
+    ``.npy``: float array as is; 16-bit PNG: value / 65535; 8-bit PNG: value / 255. A PNG with only
+    the values {0, 1} (8 or 16 bit) or {0, 255} (16 bit) is read the same way, with a warning that it
+    looks like an unscaled binary mask. Images larger than ``$DEEPLIMA_MAX_PIXELS`` pixel values are
+    refused from their header.
     """
     path = Path(path)
     if path.suffix.lower() == ".npy":
         try:
-            a = np.load(path, allow_pickle=False)
+            a = np.load(path, allow_pickle=False, mmap_mode="r")  # header only, no allocation yet
         except (OSError, ValueError) as e:
             raise InputError(path, f"unreadable .npy ({e})") from None
         if not np.issubdtype(a.dtype, np.floating):
             raise InputError(path, f".npy probability map must be float, got {a.dtype}")
+        check_pixel_count(path, int(a.size), "x".join(str(v) for v in a.shape) + " values")
+        a = np.array(a)
     else:
+        if path.is_file():
+            check_raster_size(path)
         a = read_png(path)
         if a.ndim != 2:
             raise InputError(path, f"probability PNG must be single-channel, got shape {a.shape}")
-        if a.dtype == np.uint16:
-            a = a.astype(np.float32) / 65535.0
-        elif a.dtype == np.uint8:
-            a = a.astype(np.float32) / 255.0
-        else:
+        if a.dtype not in (np.uint8, np.uint16):
             raise InputError(path, f"unsupported PNG dtype {a.dtype}")
+        _warn_if_binary(path, a)
+        a = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
     if a.ndim != 2:
         raise InputError(path, f"probability map must be 2-D, got shape {a.shape}")
     if not np.isfinite(a).all():
@@ -594,7 +730,15 @@ def _pred_files(pred_dir: Path) -> dict[str, Path]:
 def _gt_from_dir(gt_dir: Path):
     if not gt_dir.is_dir():
         raise InputError(gt_dir, "GT folder not found")
-    files = {p.stem: p for p in sorted(gt_dir.glob("*.png"))}
+    files: dict[str, Path] = {}
+    for p in sorted(gt_dir.iterdir()):
+        if p.suffix.lower() != ".png" or p.name.startswith("."):
+            continue
+        if p.stem in files:
+            raise InputError(
+                gt_dir, f"two GT masks share the stem {p.stem!r}: {files[p.stem].name} and {p.name}"
+            )
+        files[p.stem] = p
     if not files:
         raise InputError(gt_dir, "no GT mask PNG in folder")
     return LazyFiles(files, read_gt_mask)
@@ -606,14 +750,17 @@ def _gt_from_canonical(gt_json: Path, split: str | None):
         raise InputError(gt_json, "not a COCO dataset")
     root = gt_json.parent
     entries: dict[str, Any] = {}
-    for im in coco["images"]:
-        if split is not None and im.get("split") != split:
-            continue
-        stem = im.get("stem")
-        if stem is None:
-            raise InputError(gt_json, f"image {im.get('id')!r} has no 'stem'")
+    for stem, im in _check_canonical_stems(coco, str(gt_json), split).items():
         mf = im.get("mask_file")
-        entries[stem] = (root / mf if mf and not Path(mf).is_absolute() else mf, im)
+        if mf is not None and (not isinstance(mf, str) or not mf):
+            raise InputError(gt_json, f"image {im.get('id')!r}: mask_file {mf!r} is not a file name")
+        h, w = im.get("height"), im.get("width")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
+            raise InputError(
+                gt_json, f"image {im.get('id')!r}: height/width {h!r}/{w!r} are not positive integers"
+            )
+        check_pixel_count(f"{gt_json}: image {im.get('id')!r}", h * w, f"{w} x {h} pixels")
+        entries[stem] = (Path(mf) if mf and Path(mf).is_absolute() else root / mf if mf else None, im)
     if not entries:
         raise InputError(gt_json, f"no image{'' if split is None else f' in split {split!r}'}")
 
@@ -642,29 +789,83 @@ def _parse_fps(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(
             f"--fps wants numbers separated by commas, got {text!r}"
         ) from None
-    if not vals or any(v < 0 for v in vals):
-        raise argparse.ArgumentTypeError("--fps needs non-negative values")
+    if not vals or not all(math.isfinite(v) and v >= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"--fps needs finite non-negative values, got {text!r}")
     return vals
 
 
+def _threshold_arg(text: str) -> float:
+    """A threshold in (0, 1] (NaN, inf and 0 refused)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return v
+
+
+def _count_arg(text: str) -> int:
+    """An integer >= 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return v
+
+
+def _positive_arg(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return v
+
+
+def _non_negative_arg(text: str) -> float:
+    """A finite number >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line ``error: ...`` on stderr, exit status 2 (like input errors)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="python -m common.evaluate", description=__doc__.split("\n")[0]
     )
     sub = ap.add_subparsers(dest="mode", required=True)
 
     def common_args(p):
         p.add_argument("--fps", type=_parse_fps, default=list(DEFAULT_FPS), help="FP/image levels")
-        p.add_argument("--out", required=True, type=Path, help="REPORT.json (written atomically)")
+        p.add_argument("--out", required=True, type=Path,
+                       help="REPORT.json (written atomically; not a folder)")
         p.add_argument("--plot", type=Path, help="FROC plot PNG (FP per image on a log axis)")
-        p.add_argument("--bootstrap", type=int, default=0, metavar="N", help="bootstrap replicates")
-        p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+        p.add_argument("--bootstrap", type=_count_arg, default=0, metavar="N",
+                       help="bootstrap replicates (>= 0)")
+        p.add_argument("--seed", type=_count_arg, default=0, help="bootstrap seed (>= 0)")
 
     b = sub.add_parser("boxes", help="mass detection: COCO GT vs COCO results")
     b.add_argument("--gt", required=True, type=Path, help="COCO GT json")
     b.add_argument("--pred", required=True, type=Path, help="COCO results json")
     b.add_argument("--hit", choices=sorted(BOX_HIT_RULES), default="iou", help="FROC hit rule")
-    b.add_argument("--iou", type=float, default=0.5, help="threshold of the iou / iop hit rule")
+    b.add_argument("--iou", type=_threshold_arg, default=0.5,
+                   help="threshold of the iou / iop hit rule, in (0, 1]")
     common_args(b)
 
     m = sub.add_parser("masks", help="calcification segmentation: IoP rule on probability maps")
@@ -678,9 +879,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument(
         "--types", type=Path, help="stem -> [{type, point}] json, or calcifications.json"
     )
-    m.add_argument("--iop", type=float, default=0.25, help="IoP threshold of a true positive")
+    m.add_argument("--iop", type=_threshold_arg, default=0.25,
+                   help="IoP threshold of a true positive, in (0, 1]")
     m.add_argument(
-        "--binarize", type=float, default=0.5, help="probability threshold of components"
+        "--binarize", type=_threshold_arg, default=0.5,
+        help="probability threshold of components (prob >= binarize), in (0, 1]",
     )
     m.add_argument(
         "--gt-labels",
@@ -694,18 +897,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument(
         "--min-area-mm2",
-        type=float,
+        type=_non_negative_arg,
         default=DEFAULT_MIN_AREA_MM2,
         help="minimum component area of the processed labels in mm^2 (default %(default)s: the "
         "paper's 900 px at ~85 um pixels); 0 = always --min-area-px",
     )
     m.add_argument(
         "--min-area-px",
-        type=int,
+        type=_count_arg,
         default=DEFAULT_MIN_AREA_PX,
         help="minimum area in pixels for images without a known pixel spacing (default %(default)s)",
     )
-    m.add_argument("--pixel-spacing", type=float, help="mm per pixel (isotropic), for FP per cm^2 "
+    m.add_argument("--pixel-spacing", type=_positive_arg, help="mm per pixel (isotropic), for FP per cm^2 "
                    "and the processed labels' minimum area")
     m.add_argument(
         "--missing-as-empty",
@@ -717,7 +920,35 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _check_output(path: Path, flag: str, inputs: Iterable[Path | None] = ()) -> None:
+    """Refuse an output path that cannot be a file we write, before any work is done."""
+    if path.is_dir():
+        raise InputError(path, f"{flag} is an existing folder; give a file name such as "
+                               f"{path / ('REPORT.json' if flag == '--out' else 'froc.png')}")
+    for other in inputs:
+        if other is not None and other.exists() and path.exists() and os.path.samefile(path, other):
+            raise InputError(path, f"{flag} would overwrite an input file")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(path, f"{flag}: cannot create it, {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(path, f"{flag}: no permission to write in {parent}")
+
+
+def _write_error(path: Path, what: str, e: OSError) -> InputError:
+    reason = e.strerror or str(e) or type(e).__name__
+    return InputError(path, f"cannot write the {what} ({reason})")
+
+
 def _run(args) -> dict:
+    inputs = [getattr(args, k, None) for k in ("gt", "pred", "gt_json", "types")]
+    _check_output(args.out, "--out", inputs)
+    if args.plot is not None:
+        _check_output(args.plot, "--plot", inputs)
+        if args.plot.resolve() == args.out.resolve():
+            raise InputError(args.plot, "--plot and --out are the same file")
     if args.mode == "boxes":
         report = evaluate_boxes(
             args.gt,
@@ -768,21 +999,35 @@ def _run(args) -> dict:
         for t, s in report.get("per_type", {}).items():
             if s["n_lesions"]:
                 curves[t] = s["froc"]
-    atomic_write_json(args.out, report)
+    try:
+        atomic_write_json(args.out, report)
+    except OSError as e:
+        raise _write_error(args.out, "report", e) from None
     if args.plot is not None:
         from common.plots import plot_froc
 
-        plot_froc(curves, args.plot, title=f"FROC ({args.mode})", fps=args.fps)
+        try:
+            plot_froc(curves, args.plot, title=f"FROC ({args.mode})", fps=args.fps)
+        except OSError as e:
+            raise _write_error(args.plot, "plot", e) from None
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # usage error (one line already printed, status 2) or --help (0)
+        return e.code if isinstance(e.code, int) else 2
     try:
         report = _run(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file or folder that cannot be read or written (a folder given as --gt, ...)
+        reason = e.strerror or str(e) or type(e).__name__
+        where = f"{e.filename}: " if e.filename else ""
+        print(" ".join(f"error: {where}{reason}".split()), file=sys.stderr)
         return 2
     sens = ", ".join(
         f"{k}: {v if v is None else round(v, 4)}" for k, v in report["sensitivity_at_fp"].items()

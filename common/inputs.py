@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 # Image files picked up when a folder is given. Files without a suffix (common for DICOM) are read
@@ -44,12 +44,46 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Output names: the file stem, made unique with ``-2``, ``-3``... when two inputs share one."""
-    seen: dict[str, int] = {}
-    stems = []
-    for p in paths:
-        stem = p.stem if p.suffix.lower() in IMAGE_SUFFIXES else p.name
-        n = seen.get(stem, 0) + 1
-        seen[stem] = n
-        stems.append(stem if n == 1 else f"{stem}-{n}")
-    return stems
+    """Output names: the file stem, made unique with ``-2``, ``-3``... (never another input's stem,
+    compared case-insensitively); see :func:`unique_output_stems`."""
+    return unique_output_stems([Path(p) for p in paths])
+
+
+def base_stem(path: Path) -> str:
+    """The file name without an image suffix (the whole name for other suffixes)."""
+    return path.stem if path.suffix.lower() in IMAGE_SUFFIXES else path.name
+
+
+def unique_output_stems(
+    paths: Sequence[Path],
+    outputs: Callable[[str], Sequence[str]] = lambda stem: (stem,),
+    reserved: Iterable[str] = (),
+) -> list[str]:
+    """One output stem per input, such that no two inputs share an output file name.
+
+    ``outputs(stem)`` lists the names written for a stem in one folder (e.g. ``x.png``,
+    ``x_breast.png``, ``x.json``): the namespace is those names, not the stems, so ``foo.dcm`` and
+    ``foo_breast.dcm`` cannot overwrite each other's files. Names are compared case-insensitively (as
+    on macOS and Windows file systems) and ``reserved`` names are never produced. Every input whose
+    own stem (file name without an image suffix) is still free keeps it, in input order; the others
+    get the first free ``<stem>-2``, ``<stem>-3``..., which therefore never takes the name of another
+    input (``a/x.dcm``, ``b/x.dcm``, ``c/x-2.dcm`` -> ``x``, ``x-3``, ``x-2``).
+    """
+    claimed = {name.casefold() for name in reserved}
+
+    def take(stem: str) -> bool:
+        names = [name.casefold() for name in outputs(stem)]
+        if len(set(names)) != len(names) or any(name in claimed for name in names):
+            return False
+        claimed.update(names)
+        return True
+
+    bases = [base_stem(Path(p)) for p in paths]
+    stems: list[str | None] = [b if take(b) else None for b in bases]
+    for i, base in enumerate(bases):
+        n = 2
+        while stems[i] is None:
+            if take(f"{base}-{n}"):
+                stems[i] = f"{base}-{n}"
+            n += 1
+    return stems  # type: ignore[return-value]

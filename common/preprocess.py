@@ -10,13 +10,17 @@ Command line::
 
 writes ``DIR/<stem>.png`` (uint8 result), ``DIR/<stem>_breast.png`` (mask, 0/255) and ``DIR/<stem>.json``
 (the record: window used, artifact columns, warnings, metadata) for every good file, lists the files
-that failed and exits with status 1 when any did.
+that failed and exits with status 1 when any did (2: the output folder cannot be written, one
+``error:`` line). Stems are the file names without suffix, made unique over every output name of the
+run (``-2``, ``-3``...; see :func:`common.inputs.unique_output_stems`), so no input's outputs overwrite another's;
+``DIR/stems.json`` maps each input file to its stem, with its status.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ from common import artifacts
 from common.breast import extract_breast
 from common.dicom import LoadedImage, check_not_constant, load_image, raster_meta, window_image
 from common.errors import InputError
+from common.inputs import base_stem, unique_output_stems
 from common.laterality import normalize_laterality as _normalize_laterality
 
 
@@ -123,28 +128,69 @@ def preprocess(
 # ----------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------
-def _unique_stems(paths: list[Path]) -> list[str]:
-    """File stems, made unique with a ``-2``, ``-3``... suffix when two inputs share one."""
-    seen: dict[str, int] = {}
-    stems = []
-    for p in paths:
-        stem = p.stem if p.suffix.lower() in (".dcm", ".dicom", ".png", ".tif", ".tiff") else p.name
-        n = seen.get(stem, 0) + 1
-        seen[stem] = n
-        stems.append(stem if n == 1 else f"{stem}-{n}")
-    return stems
+#: The map input file -> output stem of the last run, written into the output folder.
+STEMS_FILE = "stems.json"
+
+
+def output_names(stem: str) -> tuple[str, str, str]:
+    """The files :func:`write_outputs` writes for ``stem``."""
+    return f"{stem}.png", f"{stem}_breast.png", f"{stem}.json"
+
+
+def _unique_stems(paths: Sequence[Path], reserved: Iterable[str] = ()) -> list[str]:
+    """Stems of the command line's inputs: unique over every output name (:func:`output_names`)."""
+    return unique_output_stems(paths, output_names, {STEMS_FILE, *reserved})
+
+
+def write_together(items: Sequence[tuple[Path, Callable[[Path], Any]]],
+                   invalidate: Sequence[Path] = ()) -> list[Path]:
+    """Write several files as a set: ``writer(tmp)`` of each ``(path, writer)`` first writes a hidden
+    temporary file beside ``path``; only when all are written are they renamed into place, in the order
+    given. A failure while writing (full disk, read-only folder...) therefore leaves the earlier
+    versions of ALL of them untouched and no temporary file behind. ``invalidate`` files are deleted
+    just before the renames (e.g. a "complete" marker that the new files would contradict)."""
+    import os
+
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, writer in items:
+            path = Path(path)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.staged")
+            staged.append((tmp, path))
+            writer(tmp)
+        for path in invalidate:
+            Path(path).unlink(missing_ok=True)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+    return [path for _, path in staged]
 
 
 def write_outputs(result: Preprocessed, out_dir: Path, stem: str) -> list[Path]:
-    """Write ``<stem>.png``, ``<stem>_breast.png`` and ``<stem>.json`` atomically into ``out_dir``."""
+    """Write ``<stem>.png``, ``<stem>_breast.png`` and ``<stem>.json`` into ``out_dir``, atomically and
+    as a set (:func:`write_together`): a write that fails leaves the earlier set as it was."""
     from common.io import atomic_write_json, atomic_write_png
 
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}_breast.png", out_dir / f"{stem}.json"]
-    atomic_write_png(paths[0], result.image)
-    atomic_write_png(paths[1], result.breast_mask.astype(np.uint8) * 255)
-    atomic_write_json(paths[2], result.record)
-    return paths
+    paths = [out_dir / name for name in output_names(stem)]
+    return write_together([
+        (paths[0], lambda tmp: atomic_write_png(tmp, result.image)),
+        (paths[1], lambda tmp: atomic_write_png(tmp, result.breast_mask.astype(np.uint8) * 255)),
+        (paths[2], lambda tmp: atomic_write_json(tmp, result.record)),
+    ])
+
+
+def os_error_reason(e: OSError) -> str:
+    """One line for a failed file operation: the reason, then the file when the error names one."""
+    reason = e.strerror or str(e) or type(e).__name__
+    where = f": {e.filename}" if e.filename else ""
+    return " ".join(f"{reason}{where}".split())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,12 +213,36 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
+    from common.io import atomic_write_json
+
     args = build_parser().parse_args(argv)
+    out: Path = args.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: {out}: cannot create the output folder ({os_error_reason(e)})",
+              file=sys.stderr)
+        return 2
+    # an input inside the output folder is never overwritten: its name is taken
+    out_real = out.resolve()
+    inputs_here = [p.name for p in args.files if p.parent.resolve() == out_real]
+    stems = _unique_stems(args.files, inputs_here)
+    entries = [{"file": str(p), "stem": s, "outputs": list(output_names(s)), "status": "pending"}
+               for p, s in zip(args.files, stems)]
+
+    def write_map() -> None:
+        atomic_write_json(out / STEMS_FILE, {"format": "preprocess-stems", "inputs": entries})
+
+    try:
+        write_map()  # first: the output folder must be writable, and the map exists from the start
+    except OSError as e:
+        print(f"error: {out}: cannot write into the output folder ({os_error_reason(e)})",
+              file=sys.stderr)
+        return 2
     failures: list[str] = []
-    stems = _unique_stems(args.files)
     done = 0
-    for path, stem in tqdm(
-        list(zip(args.files, stems)),
+    for path, stem, entry in tqdm(
+        list(zip(args.files, stems, entries)),
         desc="preprocess",
         unit="img",
         disable=args.quiet,
@@ -184,20 +254,34 @@ def main(argv: list[str] | None = None) -> int:
                 remove_artifacts=not args.no_artifacts,
                 normalize_laterality=args.normalize_laterality,
             )
-            write_outputs(result, args.out, stem)
+            write_outputs(result, out, stem)
             done += 1
+            entry["status"] = "done"
+            continue
         except InputError as e:
-            failures.append(str(e))
+            message = str(e)
+        except OSError as e:  # the output folder: read-only, full...
+            message = f"{path}: cannot write its outputs to {out} ({os_error_reason(e)})"
         except Exception as e:
             # A bug rather than a bad file: still report it and carry on with the other files.
-            failures.append(f"{path}: unexpected {type(e).__name__}: {e}".replace("\n", " "))
-    print(f"{done} of {len(args.files)} file(s) pre-processed into {args.out}")
+            message = " ".join(f"{path}: unexpected {type(e).__name__}: {e}".split())
+        failures.append(message)
+        entry.update(status="failed", error=message)
+    print(f"{done} of {len(args.files)} file(s) pre-processed into {out}")
+    renamed = sum(s != base_stem(p) for p, s in zip(args.files, stems))
+    if renamed:
+        print(f"note: {renamed} output name(s) changed to stay unique; the map input -> name is "
+              f"{out / STEMS_FILE}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} file(s) failed:", file=sys.stderr)
         for line in failures:
             print(f"  {line}", file=sys.stderr)
-        return 1
-    return 0
+    try:
+        write_map()
+    except OSError as e:
+        print(f"error: {out / STEMS_FILE}: cannot write ({os_error_reason(e)})", file=sys.stderr)
+        return 2
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

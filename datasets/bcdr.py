@@ -40,13 +40,16 @@ from datasets.canonical import (
     check_root,
     clip_bbox,
     converter_main,
+    coordinates_problem,
     finish_conversion,
     image_size,
     int_or_none,
+    path_inside,
     points_bbox,
     polygon_area,
     read_table,
     require_columns,
+    staged_output,
     unique_stem,
 )
 
@@ -63,14 +66,22 @@ PATHOLOGY = {"benign": "BENIGN", "malign": "MALIGNANT", "malignant": "MALIGNANT"
 
 
 def parse_points(xs: str, ys: str) -> np.ndarray:
-    """(N, 2) float (x, y) outline from the two space-separated cells; ValueError when malformed."""
-    x = [float(v) for v in xs.split()]
-    y = [float(v) for v in ys.split()]
+    """(N, 2) float (x, y) outline from the two space-separated cells; ValueError when malformed or
+    not finite (``nan``, ``inf``)."""
+    try:
+        x = [float(v) for v in xs.split()]
+        y = [float(v) for v in ys.split()]
+    except ValueError as e:
+        raise ValueError(f"not a number ({e})") from None
     if len(x) != len(y):
         raise ValueError(f"{len(x)} x coordinates but {len(y)} y coordinates")
     if not x:
         raise ValueError("empty outline")
-    return np.stack([x, y], axis=1)
+    pts = np.stack([x, y], axis=1)
+    if not np.isfinite(pts).all():
+        x0, y0 = pts[np.flatnonzero(~np.isfinite(pts).all(axis=1))[0]]
+        raise ValueError(f"non-finite coordinate ({x0:g}, {y0:g})")
+    return pts
 
 
 def _flag(row: dict, name: str) -> bool:
@@ -82,10 +93,25 @@ def _flag(row: dict, name: str) -> bool:
 
 
 def convert(
-    root: str | Path, out: str | Path, seed: int = 0, hash_files: bool = True, verbose: bool = True
+    root: str | Path,
+    out: str | Path,
+    seed: int = 0,
+    hash_files: bool = True,
+    verbose: bool = True,
+    overwrite: bool = False,
 ) -> dict:
-    """Convert a BCDR download at ``root`` into the canonical folder ``out``; returns a summary."""
-    root, out = check_root(root), Path(out)
+    """Convert a BCDR download at ``root`` into the canonical folder ``out``; returns a summary.
+
+    ``out`` must be missing or empty unless ``overwrite`` (see
+    :func:`datasets.canonical.staged_output`).
+    """
+    root = check_root(root)
+    with staged_output(out, root, overwrite) as work:
+        summary = _convert(root, work, seed, hash_files, verbose)
+    return {**summary, "out": str(out)}
+
+
+def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) -> dict:
     report = ConversionReport("bcdr")
     tables = sorted(root.rglob("bcdr_*_outlines.csv"))
     if not tables:
@@ -104,9 +130,16 @@ def convert(
             if not name:
                 report.error(table, "empty image_filename", rownum)
                 continue
-            path = table.parent / name
-            if not path.is_file() and (root / name).is_file():
-                path = root / name
+            candidates, why = [], None  # relative to the table's folder, else to --root
+            for base in (table.parent, root):
+                try:
+                    candidates.append(path_inside(root, base, name))
+                except ValueError as e:
+                    why = str(e)
+            if not candidates:  # never a file outside --root
+                report.error(table, f"image_filename: {why}; row skipped", rownum)
+                continue
+            path = next((c for c in candidates if c.is_file()), candidates[0])
             if not path.is_file():
                 report.error(table, f"image {name} not found", rownum)
                 continue
@@ -165,6 +198,11 @@ def convert(
             if not (is_mass or is_calc):
                 flags = [f for f in OTHER_FLAGS if _flag(row, f)]
                 report.note(table, f"lesion {flags or 'without flags'} not converted", rownum)
+                continue
+            problem = coordinates_problem(pts, (h, w))
+            if problem:
+                report.error(table, f"lw_x_points/lw_y_points: {problem}; {name} left out", rownum)
+                left_out.add(path)
                 continue
             if np.any(pts < -0.5) or np.any(pts[:, 0] > w - 0.5) or np.any(pts[:, 1] > h - 0.5):
                 report.warning(table, f"outline leaves the {w}x{h} image; clipped", rownum)

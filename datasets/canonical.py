@@ -7,6 +7,10 @@ Layout of a canonical dataset folder ``OUT/``::
                          component of the calcification mask, with ``calc_type`` and ``point``
     calc_masks/<stem>.png  uint8 0/255 calcification masks (same size as the image)
     split.json           patient-level train/val/test split with a SHA-256 per image file
+    conversion_report.json  the converter's per-row problems
+    images/<stem>.<ext>  images written into the folder (the synthetic DICOMs; MIAS PGMs re-encoded as
+                         PNG, which the loaders read); the other converters reference the download's
+                         files by absolute path
 
 Image records (shared by both COCO files) carry ``id``, ``file_name`` (relative to ``OUT`` or absolute),
 ``stem`` (unique, names masks and prediction files), ``height``, ``width``, ``patient_id``,
@@ -19,12 +23,22 @@ shape rasterisation (polygons, circles, points, boxes -> bool masks), :class:`Ca
 calcification mask plus the types its source states) and :func:`calc_components` /
 :func:`classify_component` (8-connected components, "dot" / "vessel" / "large"),
 :class:`ConversionReport` (per-row problems, ``conversion_report.json``), :func:`read_table`, DICOM
-header helpers, and :func:`write_canonical` / :func:`converter_main` (the common output and CLI).
+header helpers, the guards against hostile tables (:func:`coordinates_problem`, :func:`path_inside`),
+and :func:`staged_output` / :func:`write_canonical` / :func:`converter_main` (the common output and CLI).
+
+Output folder rules (every converter): ``--out`` must be missing or empty unless ``--overwrite`` is
+given; a conversion is written into a hidden staging folder next to ``OUT`` and only moved into place
+when it succeeded, so a failed conversion never touches ``OUT``; with ``--overwrite`` only the files the
+canonical layout owns (:func:`owned_files`) are replaced or removed, anything else in ``OUT`` stays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +136,49 @@ def _as_points(points) -> np.ndarray:
     if not np.all(np.isfinite(pts)):
         raise ValueError("non-finite coordinate")
     return pts
+
+
+def coordinates_problem(points, shape: tuple[int, int]) -> str | None:
+    """Why (x, y) points of a table or ROI file cannot be used on an (H, W) image, or None.
+
+    Non-finite coordinates (``nan``, ``1e999``) and coordinates farther outside the image than one image
+    size (no annotation tool produces them: the row is corrupt) are problems; points a little outside
+    are not (the shapes are clipped to the image). Malformed input gives a reason, never an exception.
+    """
+    try:
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        return "coordinates are not (x, y) numbers"
+    if pts.size == 0:
+        return "no coordinates"
+    bad = ~np.isfinite(pts).all(axis=1)
+    if bad.any():
+        x, y = pts[np.flatnonzero(bad)[0]]
+        return f"non-finite coordinate ({x:g}, {y:g})"
+    h, w = shape
+    far = (pts[:, 0] < -w) | (pts[:, 0] > 2 * w) | (pts[:, 1] < -h) | (pts[:, 1] > 2 * h)
+    if far.any():
+        x, y = pts[np.flatnonzero(far)[0]]
+        return f"coordinate ({x:g}, {y:g}) far outside the {w}x{h} image"
+    return None
+
+
+def path_inside(root: str | Path, base: str | Path, cell: str) -> Path:
+    """``base / cell`` (a path written in a table), normalised; ValueError when it leaves ``root``.
+
+    The test is lexical (``..`` components, absolute paths), so a download whose folders are symbolic
+    links still works while a table cannot pull files from outside ``--root``.
+    """
+    text = str(cell).strip().replace("\\", "/")
+    if not text or "\0" in text:
+        raise ValueError(f"path {cell!r} is empty or not a path")
+    if Path(text).is_absolute():
+        raise ValueError(f"path {cell!r} is absolute; table paths must be relative to --root")
+    top = os.path.abspath(root)
+    path = os.path.normpath(os.path.join(os.path.abspath(base), text))
+    if os.path.commonpath([top, path]) != top:
+        raise ValueError(f"path {cell!r} points outside --root {root}")
+    return Path(path)
 
 
 def polygon_to_mask(points, shape: tuple[int, int]) -> np.ndarray:
@@ -515,7 +572,14 @@ def image_size(path: str | Path) -> tuple[int, int]:
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
-            shape = tif.pages[0].shape
+            page = tif.pages[0]
+            shape = page.shape
+            ends = [int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts)]
+        size = path.stat().st_size
+        if ends and max(ends) > size:  # header intact, pixel data cut off
+            raise ValueError(
+                f"truncated TIFF: pixel data runs to byte {max(ends)}, file has {size}"
+            )
         return int(shape[0]), int(shape[1])
     if suffix in (".dcm", ".dicom", ""):
         ds = read_dicom_header(path)
@@ -554,6 +618,142 @@ def dicom_pixel_spacing(ds) -> list[float] | None:
 # --------------------------------------------------------------------------------------------------
 # Writing a canonical folder
 
+CANONICAL_FILES = ("masses.json", "calcifications.json", "split.json", "conversion_report.json")
+MASK_DIR = "calc_masks"
+
+
+def _inside(top: Path, rel: str) -> Path | None:
+    """``top / rel`` when ``rel`` is a relative path that stays inside ``top`` (lexically), else None."""
+    if not rel or Path(rel).is_absolute():
+        return None
+    path = Path(os.path.normpath(top / rel))
+    return path if os.path.commonpath([str(top), str(path)]) == str(top) and path != top else None
+
+
+def owned_files(out: str | Path) -> set[Path]:
+    """Files of an existing folder that the canonical layout owns (what ``--overwrite`` may replace).
+
+    These are the four JSON files (:data:`CANONICAL_FILES`), the PNGs directly under ``calc_masks/``
+    and the files the folder's COCO files reference by a relative path inside the folder (images and
+    masks written into it by a converter or the synthetic generator). Absolute references (the raw
+    download) and anything else in the folder are never included.
+    """
+    import json
+
+    out = Path(os.path.abspath(out))
+    files = {out / name for name in CANONICAL_FILES}
+    if (out / MASK_DIR).is_dir() and not (out / MASK_DIR).is_symlink():
+        files |= set((out / MASK_DIR).glob("*.png"))
+    for name in ("masses.json", "calcifications.json"):
+        try:
+            coco = json.loads((out / name).read_text(encoding="utf-8"))
+            records = coco["images"]
+        except Exception:  # missing or not ours: it references nothing we may delete
+            continue
+        for im in records if isinstance(records, list) else []:
+            if not isinstance(im, dict):
+                continue
+            for key in ("file_name", "mask_file"):
+                path = _inside(out, im.get(key)) if isinstance(im.get(key), str) else None
+                if path is not None:
+                    files.add(path)
+    real = os.path.realpath(out)
+
+    def in_out(f: Path) -> bool:
+        """Removing ``f`` only changes a folder inside OUT (not one reached through a symlink)."""
+        parent = os.path.realpath(f.parent)
+        return os.path.commonpath([real, parent]) == real
+
+    return {f for f in files if (f.is_symlink() or f.is_file()) and in_out(f)}
+
+
+def check_out(out: str | Path, root: str | Path | None = None, overwrite: bool = False) -> Path:
+    """``out`` as a Path after the output folder rules; :class:`InputError` naming it otherwise.
+
+    ``out`` must not exist, or be an empty folder, or (with ``overwrite``) a folder; it must not be
+    the download folder ``root`` or a folder holding it.
+    """
+    from common.errors import InputError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a folder")
+    if root is not None:
+        top, src = os.path.abspath(out), os.path.abspath(root)
+        if os.path.commonpath([top, src]) == top:
+            raise InputError(out, f"output folder is or holds the download folder {root}")
+    if out.is_dir() and not overwrite:
+        entries = sorted(p.name for p in out.iterdir())
+        if entries:
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise InputError(
+                out,
+                f"output folder is not empty ({len(entries)} entries: {shown}); choose a new folder"
+                " or pass --overwrite to replace the canonical dataset files in it",
+            )
+    return out
+
+
+def _publish(work: Path, out: Path) -> None:
+    """Move the finished conversion in ``work`` to ``out`` (see :func:`staged_output`)."""
+    from common.errors import InputError
+
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(work, 0o777 & ~umask)  # mkdtemp made it 0700
+    if not out.exists() or (out.is_dir() and not out.is_symlink() and not any(out.iterdir())):
+        try:
+            os.replace(work, out)  # atomic: OUT appears complete
+            return
+        except OSError:  # e.g. OUT is a mount point: move file by file below
+            pass
+    out.mkdir(parents=True, exist_ok=True)
+    new = sorted(p.relative_to(work) for p in work.rglob("*") if p.is_file())
+    for rel in new:  # check everything before moving anything
+        dest = out / rel
+        if dest.is_symlink() or (dest.exists() and not dest.is_file()):
+            raise InputError(dest, "is not a plain file; the conversion will not replace it")
+        for parent in rel.parents:
+            if parent != Path(".") and (out / parent).exists() and not (out / parent).is_dir():
+                raise InputError(out / parent, "is a file where the conversion needs a folder")
+    stale = owned_files(out) - {Path(os.path.abspath(out / rel)) for rel in new}
+    last = {"split.json": 2}  # data files first, then the JSON files, split.json last
+    order = sorted(new, key=lambda r: (last.get(str(r), 1 if r.suffix == ".json" else 0), str(r)))
+    for rel in order:
+        dest = out / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(work / rel), str(dest))
+    for path in stale:  # earlier canonical files the new dataset does not reference
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def staged_output(
+    out: str | Path, root: str | Path | None = None, overwrite: bool = False
+) -> Iterator[Path]:
+    """Context of one conversion: yields a fresh staging folder to write the whole dataset into.
+
+    Checks ``out`` first (:func:`check_out`). The staging folder is hidden next to ``out`` (same file
+    system); when the block ends without an exception its content is moved to ``out`` (a rename of the
+    whole folder when ``out`` does not exist yet); with ``overwrite``, files of ``out`` that the
+    canonical layout owns (:func:`owned_files`) and the new dataset does not rewrite are removed, and
+    nothing else in ``out`` is touched. On an exception ``out`` is left as it was. The staging folder is
+    always removed.
+
+    Image records must name files written into the staging folder by a path relative to it
+    (``images/<stem>.png``), so they stay right after the move.
+    """
+    target = Path(os.path.abspath(check_out(out, root, overwrite)))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".converting", dir=target.parent)
+    )
+    try:
+        yield work
+        _publish(work, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
 
 def build_coco(images: Sequence[dict], annotations: Sequence[dict], categories: list[dict]) -> dict:
     """COCO dict with annotation ids 1..N (annotations need ``image_id``, ``bbox``; ``area`` optional)."""
@@ -582,7 +782,9 @@ def write_canonical(
     """Write masses.json, calcifications.json, split.json (and conversion_report.json).
 
     With ``prune_masks``, PNGs under ``OUT/calc_masks`` that no image references (left by an earlier
-    run into the same folder) are deleted, so the folder always describes one conversion.
+    run into the same folder) are deleted, so the folder always describes one conversion. (The
+    converters write into a fresh staging folder, see :func:`staged_output`, so for them there is
+    nothing to prune.)
 
     ``images`` are full image records (``id``, ``file_name``, ``stem``, ``height``, ``width``,
     ``patient_id``, ``split``, ... and ``mask_file`` or None); ``mass_annotations`` /
@@ -684,10 +886,12 @@ def finish_conversion(
 
 
 def converter_main(convert, description: str, argv: Sequence[str] | None = None) -> int:
-    """Command line shared by the converters: ``--root DOWNLOAD_DIR --out OUT_DIR [--seed S]``.
+    """Command line shared by the converters: ``--root DOWNLOAD_DIR --out OUT_DIR [--seed S]
+    [--overwrite]``.
 
     Prints the summary as JSON on stdout and the problem list on stderr; exit code 0 when the canonical
-    folder was written (row-level problems are in conversion_report.json), 2 on an unusable download.
+    folder was written (row-level problems are in conversion_report.json), 2 on an unusable download or
+    an unusable ``--out`` (not empty without ``--overwrite``, see :func:`staged_output`).
     """
     import argparse
     import json
@@ -702,9 +906,21 @@ def converter_main(convert, description: str, argv: Sequence[str] | None = None)
     parser.add_argument(
         "--no-hash", action="store_true", help="skip the SHA-256 of every image in split.json"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty --out: replace its canonical dataset files (JSON files, "
+        "calc_masks/, images it references); nothing else in it is touched",
+    )
     args = parser.parse_args(argv)
     try:
-        summary = convert(args.root, args.out, seed=args.seed, hash_files=not args.no_hash)
+        summary = convert(
+            args.root,
+            args.out,
+            seed=args.seed,
+            hash_files=not args.no_hash,
+            overwrite=args.overwrite,
+        )
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ Format facts honoured:
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -49,9 +50,11 @@ from datasets.canonical import (
     int_or_none,
     mask_bbox,
     mask_polygons,
+    path_inside,
     read_dicom_header,
     read_table,
     require_columns,
+    staged_output,
     unique_stem,
 )
 
@@ -136,20 +139,38 @@ def find_roi_mask(
 
 def _resolve_full(root: Path, row: dict, index: DicomIndex) -> dict | None:
     cell = clean_path(row["image file path"])
-    direct = root / cell
     files = index.files(series_uid(cell))
-    if direct.is_file():
+    try:
+        direct = path_inside(root, root, cell)  # never a file outside --root
+    except ValueError:
+        direct = None
+    if direct is not None and direct.is_file():
         for f in files:
-            if f["path"] == direct:
+            if Path(os.path.abspath(f["path"])) == direct:
                 return f
     return files[0] if len(files) == 1 else None
 
 
 def convert(
-    root: str | Path, out: str | Path, seed: int = 0, hash_files: bool = True, verbose: bool = True
+    root: str | Path,
+    out: str | Path,
+    seed: int = 0,
+    hash_files: bool = True,
+    verbose: bool = True,
+    overwrite: bool = False,
 ) -> dict:
-    """Convert a CBIS-DDSM download at ``root`` into the canonical folder ``out``; returns a summary."""
-    root, out = check_root(root), Path(out)
+    """Convert a CBIS-DDSM download at ``root`` into the canonical folder ``out``; returns a summary.
+
+    ``out`` must be missing or empty unless ``overwrite`` (see
+    :func:`datasets.canonical.staged_output`).
+    """
+    root = check_root(root)
+    with staged_output(out, root, overwrite) as work:
+        summary = _convert(root, work, seed, hash_files, verbose)
+    return {**summary, "out": str(out)}
+
+
+def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) -> dict:
     report = ConversionReport("cbis_ddsm")
     tables = sorted(p for p in root.rglob("*.csv") if _TABLE.match(p.name))
     if not tables:

@@ -24,6 +24,7 @@ Format facts honoured:
 
 from __future__ import annotations
 
+import math
 import plistlib
 import re
 from pathlib import Path
@@ -38,6 +39,7 @@ from datasets.canonical import (
     check_root,
     clip_bbox,
     converter_main,
+    coordinates_problem,
     dicom_pixel_spacing,
     finish_conversion,
     points_bbox,
@@ -45,6 +47,7 @@ from datasets.canonical import (
     read_dicom_header,
     read_table,
     require_columns,
+    staged_output,
     unique_stem,
 )
 
@@ -60,11 +63,18 @@ def parse_point(text: str) -> tuple[float, float]:
     m = _POINT.match(str(text).strip())
     if not m:
         raise ValueError(f"not an '(x, y)' point: {text!r}")
-    return float(m.group(1)), float(m.group(2))
+    try:
+        x, y = float(m.group(1)), float(m.group(2))
+    except ValueError:
+        raise ValueError(f"not an '(x, y)' point: {text!r}") from None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError(f"non-finite coordinate in point {text!r}")
+    return x, y
 
 
 def read_rois(path: Path) -> list[dict]:
-    """ROIs of an OsiriX plist: ``[{"name", "points" (N, 2) float (x, y) or None, "error"}]``.
+    """ROIs of an OsiriX plist: ``[{"name", "points" (N, 2) float (x, y) or None, "error"}]``
+    (``name`` None for an entry that is not a ROI dictionary).
 
     Raises :class:`InputError` when the file is not a plist with ``Images[0].ROIs``.
     """
@@ -76,15 +86,23 @@ def read_rois(path: Path) -> list[dict]:
         raise InputError(path, "file not found") from None
     except Exception as e:
         raise InputError(path, f"not an OsiriX ROI plist with Images[0].ROIs ({e})") from None
+    if not isinstance(rois, list):
+        raise InputError(path, f"Images[0].ROIs is a {type(rois).__name__}, not a list")
     out = []
     for roi in rois:
+        if not isinstance(roi, dict):
+            out.append({"name": None, "points": None, "error": "ROI is not a dictionary"})
+            continue
         name = str(roi.get("Name", "")).strip()
         try:
-            pts = np.array([parse_point(p) for p in roi.get("Point_px", [])], float).reshape(-1, 2)
+            points = roi.get("Point_px", [])
+            if not isinstance(points, list):
+                raise ValueError("Point_px is not a list")
+            pts = np.array([parse_point(p) for p in points], float).reshape(-1, 2)
             if len(pts) == 0:
                 raise ValueError("no Point_px")
             out.append({"name": name, "points": pts, "error": None})
-        except ValueError as e:
+        except (TypeError, ValueError) as e:
             out.append({"name": name, "points": None, "error": str(e)})
     return out
 
@@ -104,10 +122,25 @@ def _file_key(value: str) -> str:
 
 
 def convert(
-    root: str | Path, out: str | Path, seed: int = 0, hash_files: bool = True, verbose: bool = True
+    root: str | Path,
+    out: str | Path,
+    seed: int = 0,
+    hash_files: bool = True,
+    verbose: bool = True,
+    overwrite: bool = False,
 ) -> dict:
-    """Convert an INbreast download at ``root`` into the canonical folder ``out``; returns a summary."""
-    root, out = check_root(root), Path(out)
+    """Convert an INbreast download at ``root`` into the canonical folder ``out``; returns a summary.
+
+    ``out`` must be missing or empty unless ``overwrite`` (see
+    :func:`datasets.canonical.staged_output`).
+    """
+    root = check_root(root)
+    with staged_output(out, root, overwrite) as work:
+        summary = _convert(root, work, seed, hash_files, verbose)
+    return {**summary, "out": str(out)}
+
+
+def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) -> dict:
     report = ConversionReport("inbreast")
     table = _find_csv(root)
     rows = read_table(table, delimiter=";")
@@ -164,6 +197,10 @@ def convert(
             unusable = False
             for k, roi in enumerate(rois):
                 where = f"ROI {k}"
+                if roi["name"] is None:  # unknown kind: the ground truth is incomplete
+                    report.error(xml, f"{roi['error']}; image left out", where)
+                    unusable = True
+                    continue
                 kind = roi["name"].lower()
                 if kind not in MASS_NAMES | CALC_NAMES | CLUSTER_NAMES:
                     report.note(xml, f"ROI named {roi['name']!r} not converted", where)
@@ -171,6 +208,11 @@ def convert(
                 pts = roi["points"]
                 if pts is None:
                     report.error(xml, f"{roi['name']}: {roi['error']}; image left out", where)
+                    unusable = True
+                    continue
+                problem = coordinates_problem(pts, (h, w))
+                if problem:
+                    report.error(xml, f"{roi['name']}: {problem}; image left out", where)
                     unusable = True
                     continue
                 if np.any(pts < -0.5) or np.any(pts[:, 0] > w - 0.5) or np.any(pts[:, 1] > h - 0.5):

@@ -19,6 +19,14 @@ Format facts honoured:
   right = odd file numbers), so the split keeps pairs together.
 * BG (F fatty, G fatty-glandular, D dense-glandular) is not a BI-RADS density: kept as ``tissue``,
   ``density`` is None. SEVERITY B/M -> pathology BENIGN/MALIGNANT.
+
+Images: the loaders read PNG, TIFF and DICOM, not PGM, so every image is decoded here and written
+losslessly as ``OUT/images/mias_<refnum>.png`` (8-bit, as in the source); ``file_name`` is that
+relative path and ``source_file`` the PGM it came from. A file that does not decode completely
+(truncated, not greyscale, constant) is reported and left out, and so is a REFNUM with two files of
+that name under the root (both are named). An image with a finding whose centre lies outside it, or
+whose radius is not positive or larger than the image, is left out (its ground truth is unknown), never
+kept as lesion-free.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from common.errors import InputError
@@ -36,7 +45,7 @@ from datasets.canonical import (
     clip_bbox,
     converter_main,
     finish_conversion,
-    image_size,
+    staged_output,
 )
 
 MINI_MIAS_SIZE = (1024, 1024)
@@ -98,15 +107,63 @@ def _find_info(root: Path) -> Path:
     return found[0]
 
 
+def read_pgm(path: Path) -> np.ndarray:
+    """Pixels of a greyscale PGM, fully decoded: uint8 (or uint16 for a 16-bit PGM), (H, W).
+
+    Raises ValueError (with the reason) for a truncated or undecodable file, a colour or bilevel
+    image, or a constant one (nothing to train on; the loaders refuse it too).
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            im.load()  # decodes everything: a truncated file raises here
+            pixels = np.asarray(im)
+    except Exception as e:
+        raise ValueError(f"not a complete image file ({type(e).__name__}: {e})") from None
+    if pixels.ndim != 2 or mode not in ("L", "I", "I;16", "I;16B"):
+        raise ValueError(f"not a greyscale PGM (mode {mode})")
+    if pixels.dtype != np.uint8:
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+            raise ValueError(f"pixel values {pixels.min()}..{pixels.max()} do not fit 16 bits")
+        pixels = pixels.astype(np.uint16)
+    if pixels.size == 0 or pixels.min() == pixels.max():
+        raise ValueError("constant image (every pixel the same value)")
+    return pixels
+
+
 def convert(
-    root: str | Path, out: str | Path, seed: int = 0, hash_files: bool = True, verbose: bool = True
+    root: str | Path,
+    out: str | Path,
+    seed: int = 0,
+    hash_files: bool = True,
+    verbose: bool = True,
+    overwrite: bool = False,
 ) -> dict:
-    """Convert a mini-MIAS download at ``root`` into the canonical folder ``out``; returns a summary."""
-    root, out = check_root(root), Path(out)
+    """Convert a mini-MIAS download at ``root`` into the canonical folder ``out``; returns a summary.
+
+    ``out`` must be missing or empty unless ``overwrite`` (see
+    :func:`datasets.canonical.staged_output`).
+    """
+    root = check_root(root)
+    with staged_output(out, root, overwrite) as work:
+        summary = _convert(root, work, seed, hash_files, verbose)
+    return {**summary, "out": str(out)}
+
+
+def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) -> dict:
+    from common.io import atomic_write_png
+
     report = ConversionReport("mias")
     info = _find_info(root)
     findings = parse_info(info, report)
-    pgms = {p.stem.lower(): p for p in root.rglob("*") if p.suffix.lower() == ".pgm"}
+    pgms: dict[str, list[Path]] = {}
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() == ".pgm" and p.is_file():
+            pgms.setdefault(p.stem.lower(), []).append(p)
+    for ref in sorted(set(pgms) - set(findings)):
+        report.note(pgms[ref][0], f"{ref} is not listed in {info.name}; not converted")
 
     images, mass_anns, calc_anns = [], [], []
     for ref in tqdm(sorted(findings), desc="mias", disable=not verbose):
@@ -114,18 +171,15 @@ def convert(
         first = rows[0]["line"]
         if any(r["cls"] is None for r in rows):
             continue  # reported by parse_info
-        path = pgms.get(ref)
-        if path is None:
+        found = pgms.get(ref, [])
+        if not found:
             report.error(info, f"{ref}: image file {ref}.pgm not found under {root}", first)
             continue
-        try:
-            h, w = image_size(path)
-        except Exception as e:
-            report.error(path, f"unreadable image ({e})")
+        if len(found) > 1:
+            names = " and ".join(str(p) for p in found)
+            report.error(info, f"{ref}: {len(found)} image files {names}; image left out", first)
             continue
-        if (h, w) != MINI_MIAS_SIZE:
-            report.error(path, f"size {w}x{h}; Info.txt coordinates refer to 1024x1024 mini-MIAS")
-            continue
+        path = found[0]
         unlocated = [r for r in rows if r["x"] is None and r["cls"] in {"CALC", *MASS_CLASSES}]
         if unlocated:
             r = unlocated[0]
@@ -133,13 +187,23 @@ def convert(
                 info, f"{ref}: {r['cls']} finding without coordinates; image left out", r["line"]
             )
             continue
+        try:
+            pixels = read_pgm(path)
+        except ValueError as e:
+            report.error(path, f"bad image file: {e}; image left out")
+            continue
+        h, w = pixels.shape
+        if (h, w) != MINI_MIAS_SIZE:
+            report.error(path, f"size {w}x{h}; Info.txt coordinates refer to 1024x1024 mini-MIAS")
+            continue
 
         number = int(_REFNUM.fullmatch(ref).group(1))
         image_id = len(images) + 1
         severities = {r["severity"] for r in rows if r["severity"]}
         image = {
             "id": image_id,
-            "file_name": str(path.resolve()),
+            "file_name": f"images/mias_{ref}.png",
+            "source_file": str(path.resolve()),
             "stem": f"mias_{ref}",
             "height": h,
             "width": w,
@@ -152,6 +216,7 @@ def convert(
             "pathology": "MALIGNANT" if "M" in severities else "BENIGN" if severities else None,
         }
         calc = CalcMask((h, w))
+        image_masses, usable = [], True
         for r in rows:
             if r["cls"] == "NORM":
                 continue
@@ -159,18 +224,21 @@ def convert(
                 report.note(info, f"{ref}: {OTHER_CLASSES[r['cls']]} not converted", r["line"])
                 continue
             x, row, radius = r["x"], (h - 1) - r["y"], r["radius"]  # origin bottom-left
-            if not (0 <= x < w and 0 <= row < h) or radius <= 0:
-                report.error(
-                    info,
-                    f"{ref}: centre ({r['x']:g}, {r['y']:g}) / radius outside image",
-                    r["line"],
-                )
+            if not (0 <= x < w and 0 <= row < h):
+                why = f"centre ({r['x']:g}, {r['y']:g}) outside the {w}x{h} image"
+            elif not 0 < radius <= max(h, w):
+                why = f"radius {radius:g} not positive or larger than the image"
+            else:
+                why = None
+            if why:
+                report.error(info, f"{ref}: {r['cls']} {why}; image left out", r["line"])
+                usable = False
                 continue
             if r["cls"] == "CALC":
                 calc.add_circle((x, row), radius, calc_type="large")
                 continue
             box = clip_bbox([x - radius, row - radius, 2 * radius, 2 * radius], (h, w))
-            mass_anns.append(
+            image_masses.append(
                 {
                     "image_id": image_id,
                     "bbox": box,
@@ -181,6 +249,10 @@ def convert(
                     "radius": radius,
                 }
             )
+        if not usable:
+            continue
+        atomic_write_png(out / image["file_name"], pixels)  # lossless, the source's bit depth
+        mass_anns += image_masses
         calc_anns += calc.finish(out, image)
         images.append(image)
 

@@ -42,10 +42,12 @@ from datasets.canonical import (
     converter_main,
     dicom_pixel_spacing,
     int_or_none,
+    path_inside,
     patient_split,
     read_dicom_header,
     read_table,
     require_columns,
+    staged_output,
     unique_stem,
     write_canonical,
 )
@@ -97,10 +99,25 @@ def parse_box(row: dict) -> list[float]:
 
 
 def convert(
-    root: str | Path, out: str | Path, seed: int = 0, hash_files: bool = True, verbose: bool = True
+    root: str | Path,
+    out: str | Path,
+    seed: int = 0,
+    hash_files: bool = True,
+    verbose: bool = True,
+    overwrite: bool = False,
 ) -> dict:
-    """Convert a VinDr-Mammo download at ``root`` into the canonical folder ``out``; returns a summary."""
-    root, out = check_root(root), Path(out)
+    """Convert a VinDr-Mammo download at ``root`` into the canonical folder ``out``; returns a summary.
+
+    ``out`` must be missing or empty unless ``overwrite`` (see
+    :func:`datasets.canonical.staged_output`).
+    """
+    root = check_root(root)
+    with staged_output(out, root, overwrite) as work:
+        summary = _convert(root, work, seed, hash_files, verbose)
+    return {**summary, "out": str(out)}
+
+
+def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) -> dict:
     report = ConversionReport("vindr")
     tables = sorted(root.rglob("finding_annotations.csv"))
     if not tables:
@@ -118,7 +135,16 @@ def convert(
     used_stems: set[str] = set()
     for image_id, image_rows in tqdm(by_image.items(), desc="vindr", disable=not verbose):
         first_row, first = image_rows[0]
-        path = base / "images" / first["study_id"] / f"{image_id}.dicom"
+        try:  # the table names the file: never one outside --root
+            study = first["study_id"]
+            path = path_inside(
+                root, base / "images", f"{study}/{image_id}.dicom" if study else f"{image_id}.dicom"
+            )
+        except ValueError as e:
+            report.error(
+                table, f"image {image_id}: study_id/image_id {e}; image skipped", first_row
+            )
+            continue
         if not path.is_file():
             if others is None:
                 others = {

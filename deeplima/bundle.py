@@ -16,6 +16,14 @@ Layout::
 The configs are complete dumps, not references to YAML files of the source tree, so a bundle keeps
 working when the repository's configs change. Every file is written atomically.
 
+A bundle is data, never code (:func:`load_bundle`): the file names of ``bundle.json`` must lie inside
+the bundle folder (symlinks resolved), the JSON files must be strict JSON of the expected types (no
+NaN / Infinity), the configs are read with YAML's safe loader and may not name a ``_BASE_`` file,
+weights are read with ``torch.load(weights_only=True)`` and must set every parameter of their model.
+Mass weights in detectron2's pickle format (``*.pkl``) can run code when unpickled: they are refused
+unless the bundle is trusted explicitly (``load_bundle(..., trust_pickle=True)``, ``deeplima predict
+--trust-pickle``).
+
 Model card: the ``model_card`` entry of ``bundle.json`` says what the bundle holds and where it comes
 from (readers ignore keys they do not know, so bundles with and without a card load alike)::
 
@@ -41,16 +49,18 @@ from (readers ignore keys they do not know, so bundles with and without a card l
 from __future__ import annotations
 
 import io
+import json
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from common.errors import InputError
-from common.io import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from common.io import atomic_write_bytes, atomic_write_json, sha256_file
 
-from .operating_point import DEFAULT_TARGET_FPS
+from .operating_point import DEFAULT_TARGET_FPS, check_operating_points
 
 __all__ = [
     "BUNDLE_VERSION",
@@ -96,6 +106,7 @@ class Bundle:
     """Paths of a bundle's files (all checked to exist by :func:`load_bundle`).
 
     ``operating_points`` is the content of ``operating_points.json`` ({} when the bundle has none).
+    ``trust_pickle``: the caller trusts this bundle's pickled (``.pkl``) mass weights.
     """
 
     root: Path
@@ -105,26 +116,37 @@ class Bundle:
     calc_weights: Path
     operating_points: dict
     manifest: dict
+    trust_pickle: bool = False
+    _checked: set = field(default_factory=set, repr=False, compare=False)
 
     @property
     def model_card(self) -> dict:
         """The ``model_card`` of ``bundle.json`` ({} for bundles written before it existed)."""
         return self.manifest.get("model_card") or {}
 
-    def mass_cfg(self, opts=()):
-        """The mass detector's detectron2 config with ``MODEL.WEIGHTS`` set to the bundle's weights."""
-        import mass_det  # noqa: F401  (registers the backbones and ROI heads the config names)
-        from mass_det.config import get_mass_det_cfg
+    def mass_cfg(self, opts=(), check_weights: bool = True):
+        """The mass detector's detectron2 config with ``MODEL.WEIGHTS`` set to the bundle's weights.
 
-        cfg = get_mass_det_cfg(str(self.mass_config), list(opts))
+        With ``check_weights`` (once per ``opts``), the weights are read into a CPU copy of the model
+        first (:func:`mass_det.engine.trainer.verify_mass_weights`): detectron2's predictor would only
+        warn about parameters the file leaves out and predict with them random.
+
+        Raises:
+            InputError: unusable config, refused pickle, or weights that do not fit (one line).
+        """
+        cfg = _load_cfg("mass", self.mass_config, opts, in_bundle=True)
         cfg.MODEL.WEIGHTS = str(self.mass_weights)
+        if check_weights and tuple(opts) not in self._checked:
+            from mass_det.engine.trainer import verify_mass_weights
+
+            verify_mass_weights(cfg, trust_pickle=self.trust_pickle)
+            self._checked.add(tuple(opts))
         return cfg
 
     def calc_cfg(self, opts=()):
-        """The calc_seg config (frozen) with ``MODEL.WEIGHTS`` cleared (weights loaded separately)."""
-        from calc_seg.config import load_calc_seg_cfg
-
-        return load_calc_seg_cfg(str(self.calc_config), ["MODEL.WEIGHTS", "", *opts])
+        """The calc_seg config (frozen) with ``MODEL.WEIGHTS`` cleared (weights loaded separately, by
+        :func:`calc_seg.model.load_weights`, which reads them as data and requires every parameter)."""
+        return _load_cfg("calc", self.calc_config, ["MODEL.WEIGHTS", "", *opts], in_bundle=True)
 
 
 def _state_dict_bytes(model_or_state) -> bytes:
@@ -239,7 +261,7 @@ def save_operating_points(bundle: Bundle | str | Path, operating_points: dict) -
     root = bundle.root if isinstance(bundle, Bundle) else Path(bundle)
     path = atomic_write_json(root / FILES["operating_points"], operating_points)
     manifest_path = root / "bundle.json"
-    manifest = read_json(manifest_path) if manifest_path.is_file() else None
+    manifest = read_json_strict(manifest_path) if manifest_path.is_file() else None
     if isinstance(manifest, dict):
         if not isinstance(manifest.get("model_card"), dict):
             manifest["model_card"] = {}
@@ -252,12 +274,112 @@ def save_operating_points(bundle: Bundle | str | Path, operating_points: dict) -
     return path
 
 
-def load_bundle(root: str | Path) -> Bundle:
+MAX_JSON_BYTES = 16 << 20  # bundle.json and operating_points.json are a few kB
+
+
+def read_json_strict(path: str | Path):
+    """A JSON file as data: UTF-8, strict JSON (no NaN / Infinity, no number too large for a float).
+
+    Raises:
+        InputError: unreadable, too large, not UTF-8, not JSON, or holding a non-finite number (one
+            line naming the file).
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise InputError(path, f"JSON file larger than {MAX_JSON_BYTES >> 20} MiB")
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except UnicodeDecodeError:
+        raise InputError(path, "not a UTF-8 text file (JSON expected)") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read the file ({e.strerror or type(e).__name__})") from None
+
+    def no_constant(name):
+        raise ValueError(f"non-finite number {name} (strict JSON has none)")
+
+    try:
+        data = json.loads(text, parse_constant=no_constant)
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"invalid JSON ({e.msg} at line {e.lineno})") from None
+    except ValueError as e:
+        raise InputError(path, f"invalid JSON ({e})") from None
+    except RecursionError:
+        raise InputError(path, "invalid JSON (nested too deeply)") from None
+    where = _non_finite_path(data)
+    if where:  # 1e999 parses as inf
+        raise InputError(path, f"invalid JSON (number out of range at {where})")
+    return data
+
+
+def _non_finite_path(obj, where: str = "") -> str | None:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "(top level)"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        found = _non_finite_path(v, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
+
+
+def _check_manifest(manifest, path: Path) -> dict:
+    """Types of the ``bundle.json`` entries this module reads (one-line InputError naming the file)."""
+    if not isinstance(manifest, dict):
+        raise InputError(path, f"not a bundle manifest (a JSON object expected, got "
+                               f"{type(manifest).__name__})")
+    fmt = manifest.get("format")
+    if fmt is not None and fmt != "deeplima-bundle":
+        raise InputError(path, f"not a deeplima bundle manifest (format {fmt!r})")
+    version = manifest.get("version")
+    if version is not None:
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise InputError(path, f"version must be an integer, got {version!r}")
+        if version > BUNDLE_VERSION:
+            raise InputError(path, f"bundle format version {version} is newer than this deeplima "
+                                   f"reads ({BUNDLE_VERSION})")
+    for key, kind in (("files", dict), ("model_card", dict), ("description", str)):
+        value = manifest.get(key)
+        if value is not None and not isinstance(value, kind):
+            raise InputError(path, f"{key} must be a JSON {'object' if kind is dict else 'string'}, "
+                                   f"got {type(value).__name__}")
+    return manifest
+
+
+def _bundle_file(root: Path, manifest_path: Path, key: str, name) -> Path:
+    """``root / name`` for a ``files`` entry of ``bundle.json``, refused unless it is a plain relative
+    name that stays inside the bundle folder once symlinks are resolved."""
+    where = f"files.{key}"
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(manifest_path, f"{where} must be a file name, got {name!r}")
+    if "\0" in name or "?" in name or "#" in name:
+        # ("?": detectron2 reads the rest of a weights path as URL options)
+        raise InputError(manifest_path, f"{where} {name!r}: file names with NUL, '?' or '#' are refused")
+    path = root / name
+    try:
+        inside = path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError, ValueError):  # symlink loop, unreadable
+        inside = False
+    if not inside or Path(name).is_absolute():
+        raise InputError(manifest_path, f"{where} {name!r} points outside the bundle folder "
+                                        "(bundle files must lie inside it)")
+    return path
+
+
+def load_bundle(root: str | Path, trust_pickle: bool = False) -> Bundle:
     """Check a bundle folder and return its paths.
+
+    The bundle is treated as data from anywhere: ``bundle.json`` and ``operating_points.json`` must be
+    strict JSON of the expected types, every file name in ``bundle.json`` must resolve (symlinks
+    included) inside the folder, and pickled mass weights (``*.pkl``, which run code when unpickled)
+    are refused unless ``trust_pickle`` (``deeplima predict --trust-pickle``). The weights themselves
+    are checked when used (:meth:`Bundle.mass_cfg`, :func:`calc_seg.model.load_weights`).
 
     Raises:
         InputError: the folder, ``bundle.json`` or one of the config / weight files is missing (one line
-            naming the missing path), or ``operating_points.json`` is not valid JSON.
+            naming the missing path), a file name points outside the folder (naming ``bundle.json``,
+            the key and the name), a JSON file is malformed, or the mass weights are a refused pickle.
     """
     root = Path(root)
     if not root.is_dir():
@@ -265,17 +387,23 @@ def load_bundle(root: str | Path) -> Bundle:
     manifest_path = root / "bundle.json"
     if not manifest_path.is_file():
         raise InputError(root, "not a model bundle (no bundle.json)")
-    manifest: dict[str, Any] = read_json(manifest_path)
-    files = {**FILES, **(manifest.get("files") or {})}
-    paths = {}
+    manifest: dict[str, Any] = _check_manifest(read_json_strict(manifest_path), manifest_path)
+    given = manifest.get("files") or {}
+    files = {**FILES, **given}
+    paths = {key: _bundle_file(root, manifest_path, key, name) for key, name in files.items()}
     for key in ("mass_config", "mass_weights", "calc_config", "calc_weights"):
-        p = root / files[key]
-        if not p.is_file():
-            raise InputError(p, f"model bundle is missing its {key.replace('_', ' ')} file")
-        paths[key] = p
-    ops_path = root / files["operating_points"]
-    ops = read_json(ops_path) if ops_path.is_file() else {}
-    return Bundle(root=root, operating_points=ops, manifest=manifest, **paths)
+        if not paths[key].is_file():
+            raise InputError(paths[key], f"model bundle is missing its {key.replace('_', ' ')} file")
+    if paths["mass_weights"].name.endswith(".pkl") and not trust_pickle:
+        raise InputError(paths["mass_weights"],
+                         "a .pkl file is a Python pickle (detectron2/Caffe2 weights), and unpickling "
+                         "can run any code: refused unless you trust this bundle and say so "
+                         "(deeplima predict --trust-pickle; load_bundle(..., trust_pickle=True))")
+    ops_path = paths["operating_points"]
+    ops = check_operating_points(read_json_strict(ops_path), ops_path) if ops_path.is_file() else {}
+    return Bundle(root=root, operating_points=ops, manifest=manifest, trust_pickle=trust_pickle,
+                  **{key: paths[key] for key in ("mass_config", "mass_weights", "calc_config",
+                                                 "calc_weights")})
 
 
 def random_bundle(
@@ -430,21 +558,39 @@ def calc_source(output_dir=None, config=None, weights=None, checkpoint: str = "b
     return _source("calc", output_dir, config, weights, checkpoint, _find_calc_checkpoint)
 
 
-def _load_cfg(kind: str, config: Path):
-    """The config of one model from its YAML file; an unusable file is an InputError naming it."""
+def _load_cfg(kind: str, config: Path, opts=(), in_bundle: bool = False):
+    """The config of one model from its YAML file (safe YAML only), with ``opts`` merged; an unusable
+    file is an InputError naming it. ``in_bundle``: a bundle's config is a complete dump and may not
+    name another file (``_BASE_``), which could lie anywhere (or be a URL)."""
+    if in_bundle:
+        _refuse_base(config)
     try:
         if kind == "mass":
             import mass_det  # noqa: F401  (registers the components the config names)
             from mass_det.config import get_mass_det_cfg
 
-            return get_mass_det_cfg(str(config))
+            return get_mass_det_cfg(str(config), list(opts))
         from calc_seg.config import load_calc_seg_cfg
 
-        return load_calc_seg_cfg(str(config))
+        return load_calc_seg_cfg(str(config), list(opts))
     except InputError:
         raise
     except Exception as e:  # YAML, unknown keys, inconsistent values: all mean "not this model's"
-        raise InputError(config, f"not a usable {NAMES[kind]} config ({type(e).__name__}: {e})") from None
+        reason = " ".join(str(e).split())[:300]
+        raise InputError(config, f"not a usable {NAMES[kind]} config ({type(e).__name__}: {reason})"
+                         ) from None
+
+
+def _refuse_base(config: Path) -> None:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(config).read_bytes())
+    except (OSError, yaml.YAMLError):
+        return  # the config loader reports it, naming the file
+    if isinstance(data, dict) and "_BASE_" in data:
+        raise InputError(config, "a bundle's config is a complete dump: _BASE_ (a reference to "
+                                 "another config file) is refused")
 
 
 def check_weights_fit(kind: str, cfg, weights: str | Path) -> dict:
@@ -461,14 +607,14 @@ def check_weights_fit(kind: str, cfg, weights: str | Path) -> dict:
         InputError: unreadable checkpoint, or missing / unexpected / differently shaped parameters (one
             line with counts and an example key).
     """
-    import torch
+    from calc_seg.model import load_checkpoint
 
     weights = Path(weights)
-    try:
-        # a checkpoint is data: tensors and plain containers only, no arbitrary objects unpickled
-        ckpt = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch and pickle raise many types for a damaged or foreign file
-        raise InputError(weights, f"not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    if weights.name.endswith(".pkl"):
+        raise InputError(weights, "a .pkl file is a Python pickle, which can run code when loaded: "
+                                  "bundles hold .pth checkpoints, read as data only")
+    # a checkpoint is data: tensors and plain containers only (torch.load(weights_only=True))
+    ckpt = load_checkpoint(weights)
     state = ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         state = ckpt if isinstance(ckpt, dict) and ckpt else None

@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_TARGET_FPS",
     "OperatingPointError",
     "calibrate",
+    "check_operating_points",
     "choose_operating_points",
     "resolve_thresholds",
     "threshold_at_fp",
@@ -42,6 +43,82 @@ DEFAULT_TARGET_FPS = (0.25, 0.5, 1, 2, 5, 10)
 
 class OperatingPointError(ValueError):
     """An operating point that the bundle was not calibrated for."""
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _non_finite(obj, where: str = "") -> str | None:
+    """Key path of the first NaN / infinite number inside ``obj`` (None when all are finite)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return where or "(top level)"
+    if isinstance(obj, Mapping):
+        items = obj.items()
+    elif isinstance(obj, list | tuple):
+        items = enumerate(obj)
+    else:
+        return None
+    for k, v in items:
+        found = _non_finite(v, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
+
+
+def check_operating_points(ops, path=None) -> dict:
+    """Validate the content of ``operating_points.json``; returns it unchanged.
+
+    Expected (see the module docstring): an object; ``mass`` / ``calc`` objects mapping FP/image levels
+    (positive numbers as strings) to ``{"threshold": finite number, "fp_per_image", "sensitivity"
+    (finite numbers or null)}``; ``default_fp`` null or a positive level; ``source`` a string; no NaN or
+    infinite number anywhere.
+
+    Raises:
+        common.errors.InputError: one line naming ``path`` and what is wrong.
+    """
+    from common.errors import InputError
+
+    def bad(reason: str):
+        return InputError(path, f"not a valid operating points file: {reason}")
+
+    if not isinstance(ops, Mapping):
+        raise bad(f"a JSON object is expected, got {type(ops).__name__}")
+    where = _non_finite(ops)
+    if where:
+        raise bad(f"non-finite number at {where}")
+    for kind in ("mass", "calc"):
+        table = ops.get(kind)
+        if table is None:
+            continue
+        if not isinstance(table, Mapping):
+            raise bad(f"{kind} must be an object of FP/image levels, got {type(table).__name__}")
+        for level, point in table.items():
+            try:
+                ok = float(level) > 0
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise bad(f"{kind} level {level!r} is not a positive number of FP/image")
+            if not isinstance(point, Mapping) or not _is_number(point.get("threshold")):
+                raise bad(f"{kind}.{level}.threshold must be a finite number")
+            for field in ("fp_per_image", "sensitivity"):
+                if point.get(field) is not None and not _is_number(point[field]):
+                    raise bad(f"{kind}.{level}.{field} must be a finite number or null")
+    default = ops.get("default_fp")
+    if default is not None:
+        try:
+            ok = not isinstance(default, bool) and isinstance(default, str | int | float) and (
+                math.isfinite(float(default)) and float(default) > 0)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise bad(f"default_fp {default!r} is not a positive number of FP/image")
+    if ops.get("source") is not None and not isinstance(ops["source"], str):
+        raise bad("source must be a string")
+    if ops.get("validation") is not None and not isinstance(ops["validation"], Mapping):
+        raise bad("validation must be an object")
+    return ops
 
 
 def threshold_at_fp(froc: Mapping, k: float) -> dict:
@@ -114,7 +191,7 @@ def resolve_thresholds(
     if target_fp is not None:
         key = fp_key(target_fp)
     elif operating_points.get("default_fp") is not None:
-        key = str(operating_points["default_fp"])
+        key = fp_key(float(operating_points["default_fp"]))  # "1", 1 and 1.0 alike
     out: dict = {}
     for kind in ("mass", "calc"):
         table = operating_points.get(kind) or {}

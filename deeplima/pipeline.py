@@ -22,10 +22,17 @@ Prediction folder (written by :func:`write_predictions`, ``deeplima predict``; r
                                   the per-image JSON is (labels == k), findings or not
       breast_mask/<stem>.png      0/255 breast region
       overlays/<stem>.png         mass boxes (orange) and calcification outlines (cyan) with scores
-      per_image/<stem>.json       everything about one image (below); written last: its presence with
-                                  "complete": true means the image is done (``--resume`` skips it)
-      failures.json/.txt          files that could not be processed, with the reason
-      run.json                    bundle, thresholds, counts
+      per_image/<stem>.json       everything about one image (below), with the input's SHA-256
+                                  (``source_sha256``); renamed into place last: its presence with
+                                  "complete": true means the image is done (``--resume`` skips it
+                                  when the input's content is unchanged)
+      failures.json/.txt          files that could not be processed (or their outputs not written),
+                                  with the reason
+      run.json                    bundle, thresholds, counts, and ``inputs``: every input file with its
+                                  stem, SHA-256 and status; ``"complete": false`` while the run goes on
+
+Stems are the input file names without suffix, made unique over the run (``-2``, ``-3``..., never
+another input's own stem). PNGs inside prediction folders are never collected as inputs.
 
 For ``deeplima evaluate`` only ``images.json``, ``masses_results.json`` and ``calc_prob/<stem>.png`` are
 needed (stems must be the canonical dataset's stems).
@@ -115,6 +122,31 @@ class ImageResult:
 
 
 # ------------------------------------------------------------------------------------------ inputs
+#: Sub-folders of a prediction folder holding one PNG per image.
+OUTPUT_SUBDIRS = ("calc_prob", "calc_mask", "calc_labels", "breast_mask", "overlays")
+
+
+def is_prediction_output(path: Path, out_dir: Path | None = None) -> bool:
+    """True for a PNG that a prediction folder holds (``<folder>/overlays/x.png``...): ``out_dir``'s
+    own, or any folder that looks like a prediction folder (``per_image/`` or ``images.json`` beside
+    the sub-folder). Such files are never mammograms to predict on."""
+    parent = Path(path).absolute().parent
+    if parent.name not in OUTPUT_SUBDIRS:
+        return False
+    folder = parent.parent.resolve()
+    return ((out_dir is not None and folder == Path(out_dir).resolve())
+            or (folder / "per_image").is_dir() or (folder / "images.json").is_file())
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    from common.io import sha256_file
+
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None  # missing or unreadable: the pipeline reports it
+
+
 # ------------------------------------------------------------------------------------------ predictor
 class Pipeline:
     """Mass detector + calcification U-Net of a model bundle, sharing one pre-processing per image.
@@ -156,13 +188,14 @@ class Pipeline:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.thresholds = resolve_thresholds(self.bundle.operating_points, threshold, target_fp)
 
-        mass_cfg = self.bundle.mass_cfg(mass_opts)
+        # the predictor loads the weights as data and requires every parameter (no second check here)
+        mass_cfg = self.bundle.mass_cfg(mass_opts, check_weights=False)
         if device is not None:
             mass_cfg.MODEL.DEVICE = device
         resolve_device(mass_cfg)
         mass_cfg.freeze()
         self.mass_cfg = mass_cfg
-        self.mass_predictor = build_default_predictor(mass_cfg)
+        self.mass_predictor = build_default_predictor(mass_cfg, trust_pickle=self.bundle.trust_pickle)
         # Identifies the weights behind a prediction folder, so --resume never mixes two models.
         self.model_id = ";".join(
             f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
@@ -295,12 +328,14 @@ class Pipeline:
 
 
 # ------------------------------------------------------------------------------------------ folder
-def _result_json(res: ImageResult, stem: str, image_id: int, files: dict, model_id: str | None) -> dict:
+def _result_json(res: ImageResult, stem: str, image_id: int, files: dict, model_id: str | None,
+                 source_sha256: str | None = None) -> dict:
     return {
         "format": "deeplima-prediction",
         "model": model_id,
         "version": FORMAT_VERSION,
         "source": str(Path(res.source).resolve()) if res.source != "<array>" else res.source,
+        "source_sha256": source_sha256,
         "stem": stem,
         "image_id": image_id,
         "height": res.shape[0],
@@ -318,21 +353,25 @@ def _result_json(res: ImageResult, stem: str, image_id: int, files: dict, model_
     }
 
 
-def _done(json_path: Path, path: Path, out: Path, thresholds: dict,
+def _done(json_path: Path, sha256: str | None, out: Path, thresholds: dict,
           model_id: str | None = None) -> dict | None:
-    """The per-image JSON of a finished image, or None when it must be (re)done."""
+    """The per-image JSON of a finished image, or None when it must be (re)done.
+
+    The input is identified by its content (``source_sha256``), not its path: a file replaced at the
+    same path is done again, a file moved elsewhere is not.
+    """
     from common.io import read_json
 
-    if not json_path.is_file():
+    if sha256 is None or not json_path.is_file():
         return None
     try:
         rec = read_json(json_path)
-    except InputError:
+    except (InputError, OSError):
         return None
     if not isinstance(rec, dict) or rec.get("complete") is not True:
         return None
-    if rec.get("source") != str(path.resolve()):
-        return None  # same stem, another file
+    if rec.get("source_sha256") != sha256:
+        return None  # another file, or this path's file was replaced (or an older folder format)
     if rec.get("model") != model_id:
         return None  # made by other weights
     if {k: rec.get("thresholds", {}).get(k) for k in ("mass", "calc")} != {
@@ -344,9 +383,15 @@ def _done(json_path: Path, path: Path, out: Path, thresholds: dict,
 
 
 def write_image_outputs(res: ImageResult, out: Path, stem: str, image_id: int,
-                        model_id: str | None = None) -> dict:
-    """Write the PNGs, then the per-image JSON (last, so its presence means complete)."""
+                        model_id: str | None = None, source_sha256: str | None = None) -> dict:
+    """Write the PNGs, then the per-image JSON (last, so its presence means complete).
+
+    All of them are written to temporary files first and renamed into place together
+    (:func:`common.preprocess.write_together`): a failure to write (full disk, read-only folder:
+    ``OSError``) leaves this image's earlier outputs as they were.
+    """
     from common.io import atomic_write_json, atomic_write_png
+    from common.preprocess import write_together
 
     from .overlay import draw_findings
 
@@ -357,18 +402,24 @@ def write_image_outputs(res: ImageResult, out: Path, stem: str, image_id: int,
         "breast_mask": f"breast_mask/{stem}.png",
         "overlay": f"overlays/{stem}.png",
     }
-    atomic_write_png(out / files["calc_prob"],
-                     np.round(np.clip(res.calc_prob, 0, 1) * 65535).astype(np.uint16))
-    calc_mask = res.calc_mask()
-    atomic_write_png(out / files["calc_mask"], calc_mask.astype(np.uint8) * 255)
     if res.calc_labels.max() > np.iinfo(np.uint16).max:
         raise ValueError(f"{res.source}: more than 65535 calcification components")
-    atomic_write_png(out / files["calc_labels"], res.calc_labels.astype(np.uint16))
-    atomic_write_png(out / files["breast_mask"], res.breast_mask.astype(np.uint8) * 255)
+    calc_mask = res.calc_mask()
     masses, calcs = res.findings()
-    atomic_write_png(out / files["overlay"], draw_findings(res.image, masses, calc_mask, calcs))
-    rec = _result_json(res, stem, image_id, files, model_id)
-    atomic_write_json(out / "per_image" / f"{stem}.json", rec)
+    arrays = {
+        "calc_prob": np.round(np.clip(res.calc_prob, 0, 1) * 65535).astype(np.uint16),
+        "calc_mask": calc_mask.astype(np.uint8) * 255,
+        "calc_labels": res.calc_labels.astype(np.uint16),
+        "breast_mask": res.breast_mask.astype(np.uint8) * 255,
+        "overlay": draw_findings(res.image, masses, calc_mask, calcs),
+    }
+    rec = _result_json(res, stem, image_id, files, model_id, source_sha256)
+    json_path = out / "per_image" / f"{stem}.json"
+    write_together(
+        [(out / files[k], lambda tmp, a=a: atomic_write_png(tmp, a)) for k, a in arrays.items()]
+        + [(json_path, lambda tmp: atomic_write_json(tmp, rec))],
+        invalidate=[json_path],  # no "complete" record beside half-renamed PNGs
+    )
     return rec
 
 
@@ -383,11 +434,21 @@ def write_predictions(
     """Run ``pipeline`` over files / folders / globs and write the prediction folder (module docstring).
 
     Every file is written atomically. With ``resume``, an image whose per-image JSON is complete (same
-    source file, same thresholds, all its files present) is not processed again. Files that fail are
-    listed in ``failures.json`` / ``failures.txt`` (``"PATH: reason"``) and the run goes on.
+    input CONTENT, by SHA-256, same model and thresholds, all its files present) is not processed
+    again. Files that fail, including those whose outputs cannot be written (full disk...), are listed
+    in ``failures.json`` / ``failures.txt`` (``"PATH: reason"``) and the run goes on. PNGs of
+    prediction folders (this one's or another's, e.g. a folder inside the input folder) are never
+    taken as inputs. ``run.json`` is written first with ``"complete": false`` and rewritten last, after
+    ``images.json``, ``masses_results.json`` and the failure lists: ``"complete": true`` means those
+    files belong to that run. Its ``inputs`` map every input file to its stem, SHA-256 and status.
 
     Returns:
-        summary dict (also ``run.json``): n_inputs, n_done, n_skipped, n_failed, failures, thresholds.
+        summary dict (also ``run.json``): n_inputs, n_done, n_skipped, n_failed, failures, thresholds,
+        n_ignored_outputs, inputs.
+
+    Raises:
+        InputError: the prediction folder cannot be created or its run files cannot be written (one
+            line; what was written before stays, and ``resume`` picks it up).
 
     ``stems`` (one per input FILE, e.g. the canonical dataset's stems) replaces the names derived from
     the file names.
@@ -395,53 +456,94 @@ def write_predictions(
     from tqdm import tqdm
 
     from common.io import atomic_write_bytes, atomic_write_json
+    from common.preprocess import os_error_reason
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = collect_inputs(inputs)
+    n_ignored = 0
     if stems is None:
+        kept = [p for p in paths if not is_prediction_output(p, out)]
+        n_ignored = len(paths) - len(kept)
+        paths = kept
         stems = unique_stems(paths)
     elif len(stems) != len(paths) or len(set(stems)) != len(stems):
         raise ValueError("stems must be unique, one per input file")
+    entries = [{"file": str(p), "stem": s, "sha256": None, "status": "pending"}
+               for p, s in zip(paths, stems)]
     images, results, failures = [], [], []
     n_done = n_skipped = 0
     t_start = time.time()
-    bar = tqdm(list(zip(paths, stems)), desc="deeplima predict", unit="img", disable=not progress)
-    for image_id, (path, stem) in enumerate(bar, start=1):
+
+    def summary(complete: bool) -> dict[str, Any]:
+        return {
+            "format": "deeplima-run",
+            "complete": complete,
+            "bundle": str(pipeline.bundle.root.resolve()),
+            "thresholds": pipeline.thresholds,
+            "normalize_laterality": pipeline.normalize_laterality,
+            "n_inputs": len(paths),
+            "n_done": n_done,
+            "n_skipped": n_skipped,
+            "n_failed": len(failures),
+            "n_ignored_outputs": n_ignored,
+            "seconds": round(time.time() - t_start, 2),
+            "failures": [f["message"] for f in failures],
+            "inputs": entries,
+        }
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "run.json", summary(False))  # also: is the folder writable?
+    except OSError as e:
+        raise InputError(out, f"cannot write the prediction folder ({os_error_reason(e)})") from None
+
+    def fail(entry: dict, path: Path, reason: str, message: str | None = None) -> None:
+        message = message or f"{path}: {reason}"
+        failures.append({"file": str(path), "reason": reason, "message": message})
+        entry.update(status="failed", error=message)
+
+    bar = tqdm(list(zip(paths, stems, entries)), desc="deeplima predict", unit="img",
+               disable=not progress)
+    for image_id, (path, stem, entry) in enumerate(bar, start=1):
         json_path = out / "per_image" / f"{stem}.json"
-        rec = _done(json_path, path, out, pipeline.thresholds, pipeline.model_id) if resume else None
+        sha = entry["sha256"] = _sha256_or_none(path)
+        rec = _done(json_path, sha, out, pipeline.thresholds, pipeline.model_id) if resume else None
         if rec is not None:
             n_skipped += 1
+            entry["status"] = "skipped"
         else:
             try:
-                rec = write_image_outputs(pipeline(path), out, stem, image_id, pipeline.model_id)
-                n_done += 1
+                res = pipeline(path)
             except InputError as e:
-                failures.append({"file": str(path), "reason": e.reason, "message": str(e)})
+                fail(entry, path, e.reason, str(e))
                 continue
             except Exception as e:  # a bug rather than a bad file: report it, go on with the rest
-                msg = " ".join(f"unexpected {type(e).__name__}: {e}".split())
-                failures.append({"file": str(path), "reason": msg, "message": f"{path}: {msg}"})
+                fail(entry, path, " ".join(f"unexpected {type(e).__name__}: {e}".split()))
                 continue
+            try:
+                rec = write_image_outputs(res, out, stem, image_id, pipeline.model_id, sha)
+            except OSError as e:  # full disk, read-only folder...: this image fails, the run goes on
+                fail(entry, path, f"cannot write its outputs to {out} ({os_error_reason(e)})")
+                continue
+            except Exception as e:
+                fail(entry, path, " ".join(f"unexpected {type(e).__name__}: {e}".split()))
+                continue
+            n_done += 1
+            entry["status"] = "done"
         images.append({"id": image_id, "file_name": str(path), "stem": stem,
                        "height": rec["height"], "width": rec["width"],
                        "json": f"per_image/{stem}.json"})
         results += [{"image_id": image_id, "category_id": 1, "bbox": m["bbox"], "score": m["score"]}
                     for m in rec["masses"]]
-    atomic_write_json(out / "images.json", images)
-    atomic_write_json(out / "masses_results.json", results, indent=None)
-    atomic_write_json(out / "failures.json", failures)
-    atomic_write_bytes(out / "failures.txt", "".join(f["message"] + "\n" for f in failures).encode())
-    summary = {
-        "bundle": str(pipeline.bundle.root.resolve()),
-        "thresholds": pipeline.thresholds,
-        "normalize_laterality": pipeline.normalize_laterality,
-        "n_inputs": len(paths),
-        "n_done": n_done,
-        "n_skipped": n_skipped,
-        "n_failed": len(failures),
-        "seconds": round(time.time() - t_start, 2),
-        "failures": [f["message"] for f in failures],
-    }
-    atomic_write_json(out / "run.json", summary)
-    return summary
+    final = summary(True)
+    try:
+        atomic_write_json(out / "images.json", images)
+        atomic_write_json(out / "masses_results.json", results, indent=None)
+        atomic_write_json(out / "failures.json", failures)
+        atomic_write_bytes(out / "failures.txt",
+                           "".join(f["message"] + "\n" for f in failures).encode())
+        atomic_write_json(out / "run.json", final)  # last: "complete" vouches for the files above
+    except OSError as e:
+        raise InputError(out, f"cannot write the run files ({os_error_reason(e)}); the per-image "
+                              f"outputs written so far are kept (rerun with --resume)") from None
+    return final

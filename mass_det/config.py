@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
+
+from common.errors import InputError
 
 
 def add_mass_det_config(cfg: CN) -> CN:
@@ -96,12 +99,45 @@ def add_mass_det_config(cfg: CN) -> CN:
     return cfg
 
 
+def yaml_error(config_file, error) -> InputError:
+    """One-line :class:`InputError` for a YAML file PyYAML's safe loader rejects, naming the file
+    (the ``_BASE_`` file where the problem is, when it is one)."""
+    mark = getattr(error, "problem_mark", None)
+    where = getattr(mark, "name", None)
+    path = where if where and not str(where).startswith("<") else config_file
+    line = f" at line {mark.line + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error)
+    if isinstance(error, yaml.constructor.ConstructorError):
+        # e.g. !!python/object/apply:os.system: configs are data, a tag that builds Python objects
+        # (and could run code) is refused
+        return InputError(path, f"YAML tag refused{line}: {problem} (configs are plain data; Python "
+                                "object tags are never loaded)")
+    return InputError(path, f"invalid YAML{line}: {problem}")
+
+
+def merge_yaml_file(cfg, config_file) -> None:
+    """``cfg.merge_from_file`` with PyYAML's safe loader only.
+
+    detectron2's ``CfgNode.merge_from_file`` falls back to ``yaml.unsafe_load`` by default, so a
+    ``!!python/object/apply:...`` tag in a config (of a model bundle, say) would run code. Here such
+    a tag is an :class:`InputError` naming the file; ``_BASE_`` files are read the same way.
+    """
+    try:
+        cfg.merge_from_file(str(config_file), allow_unsafe=False)
+    except yaml.YAMLError as e:
+        raise yaml_error(config_file, e) from None
+
+
 def get_mass_det_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
-    """detectron2 defaults + :func:`add_mass_det_config`, then ``config_file`` and ``opts`` merged."""
+    """detectron2 defaults + :func:`add_mass_det_config`, then ``config_file`` and ``opts`` merged.
+
+    YAML is read with the safe loader only (:func:`merge_yaml_file`): a Python object tag is an
+    :class:`~common.errors.InputError` naming the file, never executed.
+    """
     cfg = get_cfg()
     add_mass_det_config(cfg)
     if config_file:
-        cfg.merge_from_file(str(config_file))
+        merge_yaml_file(cfg, config_file)
     if opts:
         cfg.merge_from_list(list(opts))
     return cfg

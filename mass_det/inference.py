@@ -14,7 +14,7 @@ from common.inputs import collect_inputs, unique_stems
 
 from .config import get_mass_det_cfg, resolve_device
 from .data.mapper import gray_to_model_input
-from .engine.trainer import resolve_weights_file
+from .engine.trainer import load_mass_weights, resolve_weights_file
 from .evaluation.froc_evaluator import instances_to_coco_results
 
 __all__ = ["MassPredictor", "collect_inputs", "draw_overlay", "predict_mass"]
@@ -23,17 +23,29 @@ logger = logging.getLogger(__name__)
 
 
 
-def build_default_predictor(cfg):
-    """detectron2's :class:`DefaultPredictor` for ``cfg``; a damaged or foreign ``MODEL.WEIGHTS`` file
-    raises :class:`InputError` naming it (torch and pickle otherwise fail with struct/zip errors)."""
+def build_default_predictor(cfg, *, trust_pickle: bool = False):
+    """detectron2's :class:`DefaultPredictor` for ``cfg`` with ``MODEL.WEIGHTS`` loaded as data
+    (:func:`~mass_det.engine.trainer.load_mass_weights`): a ``.pth`` through
+    ``torch.load(weights_only=True)``, a ``.pkl`` only from the model zoo or with ``trust_pickle``, and
+    every parameter set by the file. A refused, damaged, foreign or incomplete file raises
+    :class:`InputError` naming it."""
     from detectron2.engine import DefaultPredictor
 
+    weights = str(cfg.MODEL.WEIGHTS)
+    if not weights:
+        raise InputError(None, "no weights given: the mass detector would predict with random ones")
+    empty = cfg.clone()
+    empty.defrost()
+    empty.MODEL.WEIGHTS = ""  # DefaultPredictor builds the model only; the weights are loaded below
+    predictor = DefaultPredictor(empty)
     try:
-        return DefaultPredictor(cfg)
+        load_mass_weights(predictor.model, weights, trust_pickle=trust_pickle)
+    except InputError:
+        raise
     except Exception as e:
-        raise InputError(
-            cfg.MODEL.WEIGHTS, f"not a readable checkpoint ({type(e).__name__}: {e})"
-        ) from None
+        raise InputError(weights, f"not a readable checkpoint ({type(e).__name__}: {e})") from None
+    predictor.cfg = cfg.clone()
+    return predictor
 
 
 class MassPredictor:
@@ -45,14 +57,14 @@ class MassPredictor:
     image that pre-processing mirrored are mirrored back.
     """
 
-    def __init__(self, cfg, weights: str):
+    def __init__(self, cfg, weights: str, *, trust_pickle: bool = False):
         resolve_weights_file(weights)  # one line for a missing file or a failed download
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.WEIGHTS = str(weights)
         resolve_device(cfg)
         self.cfg = cfg
-        self.predictor = build_default_predictor(cfg)
+        self.predictor = build_default_predictor(cfg, trust_pickle=trust_pickle)
 
     def __call__(self, path: str | Path, image_id: int = 0) -> tuple[np.ndarray, list[dict]]:
         """Returns the pre-processed (H, W) uint8 image and COCO results (``bbox`` XYWH, original
@@ -90,7 +102,8 @@ def draw_overlay(gray: np.ndarray, results: Sequence[dict], threshold: float) ->
 
 def predict_mass(config_file: str | None, weights: str, inputs: Sequence[str | Path],
                  output: str | Path, threshold: float = 0.0, overlay_threshold: float = 0.5,
-                 opts: Sequence[str] = (), progress: bool = True) -> list[str]:
+                 opts: Sequence[str] = (), progress: bool = True,
+                 trust_pickle: bool = False) -> list[str]:
     """Predict masses in every input file and write ``output``/predictions.json, images.json and
     overlays/<stem>.png.
 
@@ -108,7 +121,7 @@ def predict_mass(config_file: str | None, weights: str, inputs: Sequence[str | P
     from common.io import atomic_write_json, atomic_write_png
 
     cfg = get_mass_det_cfg(config_file, opts)
-    predictor = MassPredictor(cfg, weights)
+    predictor = MassPredictor(cfg, weights, trust_pickle=trust_pickle)
     output = Path(output)
     files = collect_inputs(inputs)
     predictions: list[dict] = []

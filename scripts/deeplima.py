@@ -17,12 +17,14 @@ the model bundle (``deeplima/bundle.py``) with a model card in its ``bundle.json
 source folders and checkpoints, and the validation figures when it calibrates.
 
 Exit status: 0 success; 1 some input files failed (listed in DIR/failures.txt, the others are done);
-2 unusable arguments, bundle or ground truth (one line ``error: ...`` on stderr).
+2 unusable arguments (e.g. a threshold that is not a number in [0, 1]), bundle or ground truth,
+or an output folder that cannot be written (one line ``error: ...`` on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -32,13 +34,50 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _unit(text: str) -> float:
+    """A score threshold: a finite number in [0, 1]."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    """A finite number > 0 (FP/image levels)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    """An integer >= 0 (thread counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _fps(text: str) -> list[float]:
     try:
         vals = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-    if not vals or any(v <= 0 for v in vals):
-        raise argparse.ArgumentTypeError("FP/image levels must be positive")
+    if not vals or any(not math.isfinite(v) or v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"FP/image levels must be finite and positive, got {text!r}")
     return vals
 
 
@@ -52,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, type=Path, help="prediction folder")
     p.add_argument("--model", "-m", required=True, type=Path, help="model bundle folder")
     op = p.add_mutually_exclusive_group()
-    op.add_argument("--threshold", type=float, help="score threshold of findings, masses and calcifications (calcification components are the pixels above the U-Net config's TEST.THRESHOLD, 0.5 by default, so values below it keep every component)")
-    op.add_argument("--target-fp", type=float, metavar="K",
+    op.add_argument("--threshold", type=_unit, help="score threshold of findings, masses and calcifications (calcification components are the pixels above the U-Net config's TEST.THRESHOLD, 0.5 by default, so values below it keep every component)")
+    op.add_argument("--target-fp", type=_positive, metavar="K",
                     help="operating point calibrated for K false positives per image (bundle)")
     p.add_argument("--resume", action="store_true", help="skip images whose outputs are complete")
     lat = p.add_mutually_exclusive_group()
@@ -63,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--keep-laterality", dest="laterality", action="store_const", const=False,
                      help="never mirror (default: as the mass model was trained)")
     p.add_argument("--device", help="cpu / cuda (default: the bundle's, CPU when CUDA is absent)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="accept a bundle whose mass weights are a .pkl (pickle) file; unpickling "
+                        "can run any code, so only for bundles you trust")
+    p.add_argument("--threads", type=_count, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("evaluate", help="score a prediction folder and write the HTML report")
@@ -72,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", default="test", help="split to evaluate ('all' for every image)")
     e.add_argument("--output", "-o", required=True, type=Path, help="report folder")
     e.add_argument("--fps", type=_fps, default=[1, 2, 5, 10], help="FP/image levels (1,2,5,10)")
-    e.add_argument("--mass-threshold", type=float, help="threshold of the example thumbnails")
-    e.add_argument("--calc-threshold", type=float, help="threshold of the example thumbnails")
+    e.add_argument("--mass-threshold", type=_unit, help="threshold of the example thumbnails")
+    e.add_argument("--calc-threshold", type=_unit, help="threshold of the example thumbnails")
     e.add_argument("--gt-labels", choices=["processed", "raw"], default="processed",
                    help="calcification ground truth: the processed labels the U-Net trains on "
                         "(components grown to 6.5 mm², default) or the raw masks")
@@ -85,11 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--gt", required=True, type=Path, help="canonical dataset folder")
     c.add_argument("--split", default="val")
     c.add_argument("--fps", type=_fps, default=[0.25, 0.5, 1, 2, 5, 10], help="FP/image levels")
-    c.add_argument("--default-fp", type=float, default=1.0, help="level used when predict gets none")
+    c.add_argument("--default-fp", type=_positive, default=1.0, help="level used when predict gets none")
     c.add_argument("--work", type=Path, help="folder for the validation predictions "
                                               "(default BUNDLE/calibration_predictions)")
-    c.add_argument("--threads", type=int, default=0)
+    c.add_argument("--threads", type=_count, default=0)
     c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--trust-pickle", action="store_true",
+                   help="accept .pkl (pickle) mass weights in the bundle (see predict)")
 
     b = sub.add_parser("bundle", help="assemble a model bundle from the two trainings' outputs",
                        description="Copy the configs and weights of a mass detector and a "
@@ -117,12 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--split", default="val", choices=["train", "val", "test"],
                    help="split of --calibrate-on (default val)")
     b.add_argument("--fps", type=_fps, default=[0.25, 0.5, 1, 2, 5, 10], help="FP/image levels")
-    b.add_argument("--default-fp", type=float, default=1.0, help="level used when predict gets none")
+    b.add_argument("--default-fp", type=_positive, default=1.0, help="level used when predict gets none")
     b.add_argument("--work", type=Path, help="folder for the validation predictions "
                                               "(default BUNDLE/calibration_predictions)")
     b.add_argument("--description", default="", help="free text kept in bundle.json")
     b.add_argument("--out", "-o", required=True, type=Path, help="bundle folder (written)")
-    b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--threads", type=_count, default=0)
     b.add_argument("--no-progress", action="store_true")
     return ap
 
@@ -135,14 +179,19 @@ def _threads(n: int) -> None:
 
 
 def cmd_predict(args) -> int:
+    from deeplima.bundle import load_bundle
     from deeplima.pipeline import Pipeline, write_predictions
 
     _threads(args.threads)
-    pipeline = Pipeline(args.model, threshold=args.threshold, target_fp=args.target_fp,
+    bundle = load_bundle(args.model, trust_pickle=args.trust_pickle)
+    pipeline = Pipeline(bundle, threshold=args.threshold, target_fp=args.target_fp,
                         normalize_laterality=args.laterality, device=args.device)
     summary = write_predictions(pipeline, args.inputs, args.output, resume=args.resume,
                                 progress=not args.no_progress)
     t = summary["thresholds"]
+    if summary.get("n_ignored_outputs"):
+        print(f"note: {summary['n_ignored_outputs']} file(s) of prediction folders not taken as "
+              "inputs", file=sys.stderr)
     print(f"{summary['n_done']} image(s) predicted, {summary['n_skipped']} already done, "
           f"{summary['n_failed']} failed -> {args.output} (mass threshold {t['mass']:.3f}, "
           f"calcification threshold {t['calc']:.3f}: {t['source']})")
@@ -179,7 +228,7 @@ def cmd_calibrate(args) -> int:
     from deeplima.bundle import FILES, calibrate_bundle, load_bundle
 
     _threads(args.threads)
-    bundle = load_bundle(args.model)
+    bundle = load_bundle(args.model, trust_pickle=args.trust_pickle)
     ops = calibrate_bundle(bundle, args.gt, split=args.split, work_dir=args.work, fps=args.fps,
                            default_fp=args.default_fp, progress=not args.no_progress)
     _print_operating_points(ops)
@@ -228,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (OperatingPointError, FileNotFoundError) as e:  # no such operating point / weights
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output that cannot be written: read-only or full disk...
+        from common.preprocess import os_error_reason
+
+        print(f"error: {os_error_reason(e)}", file=sys.stderr)
         return 2
 
 

@@ -60,10 +60,10 @@ def main(argv=None) -> int:
     from common.errors import InputError
     from common.inputs import collect_inputs, unique_stems
 
-    cfg = load_calc_seg_cfg(args.config, args.opts)
-    model = build_model(cfg)
     try:
-        load_weights(model, args.weights)
+        cfg = load_calc_seg_cfg(args.config, args.opts)  # safe YAML only
+        model = build_model(cfg)
+        load_weights(model, args.weights)  # data only (weights_only=True), every parameter set
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -78,6 +78,11 @@ CLUSTER = [(28, 35), (38, 35), (38, 42), (28, 42)]
 
 @pytest.fixture
 def inbreast_root(tmp_path):
+    return build_inbreast_root(tmp_path)
+
+
+def build_inbreast_root(tmp_path, pixels=None):
+    """``tmp_path/INbreast Release 1.0``; ``pixels(rows, cols)`` gives the DICOMs' uint16 pixels."""
     root = tmp_path / "INbreast Release 1.0"
     csv = [
         "Patient ID;Patient age;Laterality;View;Acquisition date;File Name;ACR;Bi-Rads",
@@ -100,6 +105,7 @@ def inbreast_root(tmp_path):
     ]:
         write_dicom(
             root / "AllDICOMs" / f"{key}_{pat}_MG_{side}_{view}_ANON.dcm",
+            None if pixels is None else pixels(H, W),
             PixelSpacing=[0.07, 0.07],
             PatientID="anon",
         )
@@ -195,6 +201,11 @@ def _cell(folder, study, series, name, messy=False):
 
 @pytest.fixture
 def cbis_root(tmp_path):
+    return build_cbis_root(tmp_path)
+
+
+def build_cbis_root(tmp_path, pixels=None):
+    """``tmp_path/cbis``; ``pixels(rows, cols)`` gives the full images' uint16 pixels (default 500)."""
     root = tmp_path / "cbis"
     data = root / "CBIS-DDSM"
     crop = (np.arange(10 * 12).reshape(10, 12) % 97 + 3).astype(np.uint16)  # a crop: many values
@@ -206,7 +217,7 @@ def cbis_root(tmp_path):
             / f"07-20-2016-DDSM-{study}"
             / "1.000000-full mammogram images-1"
             / "1-1.dcm",
-            np.full((rows, W), 500, np.uint16),
+            np.full((rows, W), 500, np.uint16) if pixels is None else pixels(rows, W),
             StudyInstanceUID=_uid(study),
             SeriesInstanceUID=_uid(series),
         )
@@ -434,6 +445,12 @@ def _vindr_row(study, image, side, view, cats, box, split="training", density="D
 
 @pytest.fixture
 def vindr_root(tmp_path):
+    return build_vindr_root(tmp_path)
+
+
+def build_vindr_root(tmp_path, pixels=None):
+    """``tmp_path/vindr-mammo/1.0.0``; the DICOMs hold a JPEG 2000 stand-in that is never decoded, or
+    with ``pixels(rows, cols)`` uncompressed uint16 pixels (for loading the converted set)."""
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEG2000Lossless
 
@@ -449,9 +466,9 @@ def vindr_root(tmp_path):
     ]:
         write_dicom(
             root / "images" / study / f"{image}.dicom",
-            j2k,
+            j2k if pixels is None else pixels(rows, W),
             rows=rows,
-            transfer_syntax=JPEG2000Lossless,
+            transfer_syntax=JPEG2000Lossless if pixels is None else None,
             ImagerPixelSpacing=[0.085, 0.085],
         )
     rows = [

@@ -40,15 +40,26 @@ MIAS_INFO = "\n".join(
 )
 
 
-@pytest.fixture(scope="module")
-def mias_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("all-mias")
-    (root / "Info.txt").write_text(MIAS_INFO)
+def mias_image(number: int = 1) -> np.ndarray:
+    """A 1024 x 1024 8-bit mini-MIAS stand-in: a bright rectangular "breast", varying per image."""
     img = np.zeros((1024, 1024), np.uint8)
     img[100:900, 50:700] = 120
-    for n in range(1, 8):  # mdb008.pgm is missing on purpose
-        Image.fromarray(img).save(root / f"mdb{n:03d}.pgm")
+    img[400:420, 300:320] = 120 + number  # makes every file different
+    return img
+
+
+def build_mias_root(root, info: str = MIAS_INFO, numbers=range(1, 8)):
+    """An all-mias download at ``root``: Info.txt and mdbNNN.pgm for ``numbers`` (mdb008 missing)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Info.txt").write_text(info)
+    for n in numbers:
+        Image.fromarray(mias_image(n)).save(root / f"mdb{n:03d}.pgm")
     return root
+
+
+@pytest.fixture(scope="module")
+def mias_root(tmp_path_factory):
+    return build_mias_root(tmp_path_factory.mktemp("all-mias"))
 
 
 def test_mias_boxes_masks_and_problems(mias_root, tmp_path):
@@ -81,7 +92,14 @@ def test_mias_boxes_masks_and_problems(mias_root, tmp_path):
     assert im1["patient_id"] == images["mias_mdb002"]["patient_id"] == "mias_001"
     assert images["mias_mdb006"]["patient_id"] == "mias_003"
     assert images["mias_mdb002"]["pathology"] == "MALIGNANT"
-    assert im1["file_name"] == str((mias_root / "mdb001.pgm").resolve())
+    # the loaders read PNG, not PGM: the converter writes the pixels, unchanged, as 8-bit PNG
+    assert im1["file_name"] == "images/mias_mdb001.png"
+    assert im1["source_file"] == str((mias_root / "mdb001.pgm").resolve())
+    png = read_png(out / im1["file_name"])
+    assert png.dtype == np.uint8 and np.array_equal(png, mias_image(1))
+    assert sorted(p.name for p in (out / "images").iterdir()) == [
+        f"mias_{s}.png" for s in ("mdb001", "mdb002", "mdb003", "mdb004", "mdb006")
+    ]
 
     cimages, canns = by_stem(calcs)
     assert cimages["mias_mdb001"]["mask_file"] is None
@@ -109,7 +127,7 @@ def test_mias_split_stable_and_cli(mias_root, tmp_path, capsys):
     mias.convert(mias_root, tmp_path / "b", seed=4, verbose=False)
     a, b = read_json(tmp_path / "a/split.json"), read_json(tmp_path / "b/split.json")
     assert a["patients"] == b["patients"]
-    assert a["images"][str((mias_root / "mdb001.pgm").resolve())]["sha256"]
+    assert a["images"]["images/mias_mdb001.png"]["sha256"]
     assert mias.main(["--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "c")]) == 2
 
 
@@ -132,6 +150,15 @@ def _bcdr_row(pid, lesion, view, name, xs, ys, nodule=0, calc=0, micro=0, stroma
 
 @pytest.fixture
 def bcdr_root(tmp_path):
+    return build_bcdr_root(tmp_path)
+
+
+def build_bcdr_root(tmp_path, pixels=None, extra_rows=()):
+    """A BCDR-D01 download under ``tmp_path/bcdr``; returns (root, {key: image_filename}).
+
+    ``pixels(rows, cols)`` gives each TIFF's uint16 pixels (default: constant 100); ``extra_rows`` are
+    appended to the outline CSV.
+    """
     root = tmp_path / "bcdr"
     sub = root / "BCDR-D01_dataset"
     names = {
@@ -145,7 +172,8 @@ def bcdr_root(tmp_path):
 
     for name in names.values():
         (sub / name).parent.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(sub / name, np.full((48, 64), 100, np.uint16))
+        image = np.full((48, 64), 100, np.uint16) if pixels is None else pixels(48, 64)
+        tifffile.imwrite(sub / name, image)
     rows = [
         BCDR_HEADER,
         _bcdr_row(1, 1, 1, names["p1cc"], " 10 20 20 10", " 5 5 15 15", nodule=1),
@@ -155,6 +183,7 @@ def bcdr_root(tmp_path):
         _bcdr_row(2, 5, 3, "patient_2/study_2/missing.tif", " 1 2 3", " 1 2 3", nodule=1),
         _bcdr_row(3, 6, 4, names["p3"], " 5 9 9", " 5 5 9", stroma=1),
         _bcdr_row(2, 7, 3, names["p2"], " 50 70 70 50", " 40 40 60 60", nodule=1),
+        *extra_rows,
     ]
     (sub / "bcdr_d01_outlines.csv").write_text("\n".join(rows) + "\n")
     return root, names
@@ -216,7 +245,10 @@ def test_rerun_prunes_stale_masks_and_registers(mias_root, tmp_path):
     out = tmp_path / "out"
     mias.convert(mias_root, out, verbose=False)
     (out / "calc_masks" / "stale.png").write_bytes(b"")
-    mias.convert(mias_root, out, verbose=False)
+    with pytest.raises(InputError, match="not empty.*--overwrite"):
+        mias.convert(mias_root, out, verbose=False)
+    assert (out / "calc_masks" / "stale.png").exists()  # a refused run touches nothing
+    mias.convert(mias_root, out, verbose=False, overwrite=True)
     assert sorted(p.name for p in (out / "calc_masks").iterdir()) == ["mias_mdb002.png"]
 
     from datasets.register import load_canonical_dicts
@@ -224,7 +256,7 @@ def test_rerun_prunes_stale_masks_and_registers(mias_root, tmp_path):
     dicts = load_canonical_dicts(out, "calc")
     (with_mask,) = [d for d in dicts if d["mask_file"]]
     assert with_mask["annotations"][0]["calc_type"] == "large"
-    assert with_mask["file_name"] == str((mias_root / "mdb002.pgm").resolve())
+    assert with_mask["file_name"] == str((out / "images/mias_mdb002.png").resolve())
     pytest.importorskip("detectron2")
     from detectron2.data import DatasetCatalog, MetadataCatalog
 

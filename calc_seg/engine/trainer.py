@@ -35,8 +35,9 @@ from calc_seg.data.patches import Study, build_patch_index, load_study, select_p
 from calc_seg.data.sampler import BalancedBatchSampler
 from calc_seg.inference import predict_from_cfg
 from calc_seg.losses import build_loss
-from calc_seg.model import build_model
+from calc_seg.model import build_model, load_checkpoint
 from common.amp import native_bf16
+from common.errors import InputError
 
 logger = logging.getLogger("calc_seg")
 
@@ -194,6 +195,18 @@ def recall_at(report: dict, fp: int | float = 1) -> float:
     return float(v or 0.0)
 
 
+def plain_data(obj):
+    """``obj`` with numpy numbers and arrays as Python numbers and lists, tuples as lists (recursively):
+    what ``torch.load(weights_only=True)`` reads back without allowing any class."""
+    if isinstance(obj, dict):
+        return {k: plain_data(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [plain_data(v) for v in obj]
+    if isinstance(obj, np.generic | np.ndarray):
+        return obj.tolist()
+    return obj
+
+
 class CalcSegTrainer:
     """Builds model, data, optimizer and schedule from ``cfg``; :meth:`train` runs the epochs."""
 
@@ -268,13 +281,15 @@ class CalcSegTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, epoch: int) -> dict:
+        """Tensors, numbers, strings and plain containers only, so that it loads with
+        ``torch.load(weights_only=True)`` (:func:`calc_seg.model.load_checkpoint`)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "epoch": epoch,
-            "best_score": self.best_score,
-            "history": self.history,
+            "epoch": int(epoch),
+            "best_score": float(self.best_score),
+            "history": plain_data(self.history),
             "cfg": self.cfg.dump(),
         }
 
@@ -291,7 +306,10 @@ class CalcSegTrainer:
         if not path.exists():
             logger.warning("no %s to resume from; starting from scratch", path)
             return False
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        ckpt = load_checkpoint(path, map_location=self.device)  # data only (weights_only=True)
+        if not isinstance(ckpt, dict) or not {"model", "optimizer", "scheduler", "epoch"} <= set(ckpt):
+            raise InputError(path, "not a calc_seg training checkpoint (model, optimizer, scheduler, "
+                                   "epoch) to resume from")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import weakref
 from urllib.parse import urlparse
 
@@ -39,8 +40,12 @@ __all__ = [
     "CPUAutocastTrainer",
     "build_mass_optimizer",
     "check_loss_switches",
+    "check_pickle_allowed",
     "check_trainable_init",
+    "is_pickle_weights",
+    "load_mass_weights",
     "resolve_weights_file",
+    "verify_mass_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -189,23 +194,105 @@ def check_loss_switches(cfg) -> None:
         )
 
 
-class MassDetCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer that also reads torchvision ResNet ``.pth`` files.
+# Pickled weights (detectron2 / Caffe2 ``.pkl``) that are detectron2's own model-zoo files: read
+# without --trust-pickle. Any other pickle can run code when unpickled.
+MODEL_ZOO_PREFIXES = ("detectron2://", "catalog://", Detectron2Handler.S3_DETECTRON2_PREFIX)
+TRUST_PICKLE_HINT = (
+    "a .pkl file is a Python pickle (detectron2/Caffe2 weights), and unpickling can run any code: "
+    "refused unless you trust its source and say so (--trust-pickle; trust_pickle=True in Python)"
+)
 
-    detectron2 model-zoo ``.pkl`` files (e.g. ImageNet ``R-50.pkl``) and our own ``.pth`` checkpoints
-    load as usual; a torchvision state dict (keys ``layer1.0.conv1.weight`` ...) is renamed by
-    :func:`convert_torchvision_resnet_names` and matched by suffix into ``backbone.bottom_up``.
+
+def is_pickle_weights(path) -> bool:
+    """Whether detectron2's checkpointer would read ``path`` with ``pickle``: it unpickles names ending
+    in ``.pkl`` once a URL ``?query`` is dropped (``weights.pkl?matching_heuristics=True`` too)."""
+    return urlparse(str(path))._replace(query="").geturl().endswith(".pkl")
+
+
+def check_pickle_allowed(path, trust_pickle: bool = False) -> None:
+    """Refuse pickled weights unless trusted.
+
+    detectron2 reads ``*.pkl`` weights with ``pickle.load``, which can run code. Allowed: the model
+    zoo's own files (``detectron2://``, ``catalog://``, detectron2's download URL; e.g. the ImageNet
+    ``R-50.pkl`` of the training configs), and any pickle when ``trust_pickle`` is True. ``.pth``
+    files are always read with ``torch.load(weights_only=True)``: data only, no flag needed.
+
+    Raises:
+        common.errors.InputError: one line naming the file and the flag.
+    """
+    if path and not trust_pickle and is_pickle_weights(path) and not str(path).startswith(
+            MODEL_ZOO_PREFIXES):
+        from common.errors import InputError
+
+        raise InputError(path, TRUST_PICKLE_HINT)
+
+
+class MassDetCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that reads ``.pth`` files as data only and also reads torchvision ResNet
+    ``.pth`` files.
+
+    ``.pth`` checkpoints load with ``torch.load(weights_only=True)``: tensors and plain containers,
+    never an arbitrary unpickled object. detectron2 model-zoo ``.pkl`` files (e.g. ImageNet
+    ``R-50.pkl``) are pickles: read only from the model zoo (``detectron2://`` ...) or with
+    ``trust_pickle=True`` (:func:`check_pickle_allowed`). A torchvision state dict (keys
+    ``layer1.0.conv1.weight`` ...) is renamed by :func:`convert_torchvision_resnet_names` and matched by
+    suffix into ``backbone.bottom_up``.
+
+    Args:
+        trust_pickle: read local / other ``.pkl`` files. True by default for training, whose
+            ``MODEL.WEIGHTS`` (a local copy of ``R-50.pkl``, say) is the operator's own choice;
+            prediction passes False (:func:`load_mass_weights`).
+        strict: a checkpoint must set every parameter and buffer of the model (detectron2 would only
+            log the missing ones and leave them at their random initialisation): an
+            :class:`~common.errors.InputError` naming some of them otherwise. For prediction;
+            training from ImageNet weights leaves the heads to initialise, so False there.
     """
 
-    def _load_file(self, filename):
-        try:
-            loaded = super()._load_file(filename)
-        except Exception as e:  # torch/pickle raise many types for a damaged or foreign file
-            from common.errors import InputError
+    def __init__(self, model, save_dir="", *, trust_pickle: bool = True, strict: bool = False,
+                 **checkpointables):
+        super().__init__(model, save_dir, **checkpointables)
+        self.trust_pickle = trust_pickle
+        self.strict = strict
+        self._loading = None
 
-            raise InputError(filename, f"not a readable checkpoint ({type(e).__name__}: {e})") from None
-        model = loaded.get("model", {})
-        if isinstance(model, dict) and "layer1.0.conv1.weight" in model:
+    def load(self, path, *args, **kwargs):
+        check_pickle_allowed(path, self.trust_pickle)  # before anything is read
+        self._loading = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading = None
+
+    def _torch_load(self, f):
+        # data only: tensors, numbers, strings and plain containers (DetectionCheckpointer's .pth path)
+        import warnings
+
+        with warnings.catch_warnings():  # a foreign pickle's protocol: the refusal says what matters
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
+
+    def _load_file(self, filename):
+        from common.errors import InputError
+
+        try:
+            if filename.endswith(".pyth"):  # pycls; detectron2 would torch.load it with the defaults
+                data = self._torch_load(filename)
+                if not isinstance(data, dict) or not isinstance(data.get("model_state"), dict):
+                    raise ValueError("pycls checkpoints must contain 'model_state'")
+                loaded = {"model": {k: v for k, v in data["model_state"].items()
+                                    if not k.endswith("num_batches_tracked")},
+                          "__author__": "pycls", "matching_heuristics": True}
+            else:
+                loaded = super()._load_file(filename)
+        except InputError:
+            raise
+        except Exception as e:  # torch/pickle raise many types for a damaged or foreign file
+            raise InputError(filename, f"not a readable checkpoint ({_load_error(e)})") from None
+        model = loaded.get("model") if isinstance(loaded, dict) else None
+        if not isinstance(model, dict) or (not filename.endswith(".pkl") and not all(
+                isinstance(k, str) and hasattr(v, "shape") for k, v in model.items())):
+            raise InputError(filename, "checkpoint holds no state dict of tensors")
+        if "layer1.0.conv1.weight" in model:
             self.logger.info("Reading torchvision ResNet weights from %s", filename)
             return {
                 "model": convert_torchvision_resnet_names(model),
@@ -213,6 +300,68 @@ class MassDetCheckpointer(DetectionCheckpointer):
                 "matching_heuristics": True,
             }
         return loaded
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        if self.strict and incompatible is not None:
+            missing = list(incompatible.missing_keys) + [k for k, *_ in incompatible.incorrect_shapes]
+            if missing:
+                from common.errors import InputError
+
+                total = len(self.model.state_dict())
+                more = ", ..." if len(missing) > 3 else ""
+                raise InputError(
+                    self._loading, f"weights do not fit the model config: {len(missing)} of its "
+                                   f"{total} parameters and buffers would stay randomly initialised "
+                                   f"({', '.join(missing[:3])}{more})")
+        return incompatible
+
+
+def _load_error(error: Exception) -> str:
+    """Short reason of a failed load: torch's refusal of a non-data object (several lines advising to
+    load it unsafely) becomes the global it named."""
+    reason = " ".join(str(error).split())
+    if "Weights only load failed" in reason:
+        found = re.search(r"GLOBAL ([\w.]+)", reason)
+        if found:
+            return (f"it would build the Python object {found.group(1)}; .pth checkpoints are read "
+                    "as tensors and plain data only")
+        found = re.search(r"WeightsUnpickler error: (.*?) Check the documentation", reason)
+        detail = f" ({found.group(1)[:200]})" if found else ""
+        return f"not tensors and plain data{detail}; .pth checkpoints are read as data only"
+    return f"{type(error).__name__}: {reason[:300]}"
+
+
+def load_mass_weights(model, weights: str, *, trust_pickle: bool = False) -> None:
+    """Prediction's loading of ``MODEL.WEIGHTS`` into a built mass detector.
+
+    Data only and complete: ``.pth`` read with ``torch.load(weights_only=True)``, a ``.pkl`` refused
+    unless from the model zoo or ``trust_pickle`` (:func:`check_pickle_allowed`), and every model
+    parameter must be set by the file (``MassDetCheckpointer(strict=True)``).
+
+    Raises:
+        common.errors.InputError: one line naming the file (refused pickle, unreadable file, weights
+            leaving parameters unloaded, with some of their names).
+    """
+    MassDetCheckpointer(model, trust_pickle=trust_pickle, strict=True).load(weights)
+
+
+def verify_mass_weights(cfg, weights: str | None = None, *, trust_pickle: bool = False) -> None:
+    """Check, before a predictor is built, that ``weights`` (default ``cfg.MODEL.WEIGHTS``) is safe
+    to read and sets every parameter of ``cfg``'s model (:func:`load_mass_weights` into a CPU copy)."""
+    from detectron2.modeling import build_model
+
+    from common.errors import InputError
+
+    weights = str(cfg.MODEL.WEIGHTS if weights is None else weights)
+    if not weights:
+        raise InputError(None, "no weights given: the mass detector would predict with random ones")
+    check_pickle_allowed(weights, trust_pickle)
+    resolve_weights_file(weights)  # one line for a missing file or a failed download
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    load_mass_weights(build_model(cfg), weights, trust_pickle=trust_pickle)
 
 
 def build_mass_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
