@@ -12,7 +12,7 @@ from __future__ import annotations
 import yaml
 from fvcore.common.config import CfgNode as CN
 
-from common.errors import InputError
+from common.errors import yaml_error
 from datasets.canonical import LARGE_MIN_AREA_PX, VESSEL_MIN_ELONGATION, VESSEL_MIN_LENGTH_PX
 
 _C = CN()
@@ -135,20 +135,6 @@ def get_calc_seg_cfg() -> CN:
     return _C.clone()
 
 
-def _yaml_error(config_file, error) -> InputError:
-    """One-line :class:`InputError` for a YAML file the safe loader rejects (the ``_BASE_`` file
-    where the problem is, when it is one)."""
-    mark = getattr(error, "problem_mark", None)
-    where = getattr(mark, "name", None)
-    path = where if where and not str(where).startswith("<") else config_file
-    line = f" at line {mark.line + 1}" if mark is not None else ""
-    problem = getattr(error, "problem", None) or str(error)
-    if isinstance(error, yaml.constructor.ConstructorError):
-        return InputError(path, f"YAML tag refused{line}: {problem} (configs are plain data; Python "
-                                "object tags are never loaded)")
-    return InputError(path, f"invalid YAML{line}: {problem}")
-
-
 def merge_yaml_file(cfg: CN, config_file) -> None:
     """Merge a YAML file (and its ``_BASE_`` chain) into ``cfg`` with PyYAML's safe loader only.
 
@@ -158,7 +144,7 @@ def merge_yaml_file(cfg: CN, config_file) -> None:
     try:
         cfg.merge_from_file(str(config_file), allow_unsafe=False)
     except yaml.YAMLError as e:
-        raise _yaml_error(config_file, e) from None
+        raise yaml_error(config_file, e) from None
 
 
 def load_calc_seg_cfg(config_file: str | None = None, opts: list | None = None) -> CN:

@@ -19,7 +19,6 @@ one group, i.e. ``GroupNorm(1, C)`` normalises each sample over (C, H, W).
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -193,7 +192,7 @@ def load_checkpoint(path: str | Path, map_location="cpu"):
     Raises:
         common.errors.InputError: missing, damaged or foreign file (one line naming it).
     """
-    from common.errors import InputError
+    from common.errors import InputError, checkpoint_error
 
     path = Path(path)
     if not path.is_file():
@@ -205,21 +204,6 @@ def load_checkpoint(path: str | Path, map_location="cpu"):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch and pickle raise many types for a foreign file
         raise InputError(path, f"not a readable PyTorch checkpoint ({checkpoint_error(e)})") from None
-
-
-def checkpoint_error(error: Exception) -> str:
-    """A short reason for a failed ``torch.load(weights_only=True)``: torch's refusal of an object
-    (several lines of advice to load it unsafely) becomes the one global it named."""
-    reason = " ".join(str(error).split())
-    if "Weights only load failed" in reason:
-        found = re.search(r"GLOBAL ([\w.]+)", reason)
-        if found:
-            return (f"it would build the Python object {found.group(1)}; checkpoints are read as "
-                    "tensors and plain data only")
-        found = re.search(r"WeightsUnpickler error: (.*?) Check the documentation", reason)
-        detail = f" ({found.group(1)[:200]})" if found else ""
-        return f"not tensors and plain data{detail}; checkpoints are read as data only"
-    return f"{type(error).__name__}: {reason[:300]}"
 
 
 def state_dict_mismatch(expected: dict, state: dict, limit: int = 3) -> str:

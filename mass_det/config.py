@@ -8,7 +8,7 @@ import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from common.errors import InputError
+from common.errors import yaml_error
 
 
 def add_mass_det_config(cfg: CN) -> CN:
@@ -97,22 +97,6 @@ def add_mass_det_config(cfg: CN) -> CN:
     _C.DATASETS.CANONICAL = CN()
     _C.DATASETS.CANONICAL.ROOTS = ["synthetic=data/synthetic"]  # "prefix=path" entries
     return cfg
-
-
-def yaml_error(config_file, error) -> InputError:
-    """One-line :class:`InputError` for a YAML file PyYAML's safe loader rejects, naming the file
-    (the ``_BASE_`` file where the problem is, when it is one)."""
-    mark = getattr(error, "problem_mark", None)
-    where = getattr(mark, "name", None)
-    path = where if where and not str(where).startswith("<") else config_file
-    line = f" at line {mark.line + 1}" if mark is not None else ""
-    problem = getattr(error, "problem", None) or str(error)
-    if isinstance(error, yaml.constructor.ConstructorError):
-        # e.g. !!python/object/apply:os.system: configs are data, a tag that builds Python objects
-        # (and could run code) is refused
-        return InputError(path, f"YAML tag refused{line}: {problem} (configs are plain data; Python "
-                                "object tags are never loaded)")
-    return InputError(path, f"invalid YAML{line}: {problem}")
 
 
 def merge_yaml_file(cfg, config_file) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import weakref
 from urllib.parse import urlparse
 
@@ -272,7 +271,7 @@ class MassDetCheckpointer(DetectionCheckpointer):
             return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
 
     def _load_file(self, filename):
-        from common.errors import InputError
+        from common.errors import InputError, checkpoint_error
 
         try:
             if filename.endswith(".pyth"):  # pycls; detectron2 would torch.load it with the defaults
@@ -287,7 +286,7 @@ class MassDetCheckpointer(DetectionCheckpointer):
         except InputError:
             raise
         except Exception as e:  # torch/pickle raise many types for a damaged or foreign file
-            raise InputError(filename, f"not a readable checkpoint ({_load_error(e)})") from None
+            raise InputError(filename, f"not a readable checkpoint ({checkpoint_error(e)})") from None
         model = loaded.get("model") if isinstance(loaded, dict) else None
         if not isinstance(model, dict) or (not filename.endswith(".pkl") and not all(
                 isinstance(k, str) and hasattr(v, "shape") for k, v in model.items())):
@@ -315,21 +314,6 @@ class MassDetCheckpointer(DetectionCheckpointer):
                                    f"{total} parameters and buffers would stay randomly initialised "
                                    f"({', '.join(missing[:3])}{more})")
         return incompatible
-
-
-def _load_error(error: Exception) -> str:
-    """Short reason of a failed load: torch's refusal of a non-data object (several lines advising to
-    load it unsafely) becomes the global it named."""
-    reason = " ".join(str(error).split())
-    if "Weights only load failed" in reason:
-        found = re.search(r"GLOBAL ([\w.]+)", reason)
-        if found:
-            return (f"it would build the Python object {found.group(1)}; .pth checkpoints are read "
-                    "as tensors and plain data only")
-        found = re.search(r"WeightsUnpickler error: (.*?) Check the documentation", reason)
-        detail = f" ({found.group(1)[:200]})" if found else ""
-        return f"not tensors and plain data{detail}; .pth checkpoints are read as data only"
-    return f"{type(error).__name__}: {reason[:300]}"
 
 
 def load_mass_weights(model, weights: str, *, trust_pickle: bool = False) -> None:
