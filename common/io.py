@@ -82,11 +82,15 @@ def atomic_write_png(path: str | Path, array: np.ndarray) -> Path:
 
 
 def read_png(path: str | Path) -> np.ndarray:
-    """Read a PNG/TIFF keeping its bit depth; colour images come back RGB."""
+    """Read a PNG/TIFF keeping its bit depth; colour images come back RGB. The header's pixel count is
+    checked against :func:`common.dicom.pixel_limit` before decoding."""
     import cv2
 
+    from common.dicom import check_raster_size
     from common.errors import InputError
 
+    if Path(path).is_file():
+        check_raster_size(path)
     a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if a is None:
         raise InputError(path, "missing or not a readable image file")

@@ -325,3 +325,17 @@ def test_16_bad_output_and_bootstrap_are_one_error_line(tmp_path, capsys, monkey
     with pytest.raises(ValueError, match="bootstrap"):
         evaluate_masks({"a": np.zeros((8, 8), bool)}, {"a": np.zeros((8, 8), np.float32)},
                        bootstrap=-5)
+
+
+def test_read_png_checks_the_header_before_decoding(tmp_path, monkeypatch):
+    """Masks and probability maps read through common.io.read_png obey the same pixel limit."""
+    import cv2
+
+    from common.io import read_png
+
+    path = tmp_path / "mask.png"
+    cv2.imwrite(str(path), np.zeros((40, 50), np.uint8))
+    assert read_png(path).shape == (40, 50)
+    monkeypatch.setenv("DEEPLIMA_MAX_PIXELS", "1000")
+    with pytest.raises(InputError, match=r"mask\.png: image too large.*50 x 40"):
+        read_png(path)
