@@ -3,6 +3,7 @@ safe loaders (``torch.load(weights_only=True)``, PyYAML's safe loader) refuse.""
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -50,3 +51,11 @@ def yaml_error(config_file, error) -> InputError:
         return InputError(path, f"YAML tag refused{line}: {problem} (configs are plain data; Python "
                                 "object tags are never loaded)")
     return InputError(path, f"invalid YAML{line}: {problem}")
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """:class:`argparse.ArgumentParser` whose usage errors are one line ``error: ...`` on stderr with
+    exit status 2 (the usage block is left to ``--help``); sub-command parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")

@@ -65,7 +65,7 @@ from common.calcifications import (
     min_area_pixels,
 )
 from common.dicom import check_pixel_count, check_raster_size
-from common.errors import InputError
+from common.errors import InputError, OneLineArgumentParser
 from common.io import atomic_write_json, finite_or_none, read_json, read_png
 from common.metrics.ap import (
     ap_coco_101,
@@ -838,15 +838,8 @@ def _non_negative_arg(text: str) -> float:
     return v
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line ``error: ...`` on stderr, exit status 2 (like input errors)."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(
+    ap = OneLineArgumentParser(
         prog="python -m common.evaluate", description=__doc__.split("\n")[0]
     )
     sub = ap.add_subparsers(dest="mode", required=True)

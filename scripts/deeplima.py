@@ -82,8 +82,11 @@ def _fps(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="deeplima", description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    from common.errors import OneLineArgumentParser
+
+    # usage errors (a bad number, a missing argument): one ``error:`` line, exit status 2
+    ap = OneLineArgumentParser(prog="deeplima", description=__doc__.splitlines()[0],
+                               formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="find masses and calcifications in mammograms")

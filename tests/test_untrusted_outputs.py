@@ -189,8 +189,10 @@ def test_16_non_finite_or_out_of_range_arguments_are_one_error_line(tmp_path, ca
     for argv in cases:
         with pytest.raises(SystemExit) as e:
             main(argv)
-        line = one_error_line(capsys.readouterr().err)
+        err = capsys.readouterr().err
+        line = one_error_line(err)
         assert e.value.code == 2 and argv[-1] in line, (argv, line)
+        assert err == line + "\n" and line.startswith("error: "), err  # no usage block
     assert not (tmp_path / "o").exists()
 
 
