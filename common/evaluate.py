@@ -859,6 +859,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--hit", choices=sorted(BOX_HIT_RULES), default="iou", help="FROC hit rule")
     b.add_argument("--iou", type=_threshold_arg, default=0.5,
                    help="threshold of the iou / iop hit rule, in (0, 1]")
+    b.add_argument("--pred-images", type=Path,
+                   help="the prediction folder's images.json ([{id, stem}]): prediction image ids are "
+                        "mapped to the GT's by file stem (default: images.json beside --pred, as in a "
+                        "deeplima prediction folder)")
+    b.add_argument("--split", help="score only the GT images of this split (canonical masses.json); "
+                                   "predictions of other images are dropped (needs the stem mapping)")
     common_args(b)
 
     m = sub.add_parser("masks", help="calcification segmentation: IoP rule on probability maps")
@@ -930,6 +936,66 @@ def _check_output(path: Path, flag: str, inputs: Iterable[Path | None] = ()) -> 
         raise InputError(path, f"{flag}: no permission to write in {parent}")
 
 
+def _gt_stem(image: dict) -> str | None:
+    stem = image.get("stem")
+    if isinstance(stem, str) and stem:
+        return stem
+    name = image.get("file_name")
+    return Path(name).stem if isinstance(name, str) and name else None
+
+
+def _boxes_inputs(gt_path: Path, pred_path: Path, images_path: Path | None, split: str | None):
+    """GT and predictions of ``boxes``, with prediction image ids mapped to the GT's by stem when the
+    predictions come with an ``images.json`` (a deeplima prediction folder numbers its images 1..N,
+    which would otherwise silently meet unrelated GT images), and the GT cut to ``split``."""
+    if images_path is None and (pred_path.parent / "images.json").is_file():
+        images_path = pred_path.parent / "images.json"
+    if images_path is None and split is None:
+        return gt_path, pred_path  # plain COCO results: ids are the GT's own
+    gt, src = _load_gt_coco(gt_path)
+    predictions = read_json(pred_path)
+    if split is not None:
+        if images_path is None:
+            raise InputError(pred_path, "--split needs the predictions' images.json (--pred-images) "
+                                        "to tell which predictions belong to the split")
+        keep = {im.get("id") for im in gt["images"] if isinstance(im, dict) and im.get("split") == split}
+        if not keep:
+            raise InputError(src, f"no image of split {split!r}")
+        gt = {**gt, "images": [im for im in gt["images"] if im.get("id") in keep],
+              "annotations": [a for a in gt.get("annotations", []) if isinstance(a, dict)
+                              and a.get("image_id") in keep]}
+    if images_path is None:
+        return gt, predictions
+    entries = read_json(images_path)
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise InputError(images_path, "not an images.json list of {id, stem} objects")
+    stem_of = {e.get("id"): e.get("stem") for e in entries}
+    gt_id: dict[str, Any] = {}
+    for im in gt["images"]:
+        stem = _gt_stem(im) if isinstance(im, dict) else None
+        if stem is None:
+            raise InputError(src, f"image {im!r} has no stem or file_name to match predictions by")
+        if stem in gt_id:
+            raise InputError(src, f"two GT images share the stem {stem!r} (ids {gt_id[stem]!r} and "
+                                  f"{im.get('id')!r}): predictions cannot be matched by stem")
+        gt_id[stem] = im.get("id")
+    if not isinstance(predictions, list):
+        raise InputError(pred_path, "not a COCO results list")
+    mapped = []
+    for p in predictions:
+        pid = p.get("image_id") if isinstance(p, dict) else None
+        if pid not in stem_of:
+            raise InputError(pred_path, f"prediction image_id {pid!r} is not in {images_path}")
+        stem = stem_of[pid]
+        if stem not in gt_id:
+            if split is not None:
+                continue  # an image of another split
+            raise InputError(pred_path, f"prediction for {stem!r} ({images_path}), an image the GT "
+                                        "does not hold (--split to score one split of a shared folder)")
+        mapped.append({**p, "image_id": gt_id[stem]})
+    return gt, mapped
+
+
 def _write_error(path: Path, what: str, e: OSError) -> InputError:
     reason = e.strerror or str(e) or type(e).__name__
     return InputError(path, f"cannot write the {what} ({reason})")
@@ -943,9 +1009,10 @@ def _run(args) -> dict:
         if args.plot.resolve() == args.out.resolve():
             raise InputError(args.plot, "--plot and --out are the same file")
     if args.mode == "boxes":
+        gt, predictions = _boxes_inputs(args.gt, args.pred, args.pred_images, args.split)
         report = evaluate_boxes(
-            args.gt,
-            args.pred,
+            gt,
+            predictions,
             hit=args.hit,
             iou_thr=args.iou,
             fps=args.fps,

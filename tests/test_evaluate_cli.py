@@ -316,3 +316,56 @@ def test_masks_cli_processed_labels_by_default_raw_on_request(tmp_path):
                  "--min-area-px", "20", "--out", str(out_px)]) == 0
     px = json.loads(out_px.read_text())
     assert px["min_area_px"] == [20, 20] and px["recall"] == 0.0
+
+
+def _prediction_folder(tmp_path):
+    """A canonical masses.json whose ids 1 and 2 are other images than a deeplima prediction folder's
+    ids 1 and 2 (its images.json numbers the predicted images 1..N)."""
+    def img(i, stem, split):
+        return {"id": i, "file_name": f"images/{stem}.dcm", "stem": stem, "height": 100, "width": 80,
+                "split": split}
+
+    boxes = {"a": [10.0, 10.0, 20.0, 20.0], "b": [40.0, 50.0, 15.0, 25.0],
+             "c": [5.0, 60.0, 30.0, 30.0], "d": [50.0, 5.0, 20.0, 20.0]}
+    ids = {"c": 1, "d": 2, "a": 10, "b": 11}
+    split = {"a": "test", "b": "test", "c": "train", "d": "train"}
+    gt = {"images": [img(ids[s], s, split[s]) for s in boxes],
+          "annotations": [{"id": k + 1, "image_id": ids[s], "bbox": boxes[s], "category_id": 1,
+                           "area": boxes[s][2] * boxes[s][3], "iscrowd": 0}
+                          for k, s in enumerate(boxes)],
+          "categories": [{"id": 1, "name": "mass"}]}
+    pred = tmp_path / "pred"
+    predicted = ["a", "b", "c"]  # in prediction order: ids 1, 2, 3
+    atomic_write_json(pred / "images.json", [{"id": i, "file_name": f"{s}.dcm", "stem": s,
+                                              "height": 100, "width": 80}
+                                             for i, s in enumerate(predicted, 1)])
+    atomic_write_json(pred / "masses_results.json",
+                      [{"image_id": i, "category_id": 1, "bbox": boxes[s], "score": 0.9}
+                       for i, s in enumerate(predicted, 1)])
+    atomic_write_json(tmp_path / "masses.json", gt)
+    return tmp_path / "masses.json", pred
+
+
+def test_boxes_maps_a_prediction_folder_by_stem_and_scores_one_split(tmp_path, capsys):
+    gt, pred = _prediction_folder(tmp_path)
+    out = tmp_path / "report.json"
+    base = ["boxes", "--gt", str(gt), "--pred", str(pred / "masses_results.json")]
+    # every predicted box is exact: through images.json (found beside the results) a, b, c are hits
+    assert main([*base, "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["n_lesions"] == 4 and report["recall"] == 0.75
+    assert main([*base, "--split", "test", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["n_images"] == 2 and report["recall"] == 1.0 and report["ap50_coco"] == 1.0
+    # without the mapping the ids would meet the wrong images: ids 1, 2 are c and d in the GT
+    (pred / "images.json").rename(pred / "elsewhere.json")
+    assert main([*base, "--out", str(out)]) == 2  # id 3 is unknown to the GT: refused
+    assert "unknown image_id 3" in capsys.readouterr().err
+    assert main([*base, "--pred-images", str(pred / "elsewhere.json"), "--split", "test",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["recall"] == 1.0
+    # a prediction for an image the GT does not hold, without --split: one error line
+    atomic_write_json(pred / "elsewhere.json", [{"id": 1, "stem": "a"}, {"id": 2, "stem": "b"},
+                                                {"id": 3, "stem": "zz"}])
+    assert main([*base, "--pred-images", str(pred / "elsewhere.json"), "--out", str(out)]) == 2
+    assert "'zz'" in capsys.readouterr().err
