@@ -37,7 +37,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -753,6 +753,19 @@ def staged_output(
         _publish(work, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def convert_staged(
+    convert: Callable[..., dict], root: str | Path, out: str | Path, overwrite: bool, *args
+) -> dict:
+    """A converter's ``convert()``: ``convert(root, staging_folder, *args)`` writes the whole dataset
+    into a staging folder that replaces ``out`` only when it succeeds (:func:`staged_output`; ``out``
+    must be missing or empty unless ``overwrite``). Returns its summary with ``"out"`` the real folder.
+    """
+    root = check_root(root)
+    with staged_output(out, root, overwrite) as work:
+        summary = convert(root, work, *args)
+    return {**summary, "out": str(out)}
 
 
 def build_coco(images: Sequence[dict], annotations: Sequence[dict], categories: list[dict]) -> dict:

@@ -43,7 +43,7 @@ from common.errors import InputError
 from datasets.canonical import (
     CalcMask,
     ConversionReport,
-    check_root,
+    convert_staged,
     converter_main,
     dicom_pixel_spacing,
     finish_conversion,
@@ -54,7 +54,6 @@ from datasets.canonical import (
     read_dicom_header,
     read_table,
     require_columns,
-    staged_output,
     unique_stem,
 )
 
@@ -162,12 +161,9 @@ def convert(
     """Convert a CBIS-DDSM download at ``root`` into the canonical folder ``out``; returns a summary.
 
     ``out`` must be missing or empty unless ``overwrite`` (see
-    :func:`datasets.canonical.staged_output`).
+    :func:`datasets.canonical.convert_staged`).
     """
-    root = check_root(root)
-    with staged_output(out, root, overwrite) as work:
-        summary = _convert(root, work, seed, hash_files, verbose)
-    return {**summary, "out": str(out)}
+    return convert_staged(_convert, root, out, overwrite, seed, hash_files, verbose)
 
 
 def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) -> dict:

@@ -41,11 +41,10 @@ from common.errors import InputError
 from datasets.canonical import (
     CalcMask,
     ConversionReport,
-    check_root,
     clip_bbox,
+    convert_staged,
     converter_main,
     finish_conversion,
-    staged_output,
 )
 
 MINI_MIAS_SIZE = (1024, 1024)
@@ -144,12 +143,9 @@ def convert(
     """Convert a mini-MIAS download at ``root`` into the canonical folder ``out``; returns a summary.
 
     ``out`` must be missing or empty unless ``overwrite`` (see
-    :func:`datasets.canonical.staged_output`).
+    :func:`datasets.canonical.convert_staged`).
     """
-    root = check_root(root)
-    with staged_output(out, root, overwrite) as work:
-        summary = _convert(root, work, seed, hash_files, verbose)
-    return {**summary, "out": str(out)}
+    return convert_staged(_convert, root, out, overwrite, seed, hash_files, verbose)
 
 
 def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) -> dict:

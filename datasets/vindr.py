@@ -37,8 +37,8 @@ from common.errors import InputError
 from datasets.canonical import (
     CalcMask,
     ConversionReport,
-    check_root,
     clip_bbox,
+    convert_staged,
     converter_main,
     dicom_pixel_spacing,
     int_or_none,
@@ -47,7 +47,6 @@ from datasets.canonical import (
     read_dicom_header,
     read_table,
     require_columns,
-    staged_output,
     unique_stem,
     write_canonical,
 )
@@ -109,12 +108,9 @@ def convert(
     """Convert a VinDr-Mammo download at ``root`` into the canonical folder ``out``; returns a summary.
 
     ``out`` must be missing or empty unless ``overwrite`` (see
-    :func:`datasets.canonical.staged_output`).
+    :func:`datasets.canonical.convert_staged`).
     """
-    root = check_root(root)
-    with staged_output(out, root, overwrite) as work:
-        summary = _convert(root, work, seed, hash_files, verbose)
-    return {**summary, "out": str(out)}
+    return convert_staged(_convert, root, out, overwrite, seed, hash_files, verbose)
 
 
 def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) -> dict:
