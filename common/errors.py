@@ -3,7 +3,6 @@ safe loaders (``torch.load(weights_only=True)``, PyYAML's safe loader) refuse.""
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
@@ -52,10 +51,3 @@ def yaml_error(config_file, error) -> InputError:
                                 "object tags are never loaded)")
     return InputError(path, f"invalid YAML{line}: {problem}")
 
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """:class:`argparse.ArgumentParser` whose usage errors are one line ``error: ...`` on stderr with
-    exit status 2 (the usage block is left to ``--help``); sub-command parsers inherit it."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")

@@ -64,8 +64,9 @@ from common.calcifications import (
     DEFAULT_MIN_AREA_PX,
     min_area_pixels,
 )
+from common.cli import OneLineArgumentParser, number_arg, number_list_arg
 from common.dicom import check_pixel_count, check_raster_size
-from common.errors import InputError, OneLineArgumentParser
+from common.errors import InputError
 from common.io import atomic_write_json, finite_or_none, read_json, read_png
 from common.metrics.ap import (
     ap_coco_101,
@@ -782,60 +783,12 @@ def _gt_from_canonical(gt_json: Path, split: str | None):
     ), coco
 
 
-def _parse_fps(text: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--fps wants numbers separated by commas, got {text!r}"
-        ) from None
-    if not vals or not all(math.isfinite(v) and v >= 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"--fps needs finite non-negative values, got {text!r}")
-    return vals
-
-
-def _threshold_arg(text: str) -> float:
-    """A threshold in (0, 1] (NaN, inf and 0 refused)."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
-    return v
-
-
-def _count_arg(text: str) -> int:
-    """An integer >= 0."""
-    try:
-        v = int(text)
-    except ValueError:
-        v = -1
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return v
-
-
-def _positive_arg(text: str) -> float:
-    """A finite number > 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return v
-
-
-def _non_negative_arg(text: str) -> float:
-    """A finite number >= 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return v
+# argument types of the command line (usage errors, exit status 2)
+_parse_fps = number_list_arg(0)
+_threshold_arg = number_arg(0, 1, low_open=True)
+_count_arg = number_arg(0, integer=True)
+_positive_arg = number_arg(0, low_open=True)
+_non_negative_arg = number_arg(0)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,6 @@ or an output folder that cannot be written (one line ``error: ...`` on stderr).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -34,55 +33,14 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _unit(text: str) -> float:
-    """A score threshold: a finite number in [0, 1]."""
-    value = _number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}")
-    return value
-
-
-def _positive(text: str) -> float:
-    """A finite number > 0 (FP/image levels)."""
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _count(text: str) -> int:
-    """An integer >= 0 (thread counts)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def _fps(text: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
-    if not vals or any(not math.isfinite(v) or v <= 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"FP/image levels must be finite and positive, got {text!r}")
-    return vals
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from common.errors import OneLineArgumentParser
+    from common.cli import OneLineArgumentParser, number_arg, number_list_arg
+
+    # argument types: finite numbers in range, else a usage error
+    _unit = number_arg(0, 1)  # score thresholds
+    _positive = number_arg(0, low_open=True)  # FP/image levels
+    _count = number_arg(0, integer=True)  # thread counts
+    _fps = number_list_arg(0, low_open=True)
 
     # usage errors (a bad number, a missing argument): one ``error:`` line, exit status 2
     ap = OneLineArgumentParser(prog="deeplima", description=__doc__.splitlines()[0],
