@@ -350,15 +350,27 @@ def _check_canonical_stems(coco: dict, src: str, split: str | None = None) -> di
     """stem -> image record of a canonical dataset; InputError for a missing or shared stem."""
     if not isinstance(coco.get("images"), list) or not isinstance(coco.get("annotations"), list):
         raise InputError(src, "'images' and 'annotations' must be lists")
+    return _stems_of(coco["images"], src, split)
+
+
+def _stems_of(images: list, src: str, split: str | None = None,
+              file_name_stems: bool = False) -> dict[str, dict]:
+    """stem -> image record of the ``images`` of ``split`` (all when None); InputError for an image
+    without a stem (``file_name_stems``: the stem of ``file_name`` stands in) or two sharing one."""
     by_stem: dict[str, dict] = {}
-    for i, im in enumerate(coco["images"]):
+    for i, im in enumerate(images):
         if not isinstance(im, Mapping) or not _is_id(im.get("id")):
             raise InputError(src, f"images[{i}]: not an object with an integer or string 'id'")
         if split is not None and im.get("split") != split:
             continue
         stem = im.get("stem")
+        file_name = im.get("file_name")
+        if file_name_stems and not (isinstance(stem, str) and stem) and isinstance(file_name, str) \
+                and file_name:
+            stem = Path(file_name).stem
         if not isinstance(stem, str) or not stem:
-            raise InputError(src, f"image {im.get('id')!r} has no 'stem' (or it is not a string)")
+            raise InputError(src, f"image {im.get('id')!r} has no 'stem' (or it is not a string)"
+                             + (" nor a 'file_name'" if file_name_stems else ""))
         if stem in by_stem:
             first = by_stem[stem]
 
@@ -889,14 +901,6 @@ def _check_output(path: Path, flag: str, inputs: Iterable[Path | None] = ()) -> 
         raise InputError(path, f"{flag}: no permission to write in {parent}")
 
 
-def _gt_stem(image: dict) -> str | None:
-    stem = image.get("stem")
-    if isinstance(stem, str) and stem:
-        return stem
-    name = image.get("file_name")
-    return Path(name).stem if isinstance(name, str) and name else None
-
-
 def _boxes_inputs(gt_path: Path, pred_path: Path, images_path: Path | None, split: str | None):
     """GT and predictions of ``boxes``, with prediction image ids mapped to the GT's by stem when the
     predictions come with an ``images.json`` (a deeplima prediction folder numbers its images 1..N,
@@ -907,31 +911,21 @@ def _boxes_inputs(gt_path: Path, pred_path: Path, images_path: Path | None, spli
         return gt_path, pred_path  # plain COCO results: ids are the GT's own
     gt, src = _load_gt_coco(gt_path)
     predictions = read_json(pred_path)
+    if images_path is None:
+        raise InputError(pred_path, "--split needs the predictions' images.json (--pred-images) "
+                                    "to tell which predictions belong to the split")
+    by_stem = _stems_of(gt["images"], src, split, file_name_stems=True)
     if split is not None:
-        if images_path is None:
-            raise InputError(pred_path, "--split needs the predictions' images.json (--pred-images) "
-                                        "to tell which predictions belong to the split")
-        keep = {im.get("id") for im in gt["images"] if isinstance(im, dict) and im.get("split") == split}
-        if not keep:
+        if not by_stem:
             raise InputError(src, f"no image of split {split!r}")
-        gt = {**gt, "images": [im for im in gt["images"] if im.get("id") in keep],
+        keep = {im["id"] for im in by_stem.values()}
+        gt = {**gt, "images": list(by_stem.values()),
               "annotations": [a for a in gt.get("annotations", []) if isinstance(a, dict)
                               and a.get("image_id") in keep]}
-    if images_path is None:
-        return gt, predictions
     entries = read_json(images_path)
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise InputError(images_path, "not an images.json list of {id, stem} objects")
     stem_of = {e.get("id"): e.get("stem") for e in entries}
-    gt_id: dict[str, Any] = {}
-    for im in gt["images"]:
-        stem = _gt_stem(im) if isinstance(im, dict) else None
-        if stem is None:
-            raise InputError(src, f"image {im!r} has no stem or file_name to match predictions by")
-        if stem in gt_id:
-            raise InputError(src, f"two GT images share the stem {stem!r} (ids {gt_id[stem]!r} and "
-                                  f"{im.get('id')!r}): predictions cannot be matched by stem")
-        gt_id[stem] = im.get("id")
     if not isinstance(predictions, list):
         raise InputError(pred_path, "not a COCO results list")
     mapped = []
@@ -940,12 +934,12 @@ def _boxes_inputs(gt_path: Path, pred_path: Path, images_path: Path | None, spli
         if pid not in stem_of:
             raise InputError(pred_path, f"prediction image_id {pid!r} is not in {images_path}")
         stem = stem_of[pid]
-        if stem not in gt_id:
+        if stem not in by_stem:
             if split is not None:
                 continue  # an image of another split
             raise InputError(pred_path, f"prediction for {stem!r} ({images_path}), an image the GT "
                                         "does not hold (--split to score one split of a shared folder)")
-        mapped.append({**p, "image_id": gt_id[stem]})
+        mapped.append({**p, "image_id": by_stem[stem]["id"]})
     return gt, mapped
 
 
