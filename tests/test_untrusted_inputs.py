@@ -16,53 +16,14 @@ import zlib
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import RLELossless
 
 from common.dicom import DEFAULT_MAX_PIXELS, load_image, pixel_limit
 from common.errors import InputError
 from common.evaluate import evaluate_boxes, evaluate_masks, main, read_prob_map
 from common.io import atomic_write_json, atomic_write_png
 from common.preprocess import preprocess
-
-MG_STORAGE = "1.2.840.10008.5.1.4.1.1.1.2"
-
-
-def _dicom(path, stored, photometric="MONOCHROME2", transfer_syntax=ExplicitVRLittleEndian, **tags):
-    stored = np.asarray(stored)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MG_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = transfer_syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = MG_STORAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MG"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    if "PixelData" not in tags:
-        ds.PixelData = stored.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def _phantom(h=96, w=80):
-    """A half-disc 'breast' (1000..3000) on a 100 background."""
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:h, :w]
-    inside = (yy - h / 2) ** 2 + (xx * 1.2) ** 2 < (0.45 * h) ** 2
-    img = np.full((h, w), 100.0)
-    img[inside] = 1000 + 2000 * rng.random(inside.sum())
-    return np.rint(img).astype(np.uint16)
+from tests.test_dicom import phantom, write_dicom
 
 
 def _one_error_line(capsys) -> str:
@@ -73,21 +34,21 @@ def _one_error_line(capsys) -> str:
 
 # ------------------------------------------------------------------------------ 11 saturated window
 def test_11_window_saturating_everything_is_an_error_and_near_saturation_a_warning(tmp_path):
-    stored = _phantom()
-    white = _dicom(tmp_path / "white.dcm", stored, "MONOCHROME1", WindowCenter=1e9, WindowWidth=100)
+    stored = phantom()[0]
+    white = write_dicom(tmp_path / "white.dcm", stored, "MONOCHROME1", WindowCenter=1e9, WindowWidth=100)
     with pytest.raises(InputError, match="constant image after windowing.*255") as e:
         preprocess(white)
     assert str(e.value).startswith(f"{white}: ")
     # the all-black twin keeps its error
-    black = _dicom(tmp_path / "black.dcm", stored, "MONOCHROME1", WindowCenter=-1e9, WindowWidth=100)
+    black = write_dicom(tmp_path / "black.dcm", stored, "MONOCHROME1", WindowCenter=-1e9, WindowWidth=100)
     with pytest.raises(InputError, match="hides the whole image"):
         preprocess(black)
     # background 0, every breast pixel 255: usable, but the record says the window is saturated
-    binary = _dicom(tmp_path / "binary.dcm", stored, WindowCenter=500, WindowWidth=100)
+    binary = write_dicom(tmp_path / "binary.dcm", stored, WindowCenter=500, WindowWidth=100)
     rec = preprocess(binary).record
     assert any("saturated" in w and "100.0%" in w for w in rec["warnings"]), rec["warnings"]
     # a proper window: no saturation warning
-    good = _dicom(tmp_path / "good.dcm", stored, WindowCenter=2000, WindowWidth=2200)
+    good = write_dicom(tmp_path / "good.dcm", stored, WindowCenter=2000, WindowWidth=2200)
     assert not any("saturated" in w for w in preprocess(good).record["warnings"])
 
 
@@ -221,7 +182,7 @@ def test_14_huge_rle_dicom_refused_from_its_header_before_any_allocation(tmp_pat
 
     # RLE header: 1 segment, starting at byte 64; then a tiny run
     frame = struct.pack("<16I", 1, 64, *([0] * 14)) + bytes([0x81, 0]) * 8
-    path = _dicom(
+    path = write_dicom(
         tmp_path / "bomb.dcm",
         np.zeros((1, 1), np.uint16),
         transfer_syntax=RLELossless,
