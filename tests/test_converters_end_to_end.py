@@ -126,36 +126,20 @@ def test_mias_loads_end_to_end(tmp_path):
     assert got == {"images": 5, "masses": 3, "calc_images": 1}
 
 
-def test_bcdr_loads_end_to_end(tmp_path):
-    root, _ = build_bcdr_root(tmp_path, pixels=breast_phantom)
+@pytest.mark.parametrize("converter, build, expected", [
+    (bcdr, lambda tmp: build_bcdr_root(tmp, pixels=breast_phantom)[0],
+     {"images": 4, "masses": 2, "calc_images": 2}),
+    (inbreast, lambda tmp: build_inbreast_root(tmp, pixels=breast_phantom),
+     {"images": 3, "masses": 1, "calc_images": 1}),
+    (cbis_ddsm, lambda tmp: build_cbis_root(tmp, pixels=breast_phantom),
+     {"images": 2, "masses": 2, "calc_images": 1}),
+    (vindr, lambda tmp: build_vindr_root(tmp, pixels=breast_phantom),
+     {"images": 3, "masses": 3, "calc_images": 1}),
+], ids=["bcdr", "inbreast", "cbis_ddsm", "vindr"])
+def test_converter_output_loads_end_to_end(tmp_path, converter, build, expected):
     out = tmp_path / "out"
-    bcdr.convert(root, out, verbose=False)
-    got = load_end_to_end(out, tmp_path)
-    assert got == {"images": 4, "masses": 2, "calc_images": 2}
-
-
-def test_inbreast_loads_end_to_end(tmp_path):
-    root = build_inbreast_root(tmp_path, pixels=breast_phantom)
-    out = tmp_path / "out"
-    inbreast.convert(root, out, verbose=False)
-    got = load_end_to_end(out, tmp_path)
-    assert got == {"images": 3, "masses": 1, "calc_images": 1}
-
-
-def test_cbis_ddsm_loads_end_to_end(tmp_path):
-    root = build_cbis_root(tmp_path, pixels=breast_phantom)
-    out = tmp_path / "out"
-    cbis_ddsm.convert(root, out, verbose=False)
-    got = load_end_to_end(out, tmp_path)
-    assert got == {"images": 2, "masses": 2, "calc_images": 1}
-
-
-def test_vindr_loads_end_to_end(tmp_path):
-    root = build_vindr_root(tmp_path, pixels=breast_phantom)
-    out = tmp_path / "out"
-    vindr.convert(root, out, verbose=False)
-    got = load_end_to_end(out, tmp_path)
-    assert got == {"images": 3, "masses": 3, "calc_images": 1}
+    converter.convert(build(tmp_path), out, verbose=False)
+    assert load_end_to_end(out, tmp_path) == expected
 
 
 # ------------------------------------------------------------------- problem 9: hostile MIAS files
