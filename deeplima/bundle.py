@@ -52,7 +52,7 @@ import io
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -117,30 +117,22 @@ class Bundle:
     operating_points: dict
     manifest: dict
     trust_pickle: bool = False
-    _checked: set = field(default_factory=set, repr=False, compare=False)
 
     @property
     def model_card(self) -> dict:
         """The ``model_card`` of ``bundle.json`` ({} for bundles written before it existed)."""
         return self.manifest.get("model_card") or {}
 
-    def mass_cfg(self, opts=(), check_weights: bool = True):
-        """The mass detector's detectron2 config with ``MODEL.WEIGHTS`` set to the bundle's weights.
-
-        With ``check_weights`` (once per ``opts``), the weights are read into a CPU copy of the model
-        first (:func:`mass_det.engine.trainer.verify_mass_weights`): detectron2's predictor would only
-        warn about parameters the file leaves out and predict with them random.
+    def mass_cfg(self, opts=()):
+        """The mass detector's detectron2 config with ``MODEL.WEIGHTS`` set to the bundle's weights
+        (read as data, and required to set every parameter, by the predictor that loads them:
+        :func:`mass_det.inference.build_default_predictor`).
 
         Raises:
-            InputError: unusable config, refused pickle, or weights that do not fit (one line).
+            InputError: unusable config (one line).
         """
         cfg = _load_cfg("mass", self.mass_config, opts, in_bundle=True)
         cfg.MODEL.WEIGHTS = str(self.mass_weights)
-        if check_weights and tuple(opts) not in self._checked:
-            from mass_det.engine.trainer import verify_mass_weights
-
-            verify_mass_weights(cfg, trust_pickle=self.trust_pickle)
-            self._checked.add(tuple(opts))
         return cfg
 
     def calc_cfg(self, opts=()):

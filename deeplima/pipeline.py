@@ -188,8 +188,8 @@ class Pipeline:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
         self.thresholds = resolve_thresholds(self.bundle.operating_points, threshold, target_fp)
 
-        # the predictor loads the weights as data and requires every parameter (no second check here)
-        mass_cfg = self.bundle.mass_cfg(mass_opts, check_weights=False)
+        # the predictor loads the weights as data and requires every parameter
+        mass_cfg = self.bundle.mass_cfg(mass_opts)
         if device is not None:
             mass_cfg.MODEL.DEVICE = device
         resolve_device(mass_cfg)

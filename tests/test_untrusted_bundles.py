@@ -22,6 +22,7 @@ pytest.importorskip("detectron2")
 
 from common.errors import InputError  # noqa: E402
 from deeplima.bundle import load_bundle, random_bundle  # noqa: E402
+from mass_det.inference import build_default_predictor  # noqa: E402
 from scripts.deeplima import main as deeplima_main  # noqa: E402
 
 # ResNet-18 GN instead of the instant test's ResNet-50: the bundle is built in seconds
@@ -206,7 +207,7 @@ def test_predict_mass_and_the_checkpointer_refuse_local_pickles(good_bundle, tmp
     assert rc == 2 and len(err) == 1, err
     assert err[0].startswith(f"error: {evil}: ") and "--trust-pickle" in err[0]
 
-    cfg = good_bundle.mass_cfg(check_weights=False)
+    cfg = good_bundle.mass_cfg()
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
     with pytest.raises(InputError, match="trust_pickle=True"):
@@ -275,7 +276,7 @@ def test_weights_that_leave_parameters_unloaded_are_refused(bundle_dir, tmp_path
     state = torch.load(bundle_dir / "mass_model.pth", weights_only=True)["model"]
     torch.save({"model": {"foo.weight": torch.zeros(3)}}, bundle_dir / "mass_model.pth")
     with pytest.raises(InputError) as err:
-        load_bundle(bundle_dir).mass_cfg()
+        build_default_predictor(load_bundle(bundle_dir).mass_cfg())
     msg = one_line(err)
     assert msg.startswith(f"{bundle_dir / 'mass_model.pth'}: weights do not fit") and "backbone." in msg
     rc, err = cli_predict(bundle_dir, tmp_path, capsys)
@@ -284,7 +285,7 @@ def test_weights_that_leave_parameters_unloaded_are_refused(bundle_dir, tmp_path
     gone = "roi_heads.box_predictor.cls_score.weight"
     torch.save({"model": {k: v for k, v in state.items() if k != gone}}, bundle_dir / "mass_model.pth")
     with pytest.raises(InputError, match=f"1 of its .* parameters .*{gone}"):
-        load_bundle(bundle_dir).mass_cfg()
+        build_default_predictor(load_bundle(bundle_dir).mass_cfg())
     # the U-Net's weights likewise
     torch.save({"model": {"foo.weight": torch.zeros(3)}}, bundle_dir / "calc_model.pth")
     with pytest.raises(InputError) as err:
@@ -324,5 +325,6 @@ def test_malformed_operating_points_are_one_line(bundle_dir, tmp_path, capsys, t
 def test_the_good_bundle_still_loads(good_bundle):
     bundle = load_bundle(good_bundle.root)
     assert bundle.operating_points["mass"]["1"]["threshold"] == 0.4
-    cfg = bundle.mass_cfg()  # weights checked: they fit
+    cfg = bundle.mass_cfg()
     assert cfg.MODEL.WEIGHTS == str(good_bundle.root / "mass_model.pth")
+    build_default_predictor(cfg)  # the weights are read as data and fit

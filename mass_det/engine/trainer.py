@@ -44,7 +44,6 @@ __all__ = [
     "is_pickle_weights",
     "load_mass_weights",
     "resolve_weights_file",
-    "verify_mass_weights",
 ]
 
 logger = logging.getLogger(__name__)
@@ -328,24 +327,6 @@ def load_mass_weights(model, weights: str, *, trust_pickle: bool = False) -> Non
             leaving parameters unloaded, with some of their names).
     """
     MassDetCheckpointer(model, trust_pickle=trust_pickle, strict=True).load(weights)
-
-
-def verify_mass_weights(cfg, weights: str | None = None, *, trust_pickle: bool = False) -> None:
-    """Check, before a predictor is built, that ``weights`` (default ``cfg.MODEL.WEIGHTS``) is safe
-    to read and sets every parameter of ``cfg``'s model (:func:`load_mass_weights` into a CPU copy)."""
-    from detectron2.modeling import build_model
-
-    from common.errors import InputError
-
-    weights = str(cfg.MODEL.WEIGHTS if weights is None else weights)
-    if not weights:
-        raise InputError(None, "no weights given: the mass detector would predict with random ones")
-    check_pickle_allowed(weights, trust_pickle)
-    resolve_weights_file(weights)  # one line for a missing file or a failed download
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.DEVICE = "cpu"
-    load_mass_weights(build_model(cfg), weights, trust_pickle=trust_pickle)
 
 
 def build_mass_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
