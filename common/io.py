@@ -11,6 +11,7 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,37 @@ def finite_or_none(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
+
+
+def write_together(items: Sequence[tuple[Path, Callable[[Path], Any]]],
+                   invalidate: Sequence[Path] = ()) -> list[Path]:
+    """Write several files as a set: ``writer(tmp)`` of each ``(path, writer)`` first writes a hidden
+    temporary file beside ``path``; only when all are written are they renamed into place, in the order
+    given. A failure while writing (full disk, read-only folder...) therefore leaves the earlier
+    versions of ALL of them untouched and no temporary file behind. ``invalidate`` files are deleted
+    just before the renames (e.g. a "complete" marker that the new files would contradict)."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, writer in items:
+            path = Path(path)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.staged")
+            staged.append((tmp, path))
+            writer(tmp)
+        for path in invalidate:
+            Path(path).unlink(missing_ok=True)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+    return [path for _, path in staged]
+
+
+def os_error_reason(e: OSError) -> str:
+    """One line for a failed file operation: the reason, then the file when the error names one."""
+    reason = e.strerror or str(e) or type(e).__name__
+    where = f": {e.filename}" if e.filename else ""
+    return " ".join(f"{reason}{where}".split())

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from common.breast import extract_breast
 from common.dicom import LoadedImage, check_not_constant, load_image, raster_meta, window_image
 from common.errors import InputError
 from common.inputs import base_stem, unique_output_stems
+from common.io import os_error_reason, write_together
 from common.laterality import normalize_laterality as _normalize_laterality
 
 
@@ -142,38 +143,9 @@ def _unique_stems(paths: Sequence[Path], reserved: Iterable[str] = ()) -> list[s
     return unique_output_stems(paths, output_names, {STEMS_FILE, *reserved})
 
 
-def write_together(items: Sequence[tuple[Path, Callable[[Path], Any]]],
-                   invalidate: Sequence[Path] = ()) -> list[Path]:
-    """Write several files as a set: ``writer(tmp)`` of each ``(path, writer)`` first writes a hidden
-    temporary file beside ``path``; only when all are written are they renamed into place, in the order
-    given. A failure while writing (full disk, read-only folder...) therefore leaves the earlier
-    versions of ALL of them untouched and no temporary file behind. ``invalidate`` files are deleted
-    just before the renames (e.g. a "complete" marker that the new files would contradict)."""
-    import os
-
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for path, writer in items:
-            path = Path(path)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.staged")
-            staged.append((tmp, path))
-            writer(tmp)
-        for path in invalidate:
-            Path(path).unlink(missing_ok=True)
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in staged:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
-    return [path for _, path in staged]
-
-
 def write_outputs(result: Preprocessed, out_dir: Path, stem: str) -> list[Path]:
     """Write ``<stem>.png``, ``<stem>_breast.png`` and ``<stem>.json`` into ``out_dir``, atomically and
-    as a set (:func:`write_together`): a write that fails leaves the earlier set as it was."""
+    as a set (:func:`common.io.write_together`): a write that fails leaves the earlier set as it was."""
     from common.io import atomic_write_json, atomic_write_png
 
     out_dir = Path(out_dir)
@@ -184,13 +156,6 @@ def write_outputs(result: Preprocessed, out_dir: Path, stem: str) -> list[Path]:
         (paths[1], lambda tmp: atomic_write_png(tmp, result.breast_mask.astype(np.uint8) * 255)),
         (paths[2], lambda tmp: atomic_write_json(tmp, result.record)),
     ])
-
-
-def os_error_reason(e: OSError) -> str:
-    """One line for a failed file operation: the reason, then the file when the error names one."""
-    reason = e.strerror or str(e) or type(e).__name__
-    where = f": {e.filename}" if e.filename else ""
-    return " ".join(f"{reason}{where}".split())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -387,11 +387,10 @@ def write_image_outputs(res: ImageResult, out: Path, stem: str, image_id: int,
     """Write the PNGs, then the per-image JSON (last, so its presence means complete).
 
     All of them are written to temporary files first and renamed into place together
-    (:func:`common.preprocess.write_together`): a failure to write (full disk, read-only folder:
+    (:func:`common.io.write_together`): a failure to write (full disk, read-only folder:
     ``OSError``) leaves this image's earlier outputs as they were.
     """
-    from common.io import atomic_write_json, atomic_write_png
-    from common.preprocess import write_together
+    from common.io import atomic_write_json, atomic_write_png, write_together
 
     from .overlay import draw_findings
 
@@ -455,8 +454,7 @@ def write_predictions(
     """
     from tqdm import tqdm
 
-    from common.io import atomic_write_bytes, atomic_write_json
-    from common.preprocess import os_error_reason
+    from common.io import atomic_write_bytes, atomic_write_json, os_error_reason
 
     out = Path(out_dir)
     paths = collect_inputs(inputs)

@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # an output that cannot be written: read-only or full disk...
-        from common.preprocess import os_error_reason
+        from common.io import os_error_reason
 
         print(f"error: {os_error_reason(e)}", file=sys.stderr)
         return 2
