@@ -256,9 +256,10 @@ class MassDatasetMapper:
         annos = [a for a in dataset_dict.pop("annotations", []) if not a.get("iscrowd", 0)]
         # Annotations are in the original frame; a laterality flip happened before augmentation.
         frame = T.TransformList([T.HFlipTransform(original_hw[1])] if flipped else [])
-        # The boxes travel with the image for augmentations that look at them (MassCrop).
+        # The boxes travel with the image: augmentations may look at them (MassCrop), and they come
+        # out in the augmented frame.
         aug_input = T.AugInput(image, boxes=frame.apply_box(self._xyxy(annos)) if self.is_train else None)
-        transforms = self.augmentations(aug_input)
+        self.augmentations(aug_input)
         image = aug_input.image
         image_shape = image.shape[:2]
         dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
@@ -266,7 +267,7 @@ class MassDatasetMapper:
 
         if not self.is_train:
             return dataset_dict
-        dataset_dict["instances"] = self._boxes_to_instances(annos, frame + transforms, image_shape)
+        dataset_dict["instances"] = self._boxes_to_instances(annos, aug_input.boxes, image_shape)
         return dataset_dict
 
     @staticmethod
@@ -278,10 +279,11 @@ class MassDatasetMapper:
         ).reshape(-1, 4)
 
     @staticmethod
-    def _boxes_to_instances(annos: list[dict], transforms, image_shape) -> Instances:
+    def _boxes_to_instances(annos: list[dict], boxes: np.ndarray, image_shape) -> Instances:
+        """Instances of the annotations whose ``boxes`` (XYXY, already augmented with the image) keep
+        at least ``MIN_VISIBLE_FRACTION`` of their area inside it, clipped to it."""
         instances = Instances(image_shape)
         if annos:
-            boxes = transforms.apply_box(MassDatasetMapper._xyxy(annos))
             area = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)
             h, w = image_shape
             clipped = np.stack(
