@@ -66,7 +66,7 @@ train-mass: $(STAMP) $(DATA)/masses.json
 	  DATASETS.CANONICAL.ROOTS "['synthetic=$(DATA)']" $(OPTS)
 
 train-calc: $(STAMP) $(DATA)/masses.json
-	$(PY) -m calc_seg.train_net --config $(or $(CONFIG),calc_seg/configs/unet_gn.yaml) --opts DATA.ROOT $(DATA) $(OPTS)
+	$(PY) -m calc_seg.train_net --config-file $(or $(CONFIG),calc_seg/configs/unet_gn.yaml) DATA.ROOT $(DATA) $(OPTS)
 
 ablate-mass: $(STAMP) $(DATA)/masses.json
 	$(PY) -m mass_det.ablate --data $(DATA) --out $(OUT)/ablate_mass

@@ -63,11 +63,11 @@ def _synthetic_study(out: Path, height: int, width: int, seed: int):
 def bench_speed(args) -> dict:
     import torch
 
-    from calc_seg.config import load_calc_seg_cfg
+    from calc_seg.config import get_calc_seg_cfg
     from calc_seg.inference import predict_image, window_positions
     from calc_seg.model import build_model
 
-    cfg = load_calc_seg_cfg(GN_CONFIG)
+    cfg = get_calc_seg_cfg(GN_CONFIG)
     image, breast, source = _synthetic_study(Path(args.out) / "speed_data", args.height, args.width, 0)
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -155,7 +155,7 @@ def _fp_levels(report: dict) -> dict:
 
 def bench_quality(args) -> dict:
     """Train the GN U-Net on synthetic studies and score the held-out test split (IoP >= 0.25)."""
-    from calc_seg.config import load_calc_seg_cfg
+    from calc_seg.config import get_calc_seg_cfg
     from calc_seg.engine.trainer import CalcSegTrainer, evaluate_studies, load_split
     from calc_seg.model import load_weights
 
@@ -163,7 +163,7 @@ def bench_quality(args) -> dict:
     t0 = time.perf_counter()
     root = quality_data(out / "quality_data", args.quality_n, args.quality_height, args.quality_width,
                         args.pixel_spacing)
-    cfg = load_calc_seg_cfg(CPU_CONFIG, quality_opts(args, root, out / "quality_run"))
+    cfg = get_calc_seg_cfg(CPU_CONFIG, quality_opts(args, root, out / "quality_run"))
     trainer = CalcSegTrainer(cfg)
     trainer.train(progress=not args.no_progress)
     t_train = time.perf_counter() - t0

@@ -125,8 +125,8 @@ def bench_quality(out_dir: Path, iters: int | None, n_studies: int, height: int,
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.utils.logger import setup_logger
 
+    from common.canonical import load_canonical_dicts
     from common.io import read_json
-    from datasets.register import load_canonical_dicts
     from datasets.synthetic import generate
     from mass_det.ablate import build_run_cfg, run_row
 

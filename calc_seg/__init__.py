@@ -5,6 +5,6 @@ Independent of detectron2 and of ``mass_det``: configs are plain fvcore ``CfgNod
 (:func:`calc_seg.model.build_unet`), metrics come from ``common.metrics``.
 """
 
-from calc_seg.config import get_calc_seg_cfg, load_calc_seg_cfg
+from calc_seg.config import get_calc_seg_cfg
 
-__all__ = ["get_calc_seg_cfg", "load_calc_seg_cfg"]
+__all__ = ["get_calc_seg_cfg"]

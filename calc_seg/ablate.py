@@ -48,12 +48,12 @@ def markdown_table(rows: dict[str, dict], fps, caption: str) -> str:
 
 def run_variant(base_cfg_file, opts, norm: str, out: Path, progress: bool) -> dict:
 
-    from calc_seg.config import load_calc_seg_cfg
+    from calc_seg.config import get_calc_seg_cfg
     from calc_seg.engine.trainer import CalcSegTrainer, evaluate_studies, load_split
     from calc_seg.model import load_weights
     from common.io import atomic_write_json
 
-    cfg = load_calc_seg_cfg(base_cfg_file, list(opts) + [
+    cfg = get_calc_seg_cfg(base_cfg_file, list(opts) + [
         "MODEL.NORM", norm, "OUTPUT_DIR", str(out / f"unet_{norm}"),
     ])
     trainer = CalcSegTrainer(cfg)

@@ -9,11 +9,13 @@ PyYAML's safe loader only: a config is data, a ``!!python/...`` tag is refused (
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import yaml
 from fvcore.common.config import CfgNode as CN
 
+from common.calcifications import LARGE_MIN_AREA_PX, VESSEL_MIN_ELONGATION, VESSEL_MIN_LENGTH_PX
 from common.errors import yaml_error
-from datasets.canonical import LARGE_MIN_AREA_PX, VESSEL_MIN_ELONGATION, VESSEL_MIN_LENGTH_PX
 
 _C = CN()
 _C.VERSION = 1
@@ -54,7 +56,7 @@ _C.LABELS.MIN_AREA_MM2 = 6.5
 _C.LABELS.MIN_AREA = 900  # pixels; used for images without a known pixel spacing
 # A component is a "vessel" when its skeleton is at least VESSEL_MIN_LENGTH long and it is thin:
 # skeleton_length**2 / area (length over mean width) >= VESSEL_MIN_ELONGATION.
-# (defaults shared with datasets.canonical.classify_component, which converters use)
+# (defaults shared with common.calcifications.classify_component, which converters use)
 _C.LABELS.VESSEL_MIN_LENGTH = float(VESSEL_MIN_LENGTH_PX)
 _C.LABELS.VESSEL_MIN_ELONGATION = float(VESSEL_MIN_ELONGATION)
 # Otherwise a component this large is a "large" region (a cluster outlined as one area); else "dot".
@@ -130,11 +132,6 @@ _C.SEED = 0
 _C.OUTPUT_DIR = "output/calc_seg"
 
 
-def get_calc_seg_cfg() -> CN:
-    """A fresh copy of the default configuration (merge YAML files into it)."""
-    return _C.clone()
-
-
 def merge_yaml_file(cfg: CN, config_file) -> None:
     """Merge a YAML file (and its ``_BASE_`` chain) into ``cfg`` with PyYAML's safe loader only.
 
@@ -147,16 +144,20 @@ def merge_yaml_file(cfg: CN, config_file) -> None:
         raise yaml_error(config_file, e) from None
 
 
-def load_calc_seg_cfg(config_file: str | None = None, opts: list | None = None) -> CN:
-    """Defaults, then ``config_file`` (with ``_BASE_`` chain, safe YAML only: a Python object tag is
-    an :class:`~common.errors.InputError`), then ``KEY VALUE`` pairs; frozen."""
-    cfg = get_calc_seg_cfg()
+def get_calc_seg_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
+    """Defaults, then ``config_file`` (with ``_BASE_`` chain), then ``KEY VALUE`` pairs, checked.
+
+    Named and called like :func:`mass_det.config.get_mass_det_cfg`; with no argument it is a fresh
+    copy of the defaults. YAML is read with the safe loader only (a Python object tag is an
+    :class:`~common.errors.InputError` naming the file). The result is not frozen: callers freeze it
+    once their own settings are in.
+    """
+    cfg = _C.clone()
     if config_file:
         merge_yaml_file(cfg, config_file)
     if opts:
         cfg.merge_from_list(list(opts))
     check_cfg(cfg)
-    cfg.freeze()
     return cfg
 
 

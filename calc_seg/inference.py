@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from calc_seg.model import logits_to_prob
+from common.calcifications import describe_components, label_components
 
 
 def compute_steps(size: int, window: int, stride: int) -> list[int]:
@@ -155,33 +156,18 @@ def predict_from_cfg(model: nn.Module, image: np.ndarray, breast_mask, cfg, devi
 
 
 def mask_components(prob: np.ndarray, threshold: float = 0.5, params=None) -> tuple[np.ndarray, list[dict]]:
-    """Binary mask and lesion components of a probability map.
+    """Component labels and lesion components of a probability map.
 
-    Returns (bool (H, W) mask ``prob >= threshold``, components) where each component (8-connected) has
-    ``bbox`` [x, y, w, h] (original image pixels, top-left origin), ``area`` (pixels), ``score`` (its
-    maximum probability, the score the FROC sweeps) and ``type`` (shape classifier of
-    :mod:`calc_seg.data.labels`).
+    Returns (int32 (H, W) labels of ``prob >= threshold``, 0 = background; components) where each
+    component (8-connected, :func:`common.calcifications.describe_components`) has ``label``, ``bbox``
+    [x, y, w, h] (original image pixels, top-left origin), ``area`` (pixels), ``point`` [x, y] (a pixel
+    inside), ``type`` (shape rule with the thresholds of ``params``, a
+    :class:`calc_seg.data.labels.LabelParams`) and ``score`` (its maximum probability, the score the
+    FROC sweeps).
     """
-    from scipy import ndimage as ndi
-
-    from calc_seg.data.labels import LabelParams, classify_component, label_components
-
-    params = params or LabelParams()
-    mask = np.asarray(prob) >= threshold
-    labels, n = label_components(mask)
-    comps = []
-    if n:
-        scores = ndi.maximum(prob, labels, index=np.arange(1, n + 1))
-        for i, sl in enumerate(ndi.find_objects(labels), start=1):
-            comp = labels[sl] == i
-            comps.append({
-                "bbox": [int(sl[1].start), int(sl[0].start), int(sl[1].stop - sl[1].start),
-                         int(sl[0].stop - sl[0].start)],
-                "area": int(comp.sum()),
-                "score": round(float(scores[i - 1]), 6),
-                "type": classify_component(comp, params),
-            })
-    return mask, comps
+    labels, n = label_components(np.asarray(prob) >= threshold)
+    rule = params.type_rule if params is not None else None
+    return labels, describe_components(labels, n, prob=prob, type_rule=rule)
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.6) -> np.ndarray:

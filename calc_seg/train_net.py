@@ -1,8 +1,11 @@
 """Train the calcification U-Net.
 
-    python -m calc_seg.train_net --config calc_seg/configs/unet_gn.yaml [--resume] \
-        [--opts DATA.ROOT /data/canonical SOLVER.EPOCHS 10]
-    torchrun --nproc_per_node 4 -m calc_seg.train_net --config ...   # multi-GPU
+    python -m calc_seg.train_net --config-file calc_seg/configs/unet_gn.yaml [--resume] \
+        [--eval-only] [KEY VALUE ...]          # e.g. DATA.ROOT /data/canonical SOLVER.EPOCHS 10
+    torchrun --nproc_per_node 4 -m calc_seg.train_net --config-file ... DATA.ROOT ...   # multi-GPU
+
+The flags are those of Detectron2's ``default_argument_parser`` (as ``mass_det.train_net`` takes
+them): ``--config-file FILE`` then ``KEY VALUE`` overrides; processes come from ``torchrun``.
 
 ``--eval-only`` evaluates ``MODEL.WEIGHTS`` (or ``OUTPUT_DIR/model_best.pth``) on the test split and
 writes ``OUTPUT_DIR/test_report.json``: scored against the processed labels (``TEST.GT_LABELS``), with
@@ -17,25 +20,28 @@ import logging
 import sys
 from pathlib import Path
 
-from calc_seg.config import load_calc_seg_cfg
+from calc_seg.config import get_calc_seg_cfg
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="YAML config (calc_seg/configs/...)")
+    p.add_argument("--config-file", required=True, metavar="FILE",
+                   help="YAML config (calc_seg/configs/...)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/model_last.pth")
     p.add_argument("--eval-only", action="store_true", help="evaluate on the test split and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE pairs overriding the config")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                   help="config overrides, e.g. DATA.ROOT data/synthetic SOLVER.EPOCHS 10")
     return p
 
 
 def setup(args):
-    cfg = load_calc_seg_cfg(args.config, args.opts)
+    cfg = get_calc_seg_cfg(args.config_file, args.opts)
     if not cfg.DATA.ROOT:
-        raise SystemExit("error: DATA.ROOT is not set (use --opts DATA.ROOT /path/to/canonical)")
+        raise SystemExit("error: DATA.ROOT is not set (add DATA.ROOT /path/to/canonical after the flags)")
     Path(cfg.OUTPUT_DIR).mkdir(parents=True, exist_ok=True)
     (Path(cfg.OUTPUT_DIR) / "config.yaml").write_text(cfg.dump())
+    cfg.freeze()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     return cfg
 

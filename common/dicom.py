@@ -34,7 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, get_decoder
+from skimage.filters import threshold_otsu
 
 from common.errors import InputError
 
@@ -150,7 +156,6 @@ def raster_header_size(path: str | Path) -> tuple[int, int, int, int] | None:
             h, w, c = shape[-2] if len(shape) > 1 else 1, shape[-1], 1
             pages = int(np.prod(shape[:-2], dtype=object)) if len(shape) > 2 else 1
         return int(h), int(w), int(c), int(pages)
-    from PIL import Image
 
     try:
         with warnings.catch_warnings():
@@ -207,13 +212,40 @@ def dicom_meta(ds: Any, source: str) -> dict[str, Any]:
         raise InputError(source, f"malformed DICOM header value ({e})") from None
 
 
+def pixel_spacing(ds: Any) -> list[float] | None:
+    """[row_mm, col_mm] of a DICOM header: PixelSpacing, else ImagerPixelSpacing, else None.
+
+    The project's one pixel-spacing rule (readers, converters, metrics). A value that is not two
+    positive finite numbers counts as absent.
+    """
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(key)
+        if value is None or isinstance(value, (str, bytes)):
+            continue
+        try:
+            row, col = (float(v) for v in value)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(row) and np.isfinite(col) and row > 0 and col > 0:
+            return [row, col]
+    return None
+
+
+def read_dicom_header(path: str | Path) -> Any:
+    """pydicom dataset without pixel data; raises :class:`InputError` for unreadable files."""
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as e:  # pydicom raises several types for broken files
+        raise InputError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from None
+
+
 def _dicom_meta(ds: Any, source: str) -> dict[str, Any]:
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    spacing = pixel_spacing(ds)
     laterality = ds.get("ImageLaterality") or ds.get("Laterality") or None
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     return {
         "source": source,
-        "pixel_spacing": [float(s) for s in spacing][:2] if spacing else None,
+        "pixel_spacing": spacing,
         "laterality": str(laterality).upper() if laterality else None,
         "view": str(ds.get("ViewPosition")) if ds.get("ViewPosition") else None,
         "photometric": str(ds.get("PhotometricInterpretation", "")) or None,
@@ -239,7 +271,6 @@ def _header_int(ds: Any, keyword: str, default: int, path: Path) -> int:
 
 def _check_dicom_header(ds: Any, path: Path, limit: int | None = None) -> None:
     """Reject what the pipeline cannot use, before decoding any pixel."""
-    from pydicom.pixels import get_decoder
 
     if "PixelData" not in ds:
         other = [k for k in ("FloatPixelData", "DoubleFloatPixelData") if k in ds]
@@ -304,8 +335,6 @@ def read_dicom_dataset(path: str | Path, max_pixels: int | None = None) -> Any:
     ``max_pixels``: size limit checked on the header (see :func:`pixel_limit`; None = the default or
     ``$DEEPLIMA_MAX_PIXELS``).
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
 
     path = Path(path)
     _check_file(path)
@@ -325,7 +354,6 @@ def read_dicom_dataset(path: str | Path, max_pixels: int | None = None) -> Any:
 
 def _modality_lut(stored: np.ndarray, ds: Any) -> np.ndarray:
     """``apply_modality_lut`` as float32, through a lookup table for 8/16-bit data (same values, faster)."""
-    from pydicom.pixels import apply_modality_lut
 
     if stored.dtype in (np.uint8, np.int8, np.uint16, np.int16):
         unsigned = np.dtype(f"uint{stored.dtype.itemsize * 8}")
@@ -548,8 +576,6 @@ def fallback_window(
 
     Returns (c, w) in the units of ``x``: ``c = (L + H) / 2`` (negated back for MONOCHROME1), ``w = H - L``.
     """
-    import cv2
-    from skimage.filters import threshold_otsu
 
     sub = np.asarray(pixels[::sample_step, ::sample_step], dtype=np.float64)
     if invert:
@@ -605,7 +631,6 @@ def window_saturation(image: np.ndarray, source: str | Path | None, what: str = 
     (the breast, background being 0) are 255, or fewer than :data:`SATURATED_GREY_FRACTION` of all
     pixels have a grey level strictly between 0 and 255. Otherwise returns [].
     """
-    import cv2
 
     image = np.ascontiguousarray(image, dtype=np.uint8)
     n = int(image.size)

@@ -1,4 +1,4 @@
-"""The canonical dataset form that every converter and the synthetic generator write.
+"""Writing the canonical dataset form (schema and reader: :mod:`common.canonical`).
 
 Layout of a canonical dataset folder ``OUT/``::
 
@@ -20,10 +20,9 @@ Boxes are ``[x, y, w, h]`` in original image pixels, top-left origin, x along co
 
 Besides the split helpers this module holds what the converters (``datasets/<source>.py``) share:
 shape rasterisation (polygons, circles, points, boxes -> bool masks), :class:`CalcMask` (one image's
-calcification mask plus the types its source states) and :func:`calc_components` /
-:func:`classify_component` (8-connected components, "dot" / "vessel" / "large"),
-:class:`ConversionReport` (per-row problems, ``conversion_report.json``), :func:`read_table`, DICOM
-header helpers, the guards against hostile tables (:func:`coordinates_problem`, :func:`path_inside`),
+calcification mask plus the types its source states) and :func:`calc_components` (8-connected
+components typed "dot" / "vessel" / "large" by :mod:`common.calcifications`),
+:class:`ConversionReport` (per-row problems, ``conversion_report.json``), :func:`read_table`, the guards against hostile tables (:func:`coordinates_problem`, :func:`path_inside`),
 and :func:`staged_output` / :func:`write_canonical` / :func:`converter_main` (the common output and CLI).
 
 Output folder rules (every converter): ``--out`` must be missing or empty unless ``--overwrite`` is
@@ -41,15 +40,26 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import cv2
 import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
 
+from common.calcifications import describe_components, label_components
+from common.canonical import (  # noqa: F401  (the schema, re-exported for the converters)
+    CALC_CATEGORIES,
+    CALC_TYPES,
+    CANONICAL_FILES,
+    MASK_DIR,
+    MASS_CATEGORIES,
+    SPLITS,
+    resolve_file,
+)
+from common.dicom import pixel_spacing as dicom_pixel_spacing  # noqa: F401
+from common.dicom import read_dicom_header  # noqa: F401
 from common.io import atomic_write_json, sha256_file
 
-SPLITS = ("train", "val", "test")
 DEFAULT_RATIOS = (0.6, 0.2, 0.2)  # paper §3.3: 60 / 20 / 20
-CALC_TYPES = ("dot", "vessel", "large")
-MASS_CATEGORIES = [{"id": 1, "name": "mass", "supercategory": "lesion"}]
-CALC_CATEGORIES = [{"id": 1, "name": "calcification", "supercategory": "lesion"}]
 
 
 def patient_split(
@@ -71,12 +81,6 @@ def patient_split(
     for rank, idx in enumerate(order):
         out[ids[idx]] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
     return out
-
-
-def resolve_file(root: str | Path, file_name: str) -> Path:
-    """Absolute path of an image record's ``file_name`` (relative names are relative to ``root``)."""
-    p = Path(file_name)
-    return p if p.is_absolute() else Path(root) / p
 
 
 def write_split_json(
@@ -124,11 +128,6 @@ def write_split_json(
 # top-left origin; masks are bool (H, W).
 
 POINT_RADIUS = 2  # px; a point annotation becomes a small disc, calc_seg dilates it to 900 px later
-# Calcification type rule (classify_component); same defaults as calc_seg's LabelParams so that the
-# converters and the label processing agree on a component's type.
-VESSEL_MIN_LENGTH_PX = 40  # skeleton pixels
-VESSEL_MIN_ELONGATION = 8.0  # skeleton_length**2 / area, i.e. length over mean width
-LARGE_MIN_AREA_PX = 1500  # px; a region outlined around a crowded cluster
 
 
 def _as_points(points) -> np.ndarray:
@@ -187,7 +186,6 @@ def polygon_to_mask(points, shape: tuple[int, int]) -> np.ndarray:
     The outline itself is drawn too, so one- or two-pixel-wide polygons are never empty. Parts
     outside the image are clipped.
     """
-    import cv2
 
     mask = np.zeros(shape, np.uint8)
     pts = np.round(_as_points(points)).astype(np.int32).reshape(-1, 1, 2)
@@ -209,7 +207,6 @@ def points_to_mask(points, shape: tuple[int, int], radius: int = POINT_RADIUS) -
 
     Raw point marks (INbreast's one- and two-point calcification ROIs); calc_seg dilates them later.
     """
-    import cv2
 
     mask = np.zeros(shape, np.uint8)
     pts = np.round(_as_points(points)).astype(np.int32)
@@ -273,7 +270,6 @@ def clip_bbox(bbox, shape: tuple[int, int]) -> list[float] | None:
 
 def mask_polygons(mask: np.ndarray) -> list[list[float]]:
     """COCO polygons (flat [x0, y0, x1, y1, ...]) of the outer contours of a bool mask."""
-    import cv2
 
     contours, _ = cv2.findContours(
         mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
@@ -285,80 +281,37 @@ def mask_polygons(mask: np.ndarray) -> list[list[float]]:
 # Calcification components
 
 
-def classify_component(
-    component: np.ndarray,
-    vessel_min_length: float = VESSEL_MIN_LENGTH_PX,
-    vessel_min_elongation: float = VESSEL_MIN_ELONGATION,
-    large_min_area: int = LARGE_MIN_AREA_PX,
-) -> str:
-    """Calcification type of one connected component (bool (H, W) or its crop) by size and shape.
-
-    The paper (§4.3, Table 2) sorts calcification labels into dots, vessels and large regions "according
-    to the area and shape" without publishing thresholds. The rule, in pixels of the component's image:
-
-    * "vessel": thin and long: the skeleton (``skimage.morphology.skeletonize``) has at least
-      ``vessel_min_length`` pixels and ``skeleton_length**2 / area`` >= ``vessel_min_elongation``
-      (holds for curved vessels too);
-    * "large": otherwise, an area of at least ``large_min_area`` pixels;
-    * "dot": everything else (the default).
-
-    Converters use it only for shapes whose type the source does not state.
-    """
-    from skimage.morphology import skeletonize
-
-    comp = np.asarray(component, dtype=bool)
-    ys, xs = np.nonzero(comp)
-    area = xs.size
-    if area == 0:
-        raise ValueError("empty component")
-    crop = np.pad(comp[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], 1)
-    length = max(int(skeletonize(crop).sum()), 1)
-    if length >= vessel_min_length and length * length / area >= vessel_min_elongation:
-        return "vessel"
-    return "large" if area >= large_min_area else "dot"
-
-
-def component_point(component: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[int]:
-    """[x, y] of the component pixel nearest its centroid (always inside, even for rings/curves)."""
-    ys, xs = np.nonzero(component)
-    i = int(np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2))
-    return [int(xs[i]) + offset[0], int(ys[i]) + offset[1]]
-
-
 _TYPE_CODE = {None: 0, "dot": 1, "vessel": 2, "large": 3}  # higher code wins inside one component
 _CODE_TYPE = {v: k for k, v in _TYPE_CODE.items()}
 
 
 def calc_components(mask: np.ndarray, type_map: np.ndarray | None = None) -> list[dict]:
-    """Split a calcification mask into 8-connected components.
+    """Split a calcification mask into 8-connected components (:mod:`common.calcifications`).
 
     Args:
         mask: bool (H, W).
         type_map: optional uint8 (H, W) of source type codes (0 none, 1 dot, 2 vessel, 3 large) as
             painted by :class:`CalcMask`; a component takes the highest code under it, components with
-            none are typed by :func:`classify_component`.
+            none are typed by :func:`common.calcifications.classify_component`.
 
     Returns:
         One dict per component, in label order: ``bbox`` [x, y, w, h] (pixel edges), ``area`` (px),
         ``calc_type``, ``point`` [x, y] (a pixel of the component).
     """
-    import cv2
-
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    out = []
-    for k in range(1, n):
-        x, y, w, h, area = (int(v) for v in stats[k])
-        comp = labels[y : y + h, x : x + w] == k
-        code = int(type_map[y : y + h, x : x + w][comp].max()) if type_map is not None else 0
-        out.append(
-            {
-                "bbox": [float(x), float(y), float(w), float(h)],
-                "area": float(area),
-                "calc_type": _CODE_TYPE[code] or classify_component(comp),
-                "point": component_point(comp, (x, y)),
-            }
-        )
-    return out
+    labels, n = label_components(mask)
+    stated = {}
+    if n and type_map is not None:
+        codes = ndi.maximum(type_map, labels, index=np.arange(1, n + 1))
+        stated = {i: _CODE_TYPE[int(c)] for i, c in enumerate(codes, start=1) if int(c)}
+    return [
+        {
+            "bbox": [float(v) for v in c["bbox"]],
+            "area": float(c["area"]),
+            "calc_type": c["type"],
+            "point": c["point"],
+        }
+        for c in describe_components(labels, n, types=stated)
+    ]
 
 
 class CalcMask:
@@ -584,42 +537,15 @@ def image_size(path: str | Path) -> tuple[int, int]:
     if suffix in (".dcm", ".dicom", ""):
         ds = read_dicom_header(path)
         return int(ds.Rows), int(ds.Columns)
-    from PIL import Image
 
     with Image.open(path) as im:
         w, h = im.size
     return int(h), int(w)
 
 
-def read_dicom_header(path: str | Path):
-    """pydicom dataset without pixel data; raises :class:`InputError` for unreadable files."""
-    import pydicom
-
-    from common.errors import InputError
-
-    try:
-        return pydicom.dcmread(str(path), stop_before_pixels=True)
-    except Exception as e:  # pydicom raises several types for broken files
-        raise InputError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from None
-
-
-def dicom_pixel_spacing(ds) -> list[float] | None:
-    """[row_mm, col_mm] from PixelSpacing, else ImagerPixelSpacing, else None."""
-    for key in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = getattr(ds, key, None)
-        if value is not None and len(value) == 2:
-            try:
-                return [float(value[0]), float(value[1])]
-            except (TypeError, ValueError):
-                continue
-    return None
-
-
 # --------------------------------------------------------------------------------------------------
 # Writing a canonical folder
 
-CANONICAL_FILES = ("masses.json", "calcifications.json", "split.json", "conversion_report.json")
-MASK_DIR = "calc_masks"
 
 
 def _inside(top: Path, rel: str) -> Path | None:

@@ -416,7 +416,7 @@ def random_bundle(
 
     import calc_seg
     import mass_det
-    from calc_seg.config import load_calc_seg_cfg
+    from calc_seg.config import get_calc_seg_cfg
     from calc_seg.model import build_model as build_unet
     from mass_det.config import get_mass_det_cfg
 
@@ -425,7 +425,7 @@ def random_bundle(
     calc_config = calc_config or (Path(calc_seg.__file__).parent / "configs" / "quick_schedules"
                                   / "unet_gn_instant_test.yaml")
     mass_cfg = get_mass_det_cfg(str(mass_config), ["MODEL.DEVICE", "cpu", *mass_opts])
-    calc_cfg = load_calc_seg_cfg(str(calc_config), list(calc_opts))
+    calc_cfg = get_calc_seg_cfg(str(calc_config), list(calc_opts))
     torch.manual_seed(seed)
     return save_bundle(out_dir, mass_cfg, build_model(mass_cfg), calc_cfg, build_unet(calc_cfg),
                        operating_points=operating_points,
@@ -562,9 +562,11 @@ def _load_cfg(kind: str, config: Path, opts=(), in_bundle: bool = False):
             from mass_det.config import get_mass_det_cfg
 
             return get_mass_det_cfg(str(config), list(opts))
-        from calc_seg.config import load_calc_seg_cfg
+        from calc_seg.config import get_calc_seg_cfg
 
-        return load_calc_seg_cfg(str(config), list(opts))
+        cfg = get_calc_seg_cfg(str(config), list(opts))
+        cfg.freeze()
+        return cfg
     except InputError:
         raise
     except Exception as e:  # YAML, unknown keys, inconsistent values: all mean "not this model's"

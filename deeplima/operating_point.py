@@ -229,8 +229,8 @@ def calibrate(
     Raises:
         InputError: the split has no image (or the dataset's COCO file is missing).
     """
+    from common.canonical import load_canonical_dicts
     from common.errors import InputError
-    from datasets.register import load_canonical_dicts
 
     from .pipeline import write_predictions
     from .report import evaluate_folder

@@ -301,20 +301,10 @@ class Pipeline:
 
     def _components(self, prob: np.ndarray) -> tuple[np.ndarray, list[dict]]:
         """Components of ``prob >= TEST.THRESHOLD`` with calc_seg's scoring and typing, plus labels."""
-        from calc_seg.data.labels import label_components
         from calc_seg.inference import mask_components
 
-        mask, comps = mask_components(prob, float(self.calc_cfg.TEST.THRESHOLD), self.label_params)
-        # mask_components labels the same mask in the same (scipy) order: component i is label i + 1
-        labels, n = label_components(mask)
-        assert n == len(comps)
-        out = []
-        for k, c in enumerate(comps, start=1):
-            x, y, bw, bh = c["bbox"]
-            inside = np.argwhere(labels[y:y + bh, x:x + bw] == k)
-            py, px = inside[len(inside) // 2]
-            out.append({"label": k, **c, "point": [int(x + px), int(y + py)],
-                        "finding": bool(c["score"] >= self.thresholds["calc"])})
+        labels, comps = mask_components(prob, float(self.calc_cfg.TEST.THRESHOLD), self.label_params)
+        out = [{**c, "finding": bool(c["score"] >= self.thresholds["calc"])} for c in comps]
         return labels, out
 
     def predict_files(self, paths: Iterable[str | Path]) -> Iterator[tuple[Path, ImageResult | InputError]]:

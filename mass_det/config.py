@@ -8,6 +8,7 @@ import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from common.device import select_device
 from common.errors import yaml_error
 
 
@@ -91,7 +92,7 @@ def add_mass_det_config(cfg: CN) -> CN:
     _C.TEST.FROC.IOU_THRESH = 0.5
 
     # Canonical dataset folders registered in setup() as <prefix>_{mass,calc}_{train,val,test,all}
-    # (datasets.register.register_canonical; "all" = every image whatever its split, for a source
+    # (mass_det.data.register.register_canonical; "all" = every image whatever its split, for a source
     # used entirely for training). Relative paths are relative to the working directory; a missing
     # folder is an error only when one of its datasets is used.
     _C.DATASETS.CANONICAL = CN()
@@ -128,16 +129,15 @@ def get_mass_det_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -
 
 
 def resolve_device(cfg: CN) -> CN:
-    """Fall back to ``MODEL.DEVICE cpu`` (with a warning) when CUDA is asked for but absent."""
-    import logging
+    """Set ``MODEL.DEVICE`` to the device :func:`common.device.select_device` picks for it.
 
-    import torch
-
-    if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
-        logging.getLogger(__name__).warning("CUDA is not available: running on the CPU")
+    CUDA asked for but absent falls back to ``cpu`` with a warning; a frozen cfg stays frozen.
+    """
+    device = str(select_device(cfg.MODEL.DEVICE))
+    if device != str(cfg.MODEL.DEVICE):
         was_frozen = cfg.is_frozen()
         cfg.defrost()
-        cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.DEVICE = device
         if was_frozen:
             cfg.freeze()
     return cfg

@@ -120,11 +120,11 @@ def train_mass(data: Path, out: Path, iters: int):
 
 def train_calc(data: Path, out: Path, epochs: int, iters_per_epoch: int):
     import calc_seg
-    from calc_seg.config import load_calc_seg_cfg
+    from calc_seg.config import get_calc_seg_cfg
     from calc_seg.engine.trainer import CalcSegTrainer
 
     cfg_file = Path(calc_seg.__file__).parent / "configs" / "unet_gn.yaml"
-    cfg = load_calc_seg_cfg(str(cfg_file), calc_opts(data, out, epochs, iters_per_epoch))
+    cfg = get_calc_seg_cfg(str(cfg_file), calc_opts(data, out, epochs, iters_per_epoch))
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(cfg.dump())  # as calc_seg.train_net does
     logging.getLogger("calc_seg").setLevel(logging.INFO)
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     st.start("data", f"generating {args.studies} synthetic studies ({2 * args.studies} DICOM "
                      f"mammograms, {HEIGHT}x{WIDTH}) in {data}")
     generate(data, n=args.studies, seed=args.seed, height=HEIGHT, width=WIDTH)
-    from datasets.register import load_canonical_dicts
+    from common.canonical import load_canonical_dicts
 
     splits = {s: load_canonical_dicts(data, "mass", s) for s in ("train", "val", "test")}
     n_masses = {s: sum(len(d["annotations"]) for d in v) for s, v in splits.items()}

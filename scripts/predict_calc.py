@@ -29,7 +29,8 @@ def predict_file(model, path: Path, stem: str, out_dir: Path, cfg, threshold: fl
 
     image, breast, record = load_image(path, cfg.DATA.REMOVE_ARTIFACTS)
     prob = predict_from_cfg(model, image, breast, cfg, device)
-    mask, comps = mask_components(prob, threshold, LabelParams.from_cfg(cfg))
+    labels, comps = mask_components(prob, threshold, LabelParams.from_cfg(cfg))
+    mask = labels > 0
     atomic_write_png(out_dir / f"{stem}_prob.png", np.round(prob * 65535).astype(np.uint16))
     atomic_write_png(out_dir / f"{stem}_mask.png", mask.astype(np.uint8) * 255)
     atomic_write_png(out_dir / f"{stem}_overlay.png", overlay(image, mask))
@@ -55,13 +56,13 @@ def main(argv=None) -> int:
     import torch
     from tqdm import tqdm
 
-    from calc_seg.config import load_calc_seg_cfg
+    from calc_seg.config import get_calc_seg_cfg
     from calc_seg.model import build_model, load_weights
     from common.errors import InputError
     from common.inputs import collect_inputs, unique_stems
 
     try:
-        cfg = load_calc_seg_cfg(args.config, args.opts)  # safe YAML only
+        cfg = get_calc_seg_cfg(args.config, args.opts)  # safe YAML only
         model = build_model(cfg)
         load_weights(model, args.weights)  # data only (weights_only=True), every parameter set
     except InputError as e:

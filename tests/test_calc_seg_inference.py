@@ -97,8 +97,12 @@ def test_mask_components():
     prob = np.zeros((50, 60), np.float32)
     prob[5:8, 5:9] = 0.9
     prob[30, 40] = 0.6
-    mask, comps = mask_components(prob, 0.5)
-    assert mask.sum() == 13 and len(comps) == 2
+    labels, comps = mask_components(prob, 0.5)
+    assert (labels > 0).sum() == 13 and len(comps) == 2
+    assert {int(v) for v in np.unique(labels)} == {0, 1, 2}
+    for c in comps:  # the point lies inside its own component
+        x, y = c["point"]
+        assert labels[y, x] == c["label"]
     c = sorted(comps, key=lambda c: c["bbox"][1])
     assert c[0]["bbox"] == [5, 5, 4, 3] and c[0]["area"] == 12 and c[0]["score"] == pytest.approx(0.9)
     assert c[1]["type"] == "dot"

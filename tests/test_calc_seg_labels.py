@@ -2,13 +2,8 @@
 
 import numpy as np
 
-from calc_seg.data.labels import (
-    LabelParams,
-    classify_component,
-    label_components,
-    process_mask,
-)
-from common.calcifications import grow_small_components
+from calc_seg.data.labels import LabelParams, process_mask
+from common.calcifications import classify_component, grow_small_components, label_components
 
 
 def _disc(shape, cy, cx, r):
@@ -18,23 +13,23 @@ def _disc(shape, cy, cx, r):
 
 def test_classify_dot_vessel_large():
     p = LabelParams()
-    assert classify_component(_disc((40, 40), 20, 20, 3), p) == "dot"
+    assert classify_component(_disc((40, 40), 20, 20, 3), **p.type_rule) == "dot"
     line = np.zeros((30, 200), bool)
     line[14:17, 10:190] = True  # 180 x 3: long and thin
-    assert classify_component(line, p) == "vessel"
+    assert classify_component(line, **p.type_rule) == "vessel"
     arc = np.zeros((200, 200), bool)  # curved vessel: low axis ratio, still a thin skeleton
     arc[_disc((200, 200), 100, 100, 80) & ~_disc((200, 200), 100, 100, 76)] = True
     arc[100:, :] = False
-    assert classify_component(arc, p) == "vessel"
-    assert classify_component(_disc((120, 120), 60, 60, 30), p) == "large"  # ~2800 px blob
+    assert classify_component(arc, **p.type_rule) == "vessel"
+    assert classify_component(_disc((120, 120), 60, 60, 30), **p.type_rule) == "large"  # ~2800 px blob
     short = np.zeros((20, 40), bool)
     short[9:11, 5:25] = True  # elongated but shorter than VESSEL_MIN_LENGTH
-    assert classify_component(short, p) == "dot"
+    assert classify_component(short, **p.type_rule) == "dot"
 
 
 def test_thresholds_come_from_params():
     blob = _disc((120, 120), 60, 60, 30)
-    assert classify_component(blob, LabelParams(large_min_area=5000)) == "dot"
+    assert classify_component(blob, **LabelParams(large_min_area=5000).type_rule) == "dot"
 
 
 def test_single_pixel_dilated_to_min_area():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from calc_seg.config import get_calc_seg_cfg, load_calc_seg_cfg
+from calc_seg.config import get_calc_seg_cfg
 from calc_seg.model import (
     build_model,
     build_unet,
@@ -91,22 +91,22 @@ def test_largest_divisor():
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_yaml_parses(path):
-    cfg = load_calc_seg_cfg(path)
+    cfg = get_calc_seg_cfg(path)
     assert cfg.MODEL.NORM in ("gn", "bn", "ln")
     assert len(cfg.MODEL.DECODER_CHANNELS) == cfg.MODEL.ENCODER_DEPTH
 
 
 def test_yaml_norms_and_unknown_keys(tmp_path):
-    assert load_calc_seg_cfg(CONFIG_DIR / "unet_bn.yaml").MODEL.NORM == "bn"
-    assert load_calc_seg_cfg(CONFIG_DIR / "unet_ln.yaml").MODEL.NORM == "ln"
-    quick = load_calc_seg_cfg(CONFIG_DIR / "quick_schedules" / "unet_gn_instant_test.yaml")
+    assert get_calc_seg_cfg(CONFIG_DIR / "unet_bn.yaml").MODEL.NORM == "bn"
+    assert get_calc_seg_cfg(CONFIG_DIR / "unet_ln.yaml").MODEL.NORM == "ln"
+    quick = get_calc_seg_cfg(CONFIG_DIR / "quick_schedules" / "unet_gn_instant_test.yaml")
     assert quick.MODEL.NORM == "gn" and quick.PATCH.SIZE == 64  # two-level _BASE_ chain
     bad = tmp_path / "bad.yaml"
     bad.write_text("MODEL:\n  NROM: gn\n")
     with pytest.raises(KeyError):
-        load_calc_seg_cfg(bad)
+        get_calc_seg_cfg(bad)
     with pytest.raises(ValueError):
-        load_calc_seg_cfg(None, ["MODEL.NORM", "in"])
+        get_calc_seg_cfg(None, ["MODEL.NORM", "in"])
 
 
 def test_weights_missing_and_round_trip(tmp_path):

@@ -23,12 +23,12 @@ def synthetic_root(tmp_path_factory):
 
 
 def test_studies_from_synthetic_data(synthetic_root, tmp_path):
-    from calc_seg.config import load_calc_seg_cfg
+    from calc_seg.config import get_calc_seg_cfg
     from calc_seg.data.patches import build_patch_index
     from calc_seg.engine.trainer import load_split
     from common.io import read_json
 
-    cfg = load_calc_seg_cfg(QUICK, ["DATA.ROOT", str(synthetic_root), "OUTPUT_DIR", str(tmp_path)])
+    cfg = get_calc_seg_cfg(QUICK, ["DATA.ROOT", str(synthetic_root), "OUTPUT_DIR", str(tmp_path)])
     studies = load_split(cfg, "train")
     assert studies
     coco = read_json(synthetic_root / "calcifications.json")
@@ -52,7 +52,7 @@ def test_train_net_cli_and_predict(synthetic_root, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(
-        [sys.executable, "-m", "calc_seg.train_net", "--config", str(QUICK), "--no-progress", "--opts",
+        [sys.executable, "-m", "calc_seg.train_net", "--config-file", str(QUICK), "--no-progress",
          "DATA.ROOT", str(synthetic_root), "OUTPUT_DIR", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
     )
@@ -61,8 +61,8 @@ def test_train_net_cli_and_predict(synthetic_root, tmp_path):
     assert 0 <= summary["best_val_recall_at_1fp"] <= 1
     assert (out / "model_best.pth").exists() and (out / "config.yaml").exists()
     r = subprocess.run(
-        [sys.executable, "-m", "calc_seg.train_net", "--config", str(QUICK), "--eval-only",
-         "--no-progress", "--opts", "DATA.ROOT", str(synthetic_root), "OUTPUT_DIR", str(out)],
+        [sys.executable, "-m", "calc_seg.train_net", "--config-file", str(QUICK), "--eval-only",
+         "--no-progress", "DATA.ROOT", str(synthetic_root), "OUTPUT_DIR", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
     )
     assert r.returncode == 0, r.stderr[-2000:]

@@ -90,9 +90,9 @@ def test_few_iterations_lower_the_loss():
 
 
 def _quick_cfg(root, out, epochs=1, extra=()):
-    from calc_seg.config import load_calc_seg_cfg
+    from calc_seg.config import get_calc_seg_cfg
 
-    return load_calc_seg_cfg(QUICK, ["DATA.ROOT", str(root), "OUTPUT_DIR", str(out),
+    return get_calc_seg_cfg(QUICK, ["DATA.ROOT", str(root), "OUTPUT_DIR", str(out),
                                      "PATCH.SIZE", 32, "PATCH.STRIDE", 32, "TEST.WINDOW", 32,
                                      "TEST.STRIDE", 32, "SOLVER.EPOCHS", epochs, "SOLVER.ITERS_PER_EPOCH", 2,
                                      "MODEL.DECODER_CHANNELS", [32, 16, 8], "LABELS.MIN_AREA", 9,
@@ -245,10 +245,10 @@ def test_perfect_prediction_of_processed_labels_scores_every_lesion(tmp_path, np
 
 
 def test_warmup_then_decay():
-    from calc_seg.config import load_calc_seg_cfg
+    from calc_seg.config import get_calc_seg_cfg
     from calc_seg.engine.trainer import build_lr_lambda
 
-    cfg = load_calc_seg_cfg(None, ["SOLVER.WARMUP_ITERS", 10, "SOLVER.WARMUP_FACTOR", 0.1])
+    cfg = get_calc_seg_cfg(None, ["SOLVER.WARMUP_ITERS", 10, "SOLVER.WARMUP_FACTOR", 0.1])
     f = build_lr_lambda(cfg, 100)
     assert f(0) == pytest.approx(0.1)
     cosine = lambda t: 0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * t))  # noqa: E731
@@ -258,7 +258,7 @@ def test_warmup_then_decay():
 
 
 def test_positive_fraction_sets_the_class_weight():
-    from calc_seg.config import load_calc_seg_cfg
+    from calc_seg.config import get_calc_seg_cfg
     from calc_seg.engine.trainer import pos_weight_of, positive_pixel_fraction
 
     entries = np.zeros(4, dtype=patches.PATCH_DTYPE)
@@ -266,10 +266,10 @@ def test_positive_fraction_sets_the_class_weight():
     entries["pos_pixels"] = [100, 300, 0, 0]
     f = positive_pixel_fraction(entries, 20)  # mean 200 of 400 px in positive patches, half a batch
     assert f == pytest.approx(0.25)
-    cfg = load_calc_seg_cfg(None, [])
+    cfg = get_calc_seg_cfg(None, [])
     assert pos_weight_of(cfg, f) == pytest.approx(3.0)
     assert pos_weight_of(cfg, 1e-6) == cfg.SOLVER.POS_WEIGHT_MAX
-    assert pos_weight_of(load_calc_seg_cfg(None, ["SOLVER.POS_WEIGHT", 7.0]), f) == 7.0
+    assert pos_weight_of(get_calc_seg_cfg(None, ["SOLVER.POS_WEIGHT", 7.0]), f) == 7.0
 
 
 def test_trainer_writes_tensorboard_events(tmp_path, npy_preprocess):

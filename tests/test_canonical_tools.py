@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.calcifications import classify_component
 from datasets.canonical import (
     CalcMask,
     ConversionReport,
@@ -12,7 +13,6 @@ from datasets.canonical import (
     box_to_mask,
     calc_components,
     circle_to_mask,
-    classify_component,
     clip_bbox,
     mask_bbox,
     patient_split,

@@ -251,7 +251,7 @@ def test_rerun_prunes_stale_masks_and_registers(mias_root, tmp_path):
     mias.convert(mias_root, out, verbose=False, overwrite=True)
     assert sorted(p.name for p in (out / "calc_masks").iterdir()) == ["mias_mdb002.png"]
 
-    from datasets.register import load_canonical_dicts
+    from common.canonical import load_canonical_dicts
 
     dicts = load_canonical_dicts(out, "calc")
     (with_mask,) = [d for d in dicts if d["mask_file"]]
@@ -260,7 +260,7 @@ def test_rerun_prunes_stale_masks_and_registers(mias_root, tmp_path):
     pytest.importorskip("detectron2")
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from datasets.register import register_canonical
+    from mass_det.data.register import register_canonical
 
     names = register_canonical(out, "mias")
     try:

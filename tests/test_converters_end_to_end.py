@@ -53,8 +53,8 @@ def _stems(out):
 def load_end_to_end(out: Path, tmp_path: Path) -> dict:
     """Load a converted folder as preprocessing, the mass trainer and the calc trainer do."""
     torch = pytest.importorskip("torch")
+    from common.canonical import load_canonical_dicts
     from common.preprocess import preprocess
-    from datasets.register import load_canonical_dicts
 
     torch.set_num_threads(1)
     records = load_canonical_dicts(out, "mass")
@@ -86,12 +86,12 @@ def load_end_to_end(out: Path, tmp_path: Path) -> dict:
     n_masses = sum(len(b["instances"]) for b in batch)
 
     # calcification segmenter: the trainer's studies, patch index and one batch of patches
-    from calc_seg.config import load_calc_seg_cfg
+    from calc_seg.config import get_calc_seg_cfg
     from calc_seg.data.dataset import CalcPatchDataset
     from calc_seg.data.patches import build_patch_index, select_patches
     from calc_seg.engine.trainer import load_split
 
-    ccfg = load_calc_seg_cfg(
+    ccfg = get_calc_seg_cfg(
         CALC_CONFIG, ["DATA.ROOT", str(out), "OUTPUT_DIR", str(tmp_path / "cs")]
     )
     studies = [s for split in SPLITS for s in load_split(ccfg, split)]

@@ -210,7 +210,7 @@ def test_bundle_from_training_folders_loads_and_predicts(setup, training_outputs
 
 def test_bundle_calibrated_on_a_split_records_the_validation_figures(setup, training_outputs,
                                                                     tmp_path):
-    from datasets.register import load_canonical_dicts
+    from common.canonical import load_canonical_dicts
 
     mass, calc = training_outputs["mass"], training_outputs["calc"]
     out = tmp_path / "bundle"

@@ -15,9 +15,11 @@ from detectron2.data.build import get_detection_dataset_dicts  # noqa: E402
 
 import mass_det  # noqa: E402,F401  (registration)
 from common.errors import InputError  # noqa: E402
-from datasets.register import register_canonical  # noqa: E402
 from mass_det.config import get_mass_det_cfg, parse_canonical_roots  # noqa: E402
-from mass_det.data.register import register_mass_datasets  # noqa: E402
+from mass_det.data.register import (
+    register_canonical,  # noqa: E402
+    register_mass_datasets,  # noqa: E402
+)
 
 CONFIG_DIR = Path(mass_det.__file__).parent / "configs"
 RECIPE = CONFIG_DIR / "faster_rcnn_R50_FPN_FL_NL_paper_data.yaml"

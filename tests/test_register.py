@@ -1,4 +1,4 @@
-"""datasets.register on a tiny canonical folder written by hand."""
+"""common.canonical (reader) and mass_det.data.register on a tiny canonical folder written by hand."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import uuid
 import numpy as np
 import pytest
 
+from common.canonical import BOX_MODE_XYWH_ABS, load_canonical_dicts
 from common.errors import InputError
 from common.io import atomic_write_json, atomic_write_png
 from datasets.canonical import CALC_CATEGORIES, MASS_CATEGORIES
-from datasets.register import BOX_MODE_XYWH_ABS, load_canonical_dicts
 
 
 def _image(i, split, patient, mask_file=None):
@@ -136,7 +136,7 @@ def test_register_canonical_idempotent(canonical):
     pytest.importorskip("detectron2")
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from datasets.register import register_all, register_canonical
+    from mass_det.data.register import register_all, register_canonical
 
     prefix = f"t{uuid.uuid4().hex[:8]}"
     names = register_canonical(canonical, prefix)

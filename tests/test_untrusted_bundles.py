@@ -137,13 +137,13 @@ def test_calc_trainer_resume_reads_data_only_and_its_checkpoints_are_data(tmp_pa
 
 # --------------------------------------------------------------------- 2. Python tags in a YAML config
 def test_mass_and_calc_yaml_tags_are_refused(bundle_dir, tmp_path, capsys):
-    from calc_seg.config import load_calc_seg_cfg
+    from calc_seg.config import get_calc_seg_cfg
     from mass_det.config import get_mass_det_cfg
 
     marker = tmp_path / "PWNED"
     cfg_file = tmp_path / "evil.yaml"
     cfg_file.write_text(yaml_payload(marker))
-    for load in (get_mass_det_cfg, load_calc_seg_cfg):
+    for load in (get_mass_det_cfg, get_calc_seg_cfg):
         with pytest.raises(InputError) as err:
             load(str(cfg_file))
         msg = one_line(err)

@@ -4,15 +4,16 @@ Radiologists outline calcifications in three ways: single dots, calcified vessel
 around crowded clusters (paper Fig. 7). This module
 
 1. splits a ground-truth mask into 8-connected components,
-2. gives each component a type, ``dot`` / ``vessel`` / ``large`` (:func:`classify_component`), and
+2. gives each component a type, ``dot`` / ``vessel`` / ``large``
+   (``common.calcifications.classify_component``), and
 3. grows every component smaller than the minimum area until it reaches it
    (``common.calcifications.grow_small_components``), which makes the tiny dot labels consistent in size.
    The minimum area is ``min_area_mm2`` converted with the image's pixel spacing, or ``min_area`` pixels
    when the spacing is unknown (:meth:`LabelParams.min_area_for`). The grown mask is the training target
    *and* the IoP ground truth of validation and test (one label definition, ``common.calcifications``).
 
-The classifier is a shape rule on the component alone (``datasets.canonical.classify_component``, shared
-with the dataset converters), with thresholds in ``cfg.LABELS``:
+The classifier is a shape rule on the component alone (``common.calcifications.classify_component``,
+shared with the dataset converters and inference), with thresholds in ``cfg.LABELS``:
 
 * **vessel**: thin and long. The skeleton (``skimage.morphology.skeletonize``) has at least
   ``vessel_min_length`` pixels and ``skeleton_length**2 / area`` (length over mean width) is at least
@@ -32,17 +33,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from common.calcifications import (
     CALC_TYPES,
     DEFAULT_MIN_AREA_MM2,
     DEFAULT_MIN_AREA_PX,
+    LARGE_MIN_AREA_PX,
+    VESSEL_MIN_ELONGATION,
+    VESSEL_MIN_LENGTH_PX,
+    describe_components,
     grow_small_components,
     label_components,
     min_area_pixels,
 )
-from datasets.canonical import LARGE_MIN_AREA_PX, VESSEL_MIN_ELONGATION, VESSEL_MIN_LENGTH_PX
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,15 @@ class LabelParams:
             exclude_types=tuple(lab.EXCLUDE_TYPES),
         )
 
+    @property
+    def type_rule(self) -> dict:
+        """Keyword thresholds of ``common.calcifications.classify_component``."""
+        return {
+            "vessel_min_length": self.vessel_min_length,
+            "vessel_min_elongation": self.vessel_min_elongation,
+            "large_min_area": self.large_min_area,
+        }
+
     def min_area_for(self, pixel_spacing) -> int:
         """Minimum area in pixels of an image with ``pixel_spacing`` ((row, col) mm or None)."""
         return min_area_pixels(pixel_spacing, self.min_area_mm2, self.min_area)
@@ -89,23 +101,6 @@ class ProcessedLabels:
     excluded: np.ndarray  # bool, grown pixels of components whose type is in exclude_types
     components: list[dict] = field(default_factory=list)
     min_area: int = 0  # the minimum area in pixels that was applied
-
-
-def classify_component(component: np.ndarray, params: LabelParams | None = None) -> str:
-    """Type of one 8-connected component (bool (H, W) or a crop): "dot", "vessel" or "large".
-
-    The rule is ``datasets.canonical.classify_component`` (the one the dataset converters use for shapes
-    whose type the source does not state), with the thresholds of ``params`` (``cfg.LABELS``).
-    """
-    from datasets.canonical import classify_component as canonical_rule
-
-    p = params or LabelParams()
-    return canonical_rule(
-        component,
-        vessel_min_length=p.vessel_min_length,
-        vessel_min_elongation=p.vessel_min_elongation,
-        large_min_area=p.large_min_area,
-    )
 
 
 def _canonical_types(labels: np.ndarray, canonical: Sequence[dict] | None) -> dict[int, str]:
@@ -138,30 +133,11 @@ def process_mask(
     labels, n = label_components(mask)
     from_ann = _canonical_types(labels, canonical) if params.prefer_canonical_type else {}
     components = []
-    excluded_ids = []
-    for i, sl in enumerate(ndi.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        comp = labels[sl] == i
-        if i in from_ann:
-            ctype, source = from_ann[i], "canonical"
-        else:
-            ctype, source = classify_component(comp, params), "shape"
-        ys, xs = np.nonzero(comp)
-        k = len(ys) // 2
-        components.append(
-            {
-                "label": i,
-                "type": ctype,
-                "type_source": source,
-                "area": int(comp.sum()),
-                "bbox": [int(sl[1].start), int(sl[0].start), int(sl[1].stop - sl[1].start),
-                         int(sl[0].stop - sl[0].start)],
-                "point": [int(xs[k] + sl[1].start), int(ys[k] + sl[0].start)],
-            }
-        )
-        if ctype in params.exclude_types:
-            excluded_ids.append(i)
+    for c in describe_components(labels, n, types=from_ann, type_rule=params.type_rule):
+        source = "canonical" if c["label"] in from_ann else "shape"
+        components.append({"label": c["label"], "type": c["type"], "type_source": source,
+                           "area": c["area"], "bbox": c["bbox"], "point": c["point"]})
+    excluded_ids = [c["label"] for c in components if c["type"] in params.exclude_types]
     min_area = params.min_area_for(pixel_spacing)
     grown = grow_small_components(labels, min_area) if n else labels
     # the grown extent, so that no patch holds part of a grown vessel / large label

@@ -118,7 +118,7 @@ def load_study(
     params: LabelParams | None = None,
     remove_artifacts: bool = True,
 ) -> Study:
-    """Pre-process one dataset record (``datasets.register.load_canonical_dicts(root, "calc")``) or read
+    """Pre-process one dataset record (``common.canonical.load_canonical_dicts(root, "calc")``) or read
     it from ``cache_dir``.
 
     The cache entry is keyed by the image and mask files (path, size, mtime), the label parameters and

@@ -60,7 +60,7 @@ def cache_dir_of(cfg) -> Path:
 
 def load_split(cfg, split: str) -> list[Study]:
     """Cached, pre-processed studies of one split of ``cfg.DATA.ROOT``."""
-    from datasets.register import load_canonical_dicts
+    from common.canonical import load_canonical_dicts
 
     records = load_canonical_dicts(cfg.DATA.ROOT, "calc", split)
     params = LabelParams.from_cfg(cfg)
