@@ -23,11 +23,14 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 from segmentation_models_pytorch.base import initialization
 from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 from torch import nn
+
+from common.errors import InputError, checkpoint_error
 
 NORMS = ("gn", "bn", "ln")
 
@@ -173,8 +176,6 @@ def _numpy_scalar_globals() -> list:
     Checkpoints written before the trainer stored plain Python numbers can hold numpy floats in their
     metric history; these are allowed so that such files still load with ``weights_only=True``.
     """
-    import numpy as np
-
     core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
     scalar = getattr(getattr(core, "multiarray", None), "scalar", None)
     return [g for g in (scalar, np.dtype) if g is not None] + [
@@ -192,8 +193,6 @@ def load_checkpoint(path: str | Path, map_location="cpu"):
     Raises:
         common.errors.InputError: missing, damaged or foreign file (one line naming it).
     """
-    from common.errors import InputError, checkpoint_error
-
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "weights file not found (give a local checkpoint path)")
@@ -233,8 +232,6 @@ def load_weights(model: nn.Module, path: str | Path, map_location="cpu") -> dict
             is not a checkpoint of this model (missing / unexpected / differently shaped parameters,
             some of them named).
     """
-    from common.errors import InputError
-
     path = Path(path)
     ckpt = load_checkpoint(path, map_location)
     state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt

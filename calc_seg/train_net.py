@@ -21,6 +21,10 @@ import sys
 from pathlib import Path
 
 from calc_seg.config import get_calc_seg_cfg
+from calc_seg.engine.trainer import CalcSegTrainer, evaluate_studies, load_split
+from calc_seg.model import build_model, load_weights
+from common.device import select_device
+from common.io import atomic_write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,27 +53,18 @@ def setup(args):
 def main(args) -> int:
     cfg = setup(args)
     if args.eval_only:
-        import torch
-
-        from calc_seg.engine.trainer import evaluate_studies, load_split
-        from calc_seg.model import build_model, load_weights
-
         model = build_model(cfg)
         if not cfg.MODEL.WEIGHTS:
             load_weights(model, Path(cfg.OUTPUT_DIR) / "model_best.pth")
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = select_device()
         report, _ = evaluate_studies(model.to(device), load_split(cfg, cfg.DATA.TEST_SPLIT), cfg,
                                      device, progress=not args.no_progress, with_raw=True)
-        from common.io import atomic_write_json
-
         atomic_write_json(Path(cfg.OUTPUT_DIR) / "test_report.json", report)
         other = "raw_labels" if report.get("gt_labels") == "processed" else "processed_labels"
         print(json.dumps({"gt_labels": report.get("gt_labels"),
                           "sensitivity_at_fp": report.get("sensitivity_at_fp"),
                           other: (report.get(other) or {}).get("sensitivity_at_fp")}))
         return 0
-    from calc_seg.engine.trainer import CalcSegTrainer
-
     trainer = CalcSegTrainer(cfg, resume=args.resume)
     last = trainer.train(progress=not args.no_progress)
     if trainer.rank == 0:

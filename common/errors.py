@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import yaml
+
 
 class InputError(ValueError):
     """A file that cannot be used as input.
@@ -37,8 +39,6 @@ def checkpoint_error(error: Exception) -> str:
 def yaml_error(config_file, error) -> InputError:
     """One-line :class:`InputError` for a YAML file PyYAML's safe loader rejects, naming the file
     (the ``_BASE_`` file where the problem is, when it is one)."""
-    import yaml
-
     mark = getattr(error, "problem_mark", None)
     where = getattr(mark, "name", None)
     path = where if where and not str(where).startswith("<") else config_file

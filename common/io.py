@@ -15,7 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+
+from common.errors import InputError
+from common.limits import check_raster_size
 
 
 def _umask() -> int:
@@ -62,8 +66,6 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Pat
 
 def encode_png(array: np.ndarray) -> bytes:
     """PNG bytes of a uint8/uint16 (H, W) or uint8 (H, W, 3|4) RGB(A) array; bool is stored as 0/255."""
-    import cv2
-
     a = np.asarray(array)
     if a.dtype == bool:
         a = a.astype(np.uint8) * 255
@@ -84,12 +86,7 @@ def atomic_write_png(path: str | Path, array: np.ndarray) -> Path:
 
 def read_png(path: str | Path) -> np.ndarray:
     """Read a PNG/TIFF keeping its bit depth; colour images come back RGB. The header's pixel count is
-    checked against :func:`common.dicom.pixel_limit` before decoding."""
-    import cv2
-
-    from common.dicom import check_raster_size
-    from common.errors import InputError
-
+    checked against :func:`common.limits.pixel_limit` before decoding."""
     if Path(path).is_file():
         check_raster_size(path)
     a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -102,8 +99,6 @@ def read_png(path: str | Path) -> np.ndarray:
 
 def read_json(path: str | Path) -> Any:
     """Load a JSON file, turning a missing or malformed file into an :class:`InputError`."""
-    from common.errors import InputError
-
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)

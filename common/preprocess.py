@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from common import artifacts
 from common.breast import extract_breast
 from common.dicom import LoadedImage, check_not_constant, load_image, raster_meta, window_image
 from common.errors import InputError
 from common.inputs import base_stem, unique_output_stems
-from common.io import os_error_reason, write_together
+from common.io import atomic_write_json, atomic_write_png, os_error_reason, write_together
 from common.laterality import normalize_laterality as _normalize_laterality
 
 
@@ -146,8 +147,6 @@ def _unique_stems(paths: Sequence[Path], reserved: Iterable[str] = ()) -> list[s
 def write_outputs(result: Preprocessed, out_dir: Path, stem: str) -> list[Path]:
     """Write ``<stem>.png``, ``<stem>_breast.png`` and ``<stem>.json`` into ``out_dir``, atomically and
     as a set (:func:`common.io.write_together`): a write that fails leaves the earlier set as it was."""
-    from common.io import atomic_write_json, atomic_write_png
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / name for name in output_names(stem)]
@@ -176,10 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tqdm import tqdm
-
-    from common.io import atomic_write_json
-
     args = build_parser().parse_args(argv)
     out: Path = args.out
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -18,9 +20,6 @@ def build_augmentation(cfg):
     """
     if not cfg.AUG.ENABLED:
         return None
-    import albumentations as A
-    import cv2
-
     a = cfg.AUG
     return A.Compose(
         [

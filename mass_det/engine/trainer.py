@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 import weakref
 from urllib.parse import urlparse
 
@@ -23,6 +24,7 @@ from detectron2.utils.file_io import Detectron2Handler, PathManager
 from iopath.common.file_io import get_cache_dir
 
 from common.amp import native_bf16
+from common.errors import InputError, checkpoint_error
 
 from ..data.mapper import MassDatasetMapper
 from ..evaluation.froc_evaluator import FROCEvaluator
@@ -220,8 +222,6 @@ def check_pickle_allowed(path, trust_pickle: bool = False) -> None:
     """
     if path and not trust_pickle and is_pickle_weights(path) and not str(path).startswith(
             MODEL_ZOO_PREFIXES):
-        from common.errors import InputError
-
         raise InputError(path, TRUST_PICKLE_HINT)
 
 
@@ -263,15 +263,11 @@ class MassDetCheckpointer(DetectionCheckpointer):
 
     def _torch_load(self, f):
         # data only: tensors, numbers, strings and plain containers (DetectionCheckpointer's .pth path)
-        import warnings
-
         with warnings.catch_warnings():  # a foreign pickle's protocol: the refusal says what matters
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(f, map_location=torch.device("cpu"), weights_only=True)
 
     def _load_file(self, filename):
-        from common.errors import InputError, checkpoint_error
-
         try:
             if filename.endswith(".pyth"):  # pycls; detectron2 would torch.load it with the defaults
                 data = self._torch_load(filename)
@@ -304,8 +300,6 @@ class MassDetCheckpointer(DetectionCheckpointer):
         if self.strict and incompatible is not None:
             missing = list(incompatible.missing_keys) + [k for k, *_ in incompatible.incorrect_shapes]
             if missing:
-                from common.errors import InputError
-
                 total = len(self.model.state_dict())
                 more = ", ..." if len(missing) > 3 else ""
                 raise InputError(
