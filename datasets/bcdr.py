@@ -16,7 +16,7 @@ Format facts honoured:
   top-left origin) with a leading space;
 * one row per outline; its lesion flags say what it is: ``mammography_nodule`` -> mass (box + polygon),
   ``mammography_calcification`` / ``mammography_microcalcification`` -> calcification mask filled from
-  the outline (typed by :func:`datasets.canonical.classify_component`); rows with only other flags
+  the outline (typed by :func:`common.calcifications.classify_component`); rows with only other flags
   (adenopathy, distortions) keep their image, lesion noted;
 * ``image_view`` 1-4 = RCC, LCC, RMLO, LMLO;
 * density 1-4 (BI-RADS), sometimes missing; classification Benign / Malign -> BENIGN / MALIGNANT.
@@ -28,29 +28,16 @@ they only end up in the same split, which never leaks a patient.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from common.errors import InputError
-from datasets.canonical import (
-    CalcMask,
-    ConversionReport,
-    clip_bbox,
-    convert_staged,
-    converter_main,
-    coordinates_problem,
-    finish_conversion,
-    image_size,
-    int_or_none,
-    path_inside,
-    points_bbox,
-    polygon_area,
-    read_table,
-    require_columns,
-    unique_stem,
-)
+from datasets.calc_mask import CalcMask
+from datasets.converter import ConvertedImage, Converter
+from datasets.shapes import coordinates_problem, leaves_image, outline_mass
+from datasets.tables import image_size, int_or_none, path_inside, read_table, require_columns
 
 VIEWS = {1: ("R", "CC"), 2: ("L", "CC"), 3: ("R", "MLO"), 4: ("L", "MLO")}
 MASS_FLAGS = ("mammography_nodule",)
@@ -91,58 +78,70 @@ def _flag(row: dict, name: str) -> bool:
         return value.lower() in ("true", "yes")
 
 
-def convert(
-    root: str | Path,
-    out: str | Path,
-    seed: int = 0,
-    hash_files: bool = True,
-    verbose: bool = True,
-    overwrite: bool = False,
-) -> dict:
-    """Convert a BCDR download at ``root`` into the canonical folder ``out``; returns a summary.
+class BcdrConverter(Converter):
+    """BCDR: every ``bcdr_*_outlines.csv`` under the root, one outline per row, TIFF images."""
 
-    ``out`` must be missing or empty unless ``overwrite`` (see
-    :func:`datasets.canonical.convert_staged`).
-    """
-    return convert_staged(_convert, root, out, overwrite, seed, hash_files, verbose)
+    name, title = "bcdr", "BCDR"
 
+    def images(self) -> Iterator[ConvertedImage]:
+        tables = sorted(self.root.rglob("bcdr_*_outlines.csv"))
+        if not tables:
+            raise InputError(self.root, "no bcdr_*_outlines.csv found")
+        images: dict[Path, dict] = {}  # image path -> record (+ private keys while converting)
+        left_out: set[Path] = set()  # images with an unusable lesion row: incomplete ground truth
+        for table in tables:
+            self._read_table(table, images, left_out)
+        # calcification outlines are rasterised per image at the end (memory)
+        for path, image in images.items():
+            if image.get("_bad") or path in left_out:
+                continue
+            calc = CalcMask((image["height"], image["width"]))
+            for table, rownum, pts in image.pop("_calc"):
+                added = calc.add_polygon(pts) if len(pts) >= 3 else calc.add_points(pts, None)
+                if not added:
+                    self.report.error(
+                        table,
+                        f"calcification outline outside the image; {path.name} left out",
+                        rownum,
+                    )
+                    left_out.add(path)
+            if path in left_out:
+                continue
+            masses = image.pop("_masses")
+            yield ConvertedImage(image, masses, calc)
 
-def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) -> dict:
-    report = ConversionReport("bcdr")
-    tables = sorted(root.rglob("bcdr_*_outlines.csv"))
-    if not tables:
-        raise InputError(root, "no bcdr_*_outlines.csv found")
-
-    images: dict[Path, dict] = {}  # image path -> record (+ private keys while converting)
-    left_out: set[Path] = set()  # images with an unusable lesion row: incomplete ground truth
-    used_stems: set[str] = set()
-    for table in tables:
+    def _read_table(self, table: Path, images: dict[Path, dict], left_out: set[Path]) -> None:
+        """Add the rows of one outline CSV to ``images`` (records with ``_masses`` and ``_calc``
+        outlines, or ``{"_bad": True}`` for an unreadable file); images with an unusable lesion row
+        go to ``left_out``."""
         subset = re.sub(r"^bcdr_|_outlines$", "", table.stem, flags=re.IGNORECASE).lower()
         rows = read_table(table)
         require_columns(table, rows, REQUIRED)
         seen_lesions: set[tuple] = set()
-        for rownum, row in tqdm(rows, desc=f"bcdr {subset}", disable=not verbose):
+        for rownum, row in self.progress(rows, f"bcdr {subset}"):
             name = row["image_filename"].strip().lstrip("/\\")
             if not name:
-                report.error(table, "empty image_filename", rownum)
+                self.report.error(table, "empty image_filename", rownum)
                 continue
             candidates, why = [], None  # relative to the table's folder, else to --root
-            for base in (table.parent, root):
+            for base in (table.parent, self.root):
                 try:
-                    candidates.append(path_inside(root, base, name))
+                    candidates.append(path_inside(self.root, base, name))
                 except ValueError as e:
                     why = str(e)
             if not candidates:  # never a file outside --root
-                report.error(table, f"image_filename: {why}; row skipped", rownum)
+                self.report.error(table, f"image_filename: {why}; row skipped", rownum)
                 continue
             path = next((c for c in candidates if c.is_file()), candidates[0])
             if not path.is_file():
-                report.error(table, f"image {name} not found", rownum)
+                self.report.error(table, f"image {name} not found", rownum)
                 continue
             try:
                 pts = parse_points(row["lw_x_points"], row["lw_y_points"])
             except ValueError as e:
-                report.error(table, f"bad lw_x_points/lw_y_points: {e}; {name} left out", rownum)
+                self.report.error(
+                    table, f"bad lw_x_points/lw_y_points: {e}; {name} left out", rownum
+                )
                 left_out.add(path)
                 continue
             is_mass = any(_flag(row, f) for f in MASS_FLAGS)
@@ -150,33 +149,7 @@ def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) 
 
             image = images.get(path)
             if image is None:
-                try:
-                    h, w = image_size(path)
-                except Exception as e:
-                    report.error(path, f"unreadable image ({e})")
-                    images[path] = {"_bad": True}
-                    continue
-                view_code = int_or_none(row["image_view"])
-                laterality, view = VIEWS.get(view_code, (None, None))
-                if view_code not in VIEWS:
-                    report.warning(table, f"image_view {row['image_view']!r} not in 1-4", rownum)
-                density = int_or_none(row.get("density", ""))
-                image = images[path] = {
-                    "id": None,  # numbered once the images left out are known
-                    "file_name": str(path.resolve()),
-                    "stem": unique_stem(f"bcdr_{subset}_{path.stem}", used_stems),
-                    "height": h,
-                    "width": w,
-                    "patient_id": f"bcdr_{row['patient_id']}",
-                    "laterality": laterality,
-                    "view": view,
-                    "pixel_spacing": None,
-                    "density": density if density in (1, 2, 3, 4) else None,
-                    "pathology": None,
-                    "subset": subset,
-                    "_masses": [],
-                    "_calc": [],  # outlines, rasterised per image at the end (memory)
-                }
+                image = images[path] = self._record(path, subset, table, rownum, row)
             if image.get("_bad"):
                 continue
             h, w = image["height"], image["width"]
@@ -186,26 +159,28 @@ def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) 
 
             lesion_key = (path, row.get("lesion_id"), is_mass, is_calc)
             if row.get("lesion_id") and lesion_key in seen_lesions:
-                report.warning(
+                self.report.warning(
                     table, f"second outline of lesion {row['lesion_id']} on {name}; skipped", rownum
                 )
                 continue
             seen_lesions.add(lesion_key)
             if not (is_mass or is_calc):
                 flags = [f for f in OTHER_FLAGS if _flag(row, f)]
-                report.note(table, f"lesion {flags or 'without flags'} not converted", rownum)
+                self.report.note(table, f"lesion {flags or 'without flags'} not converted", rownum)
                 continue
             problem = coordinates_problem(pts, (h, w))
             if problem:
-                report.error(table, f"lw_x_points/lw_y_points: {problem}; {name} left out", rownum)
+                self.report.error(
+                    table, f"lw_x_points/lw_y_points: {problem}; {name} left out", rownum
+                )
                 left_out.add(path)
                 continue
-            if np.any(pts < -0.5) or np.any(pts[:, 0] > w - 0.5) or np.any(pts[:, 1] > h - 0.5):
-                report.warning(table, f"outline leaves the {w}x{h} image; clipped", rownum)
+            if leaves_image(pts, (h, w)):
+                self.report.warning(table, f"outline leaves the {w}x{h} image; clipped", rownum)
             if is_mass:
-                box = clip_bbox(points_bbox(pts), (h, w)) if len(pts) >= 3 else None
-                if box is None:
-                    report.error(
+                mass = outline_mass(pts, (h, w))
+                if mass is None:
+                    self.report.error(
                         table,
                         f"mass outline ({len(pts)} points) unusable or outside; {name} left out",
                         rownum,
@@ -213,43 +188,42 @@ def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) 
                     left_out.add(path)
                 else:
                     image["_masses"].append(
-                        {
-                            "bbox": box,
-                            "area": polygon_area(pts),
-                            "segmentation": [pts.reshape(-1).tolist()],
-                            "pathology": pathology,
-                            "lesion_id": row.get("lesion_id"),
-                        }
+                        {**mass, "pathology": pathology, "lesion_id": row.get("lesion_id")}
                     )
             if is_calc:
                 image["_calc"].append((table, rownum, pts))
 
-    records, mass_anns, calc_anns = [], [], []
-    for path, image in images.items():
-        if image.get("_bad") or path in left_out:
-            continue
-        calc = CalcMask((image["height"], image["width"]))
-        for table, rownum, pts in image.pop("_calc"):
-            added = calc.add_polygon(pts) if len(pts) >= 3 else calc.add_points(pts, None)
-            if not added:
-                report.error(
-                    table, f"calcification outline outside the image; {path.name} left out", rownum
-                )
-                left_out.add(path)
-        if path in left_out:
-            continue
-        image["id"] = len(records) + 1
-        for ann in image.pop("_masses"):
-            mass_anns.append({**ann, "image_id": image["id"]})
-        calc_anns += calc.finish(out, image)
-        records.append(image)
-    return finish_conversion(
-        out, root, "BCDR", records, mass_anns, calc_anns, seed, report, hash_files, verbose
-    )
+    def _record(self, path: Path, subset: str, table: Path, rownum: int, row: dict) -> dict:
+        """The image record of ``path`` from its first row (``{"_bad": True}`` when unreadable)."""
+        try:
+            h, w = image_size(path)
+        except Exception as e:
+            self.report.error(path, f"unreadable image ({e})")
+            return {"_bad": True}
+        view_code = int_or_none(row["image_view"])
+        laterality, view = VIEWS.get(view_code, (None, None))
+        if view_code not in VIEWS:
+            self.report.warning(table, f"image_view {row['image_view']!r} not in 1-4", rownum)
+        density = int_or_none(row.get("density", ""))
+        return {
+            "file_name": str(path.resolve()),
+            "stem": self.unique_stem(f"bcdr_{subset}_{path.stem}"),
+            "height": h,
+            "width": w,
+            "patient_id": f"bcdr_{row['patient_id']}",
+            "laterality": laterality,
+            "view": view,
+            "pixel_spacing": None,
+            "density": density if density in (1, 2, 3, 4) else None,
+            "pathology": None,
+            "subset": subset,
+            "_masses": [],
+            "_calc": [],  # outlines, rasterised per image at the end (memory)
+        }
 
 
-def main(argv=None) -> int:
-    return converter_main(convert, "Convert BCDR into the canonical dataset form.", argv)
+convert = BcdrConverter.convert  # convert(root, out, seed=0, hash_files=True, ...) -> summary
+main = BcdrConverter.main  # python -m datasets.bcdr --root RAW --out OUT [...]
 
 
 if __name__ == "__main__":

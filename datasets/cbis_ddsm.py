@@ -24,7 +24,7 @@ Format facts honoured:
   land on one image record.
 * Masses: box and polygons from the ROI mask. Calcifications: the ROI mask outlines the cluster region;
   ``calc type`` VASCULAR -> "vessel", otherwise typed by
-  :func:`datasets.canonical.classify_component` (large regions are "large").
+  :func:`common.calcifications.classify_component` (large regions are "large").
 * An image with an unusable abnormality (no mask, size mismatch, unreadable) is left out: its ground
   truth would be incomplete. The official train/test membership is kept as ``source_split``; the
   canonical split is a fresh patient-level 60/20/20 (paper §3.3).
@@ -34,28 +34,20 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from tqdm import tqdm
 
+from common.dicom import pixel_spacing as dicom_pixel_spacing
+from common.dicom import read_dicom_header
 from common.errors import InputError
-from datasets.canonical import (
-    CalcMask,
-    ConversionReport,
-    convert_staged,
-    converter_main,
-    dicom_pixel_spacing,
-    finish_conversion,
-    int_or_none,
-    mask_bbox,
-    mask_polygons,
-    path_inside,
-    read_dicom_header,
-    read_table,
-    require_columns,
-    unique_stem,
-)
+from datasets.calc_mask import CalcMask
+from datasets.converter import ConvertedImage, Converter
+from datasets.shapes import mask_bbox, mask_polygons
+from datasets.tables import ConversionReport, int_or_none, path_inside, read_table, require_columns
 
 PATH_COLUMNS = ("image file path", "cropped image file path", "ROI mask file path")
 COMMON = ("patient_id", "left or right breast", "image view", "abnormality id", *PATH_COLUMNS)
@@ -101,8 +93,6 @@ class DicomIndex:
 
 def _binary_mask(path: Path) -> np.ndarray | None:
     """Pixels as bool when the file holds a binary mask (at most two values, some non-zero)."""
-    import pydicom
-
     pixels = pydicom.dcmread(str(path)).pixel_array
     values = np.unique(pixels)
     if values.size > 2 or values.max() <= 0:
@@ -150,64 +140,61 @@ def _resolve_full(root: Path, row: dict, index: DicomIndex) -> dict | None:
     return files[0] if len(files) == 1 else None
 
 
-def convert(
-    root: str | Path,
-    out: str | Path,
-    seed: int = 0,
-    hash_files: bool = True,
-    verbose: bool = True,
-    overwrite: bool = False,
-) -> dict:
-    """Convert a CBIS-DDSM download at ``root`` into the canonical folder ``out``; returns a summary.
+class CbisDdsmConverter(Converter):
+    """CBIS-DDSM: the case CSVs, full images and ROI masks matched by SeriesInstanceUID."""
 
-    ``out`` must be missing or empty unless ``overwrite`` (see
-    :func:`datasets.canonical.convert_staged`).
-    """
-    return convert_staged(_convert, root, out, overwrite, seed, hash_files, verbose)
+    name, title = "cbis_ddsm", "CBIS-DDSM"
 
-
-def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) -> dict:
-    report = ConversionReport("cbis_ddsm")
-    tables = sorted(p for p in root.rglob("*.csv") if _TABLE.match(p.name))
-    if not tables:
-        raise InputError(root, "no {mass,calc}_case_description_{train,test}_set.csv found")
-    index = DicomIndex(root, report, verbose)
-
-    # group abnormalities by full image
-    groups: dict[Path, dict] = {}
-    for table in tables:
-        kind, source_split = _TABLE.match(table.name).groups()
-        kind = kind.lower()
-        rows = read_table(table)
-        require_columns(table, rows, COMMON)
-        density_col = next((c for c in DENSITY_COLUMNS if rows and c in rows[0][1]), None)
-        if density_col is None and rows:
-            raise InputError(table, f"no density column (expected one of {DENSITY_COLUMNS})")
-        for rownum, row in rows:
-            full = _resolve_full(root, row, index)
-            if full is None:
-                uid = series_uid(row["image file path"])
-                report.error(table, f"no full-image DICOM with SeriesInstanceUID {uid}", rownum)
-                continue
-            g = groups.setdefault(
-                full["path"],
-                {
-                    "full": full,
-                    "rows": [],
-                    "folder": clean_path(row["image file path"]).split("/")[0],
-                },
+    def images(self) -> Iterator[ConvertedImage]:
+        tables = sorted(p for p in self.root.rglob("*.csv") if _TABLE.match(p.name))
+        if not tables:
+            raise InputError(
+                self.root, "no {mass,calc}_case_description_{train,test}_set.csv found"
             )
-            g["rows"].append((table, rownum, kind, source_split.lower(), density_col, row))
+        index = DicomIndex(self.root, self.report, self.verbose)
+        groups = self._group_by_image(tables, index)
+        for path, g in self.progress(groups.items(), "cbis_ddsm images"):
+            converted = self._image(path, g, index)
+            if converted is not None:
+                yield converted
 
-    images, mass_anns, calc_anns = [], [], []
-    used_stems: set[str] = set()
-    for path, g in tqdm(groups.items(), desc="cbis_ddsm images", disable=not verbose):
+    def _group_by_image(self, tables: list[Path], index: DicomIndex) -> dict[Path, dict]:
+        """Abnormality rows of every table, grouped by the full image's DICOM path (table order)."""
+        groups: dict[Path, dict] = {}
+        for table in tables:
+            kind, source_split = _TABLE.match(table.name).groups()
+            kind = kind.lower()
+            rows = read_table(table)
+            require_columns(table, rows, COMMON)
+            density_col = next((c for c in DENSITY_COLUMNS if rows and c in rows[0][1]), None)
+            if density_col is None and rows:
+                raise InputError(table, f"no density column (expected one of {DENSITY_COLUMNS})")
+            for rownum, row in rows:
+                full = _resolve_full(self.root, row, index)
+                if full is None:
+                    uid = series_uid(row["image file path"])
+                    self.report.error(
+                        table, f"no full-image DICOM with SeriesInstanceUID {uid}", rownum
+                    )
+                    continue
+                g = groups.setdefault(
+                    full["path"],
+                    {
+                        "full": full,
+                        "rows": [],
+                        "folder": clean_path(row["image file path"]).split("/")[0],
+                    },
+                )
+                g["rows"].append((table, rownum, kind, source_split.lower(), density_col, row))
+        return groups
+
+    def _image(self, path: Path, g: dict, index: DicomIndex) -> ConvertedImage | None:
+        """One full image with all its abnormalities; None (reported) when one is unusable."""
         shape = g["full"]["shape"]
         first = g["rows"][0][5]
         image = {
-            "id": len(images) + 1,
             "file_name": str(path.resolve()),
-            "stem": None,
+            "stem": None,  # only images that convert take a stem
             "height": shape[0],
             "width": shape[1],
             "patient_id": first["patient_id"],
@@ -232,7 +219,7 @@ def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) 
             except Exception as e:
                 mask, why = None, f"unreadable ROI mask ({e})"
             if mask is None:
-                report.error(
+                self.report.error(
                     table, f"abnormality {row['abnormality id']}: {why}; image left out", rownum
                 )
                 usable = False
@@ -255,19 +242,13 @@ def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) 
                 vascular = "VASCULAR" in row.get("calc type", "").upper()
                 calc.add_mask(mask, "vessel" if vascular else None)
         if not usable:
-            continue
-        image["stem"] = unique_stem(f"cbis_ddsm_{g['folder']}", used_stems)
-        mass_anns += [{**m, "image_id": image["id"]} for m in masses]
-        calc_anns += calc.finish(out, image)
-        images.append(image)
-
-    return finish_conversion(
-        out, root, "CBIS-DDSM", images, mass_anns, calc_anns, seed, report, hash_files, verbose
-    )
+            return None
+        image["stem"] = self.unique_stem(f"cbis_ddsm_{g['folder']}")
+        return ConvertedImage(image, masses, calc)
 
 
-def main(argv=None) -> int:
-    return converter_main(convert, "Convert CBIS-DDSM into the canonical dataset form.", argv)
+convert = CbisDdsmConverter.convert  # convert(root, out, seed=0, hash_files=True, ...) -> summary
+main = CbisDdsmConverter.main  # python -m datasets.cbis_ddsm --root RAW --out OUT [...]
 
 
 if __name__ == "__main__":

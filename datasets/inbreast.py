@@ -16,7 +16,7 @@ Format facts honoured:
   (x = column, y = row, top-left origin, sub-pixel floats).
 * ``Mass`` ROIs are outlines -> box + polygon. ``Calcification`` ROIs are mostly one- or two-point
   marks -> small raw discs typed "dot" (calc_seg dilates them to 900 px later); larger calcification
-  outlines are filled and typed by :func:`datasets.canonical.classify_component`. ``Cluster`` ROIs
+  outlines are filled and typed by :func:`common.calcifications.classify_component`. ``Cluster`` ROIs
   outline a group of calcifications -> filled, typed "large". Other ROI names (Spiculated Region,
   Distortion, Asymmetry, ...) are noted, not converted.
 * ``ACR`` (1-4) -> density; ``Bi-Rads`` kept as ``birads``; pixel spacing from the DICOM header.
@@ -27,28 +27,18 @@ from __future__ import annotations
 import math
 import plistlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from common.dicom import pixel_spacing as dicom_pixel_spacing
+from common.dicom import read_dicom_header
 from common.errors import InputError
-from datasets.canonical import (
-    CalcMask,
-    ConversionReport,
-    clip_bbox,
-    convert_staged,
-    converter_main,
-    coordinates_problem,
-    dicom_pixel_spacing,
-    finish_conversion,
-    points_bbox,
-    polygon_area,
-    read_dicom_header,
-    read_table,
-    require_columns,
-    unique_stem,
-)
+from datasets.calc_mask import CalcMask
+from datasets.converter import ConvertedImage, Converter
+from datasets.shapes import coordinates_problem, leaves_image, outline_mass
+from datasets.tables import read_table, require_columns
 
 REQUIRED = ("File Name", "Laterality", "View")
 MASS_NAMES = {"mass"}
@@ -120,57 +110,45 @@ def _file_key(value: str) -> str:
     return value[:-2] if re.fullmatch(r"\d+\.0", value) else value
 
 
-def convert(
-    root: str | Path,
-    out: str | Path,
-    seed: int = 0,
-    hash_files: bool = True,
-    verbose: bool = True,
-    overwrite: bool = False,
-) -> dict:
-    """Convert an INbreast download at ``root`` into the canonical folder ``out``; returns a summary.
+class InbreastConverter(Converter):
+    """INbreast: INbreast.csv rows, DICOMs found by file-name prefix, OsiriX ROI plists."""
 
-    ``out`` must be missing or empty unless ``overwrite`` (see
-    :func:`datasets.canonical.convert_staged`).
-    """
-    return convert_staged(_convert, root, out, overwrite, seed, hash_files, verbose)
+    name, title = "inbreast", "INbreast"
 
+    def images(self) -> Iterator[ConvertedImage]:
+        table = _find_csv(self.root)
+        rows = read_table(table, delimiter=";")
+        require_columns(table, rows, REQUIRED)
+        dicoms: dict[str, list[Path]] = {}
+        for p in self.root.rglob("*"):
+            if p.suffix.lower() == ".dcm" and p.is_file():
+                dicoms.setdefault(p.name.split("_")[0], []).append(p)
+        xmls = {p.stem: p for p in self.root.rglob("*") if p.suffix.lower() == ".xml"}
+        for rownum, row in self.progress(rows):
+            key = _file_key(row["File Name"])
+            found = dicoms.get(key, [])
+            if len(found) != 1:
+                why = "no DICOM" if not found else f"{len(found)} DICOMs"
+                self.report.error(table, f"{why} whose name starts with File Name {key!r}", rownum)
+                continue
+            converted = self._image(key, row, found[0], xmls.get(key))
+            if converted is not None:
+                yield converted
 
-def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) -> dict:
-    report = ConversionReport("inbreast")
-    table = _find_csv(root)
-    rows = read_table(table, delimiter=";")
-    require_columns(table, rows, REQUIRED)
-
-    dicoms: dict[str, list[Path]] = {}
-    for p in root.rglob("*"):
-        if p.suffix.lower() == ".dcm" and p.is_file():
-            dicoms.setdefault(p.name.split("_")[0], []).append(p)
-    xmls = {p.stem: p for p in root.rglob("*") if p.suffix.lower() == ".xml"}
-
-    images, mass_anns, calc_anns = [], [], []
-    used_stems: set[str] = set()
-    for rownum, row in tqdm(rows, desc="inbreast", disable=not verbose):
-        key = _file_key(row["File Name"])
-        found = dicoms.get(key, [])
-        if len(found) != 1:
-            why = "no DICOM" if not found else f"{len(found)} DICOMs"
-            report.error(table, f"{why} whose name starts with File Name {key!r}", rownum)
-            continue
-        path = found[0]
+    def _image(self, key: str, row: dict, path: Path, xml: Path | None) -> ConvertedImage | None:
+        """The image of one CSV row with the ROIs of its XML; None (reported) when unusable."""
         try:
             ds = read_dicom_header(path)
             h, w = int(ds.Rows), int(ds.Columns)
         except Exception as e:
-            report.error(path, f"unreadable DICOM header ({e})")
-            continue
+            self.report.error(path, f"unreadable DICOM header ({e})")
+            return None
         parts = path.stem.split("_")
         patient = parts[1] if len(parts) > 2 and parts[1] else str(getattr(ds, "PatientID", key))
         acr = row.get("ACR", "")
         image = {
-            "id": len(images) + 1,
             "file_name": str(path.resolve()),
-            "stem": unique_stem(f"inbreast_{key}", used_stems),
+            "stem": self.unique_stem(f"inbreast_{key}"),
             "height": h,
             "width": w,
             "patient_id": f"inbreast_{patient}",
@@ -182,75 +160,66 @@ def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) 
             "pathology": None,
         }
         calc = CalcMask((h, w))
-        image_masses = []
-        xml = xmls.get(key)
-        if xml is not None:
-            try:
-                rois = read_rois(xml)
-            except InputError as e:
-                report.error(xml, f"{e.reason}; image left out (ground truth unknown)")
+        masses: list[dict] = []
+        if xml is not None and not self._add_rois(xml, (h, w), masses, calc):
+            return None
+        return ConvertedImage(image, masses, calc)
+
+    def _add_rois(self, xml: Path, shape: tuple[int, int], masses: list, calc: CalcMask) -> bool:
+        """Add the mass and calcification ROIs of ``xml`` to ``masses`` / ``calc``; False (reported)
+        when one of them is unusable, so the image's ground truth would be incomplete."""
+        h, w = shape
+        try:
+            rois = read_rois(xml)
+        except InputError as e:
+            self.report.error(xml, f"{e.reason}; image left out (ground truth unknown)")
+            return False
+        usable = True
+        for k, roi in enumerate(rois):
+            where = f"ROI {k}"
+            if roi["name"] is None:  # unknown kind: the ground truth is incomplete
+                self.report.error(xml, f"{roi['error']}; image left out", where)
+                usable = False
                 continue
-            unusable = False
-            for k, roi in enumerate(rois):
-                where = f"ROI {k}"
-                if roi["name"] is None:  # unknown kind: the ground truth is incomplete
-                    report.error(xml, f"{roi['error']}; image left out", where)
-                    unusable = True
-                    continue
-                kind = roi["name"].lower()
-                if kind not in MASS_NAMES | CALC_NAMES | CLUSTER_NAMES:
-                    report.note(xml, f"ROI named {roi['name']!r} not converted", where)
-                    continue
-                pts = roi["points"]
-                if pts is None:
-                    report.error(xml, f"{roi['name']}: {roi['error']}; image left out", where)
-                    unusable = True
-                    continue
-                problem = coordinates_problem(pts, (h, w))
-                if problem:
-                    report.error(xml, f"{roi['name']}: {problem}; image left out", where)
-                    unusable = True
-                    continue
-                if np.any(pts < -0.5) or np.any(pts[:, 0] > w - 0.5) or np.any(pts[:, 1] > h - 0.5):
-                    report.warning(xml, f"{roi['name']} leaves the {w}x{h} image; clipped", where)
-                if kind in MASS_NAMES:
-                    box = clip_bbox(points_bbox(pts), (h, w)) if len(pts) >= 3 else None
-                    if box is None:
-                        report.error(
-                            xml, f"mass outline ({len(pts)} points) unusable; image left out", where
-                        )
-                        unusable = True
-                        continue
-                    image_masses.append(
-                        {
-                            "image_id": image["id"],
-                            "bbox": box,
-                            "area": polygon_area(pts),
-                            "segmentation": [pts.reshape(-1).tolist()],
-                        }
+            kind = roi["name"].lower()
+            if kind not in MASS_NAMES | CALC_NAMES | CLUSTER_NAMES:
+                self.report.note(xml, f"ROI named {roi['name']!r} not converted", where)
+                continue
+            pts = roi["points"]
+            if pts is None:
+                self.report.error(xml, f"{roi['name']}: {roi['error']}; image left out", where)
+                usable = False
+                continue
+            problem = coordinates_problem(pts, shape)
+            if problem:
+                self.report.error(xml, f"{roi['name']}: {problem}; image left out", where)
+                usable = False
+                continue
+            if leaves_image(pts, shape):
+                self.report.warning(xml, f"{roi['name']} leaves the {w}x{h} image; clipped", where)
+            if kind in MASS_NAMES:
+                mass = outline_mass(pts, shape)
+                if mass is None:
+                    self.report.error(
+                        xml, f"mass outline ({len(pts)} points) unusable; image left out", where
                     )
-                elif kind in CLUSTER_NAMES:
-                    added = calc.add_polygon(pts, "large")
-                elif len(pts) <= 2:
-                    added = calc.add_points(pts, "dot")
-                else:
-                    added = calc.add_polygon(pts)
-                if kind not in MASS_NAMES and not added:
-                    report.error(xml, f"{roi['name']} outside the image; image left out", where)
-                    unusable = True
-            if unusable:
-                continue
-        mass_anns += image_masses
-        calc_anns += calc.finish(out, image)
-        images.append(image)
-
-    return finish_conversion(
-        out, root, "INbreast", images, mass_anns, calc_anns, seed, report, hash_files, verbose
-    )
+                    usable = False
+                    continue
+                masses.append(mass)
+            elif kind in CLUSTER_NAMES:
+                added = calc.add_polygon(pts, "large")
+            elif len(pts) <= 2:
+                added = calc.add_points(pts, "dot")
+            else:
+                added = calc.add_polygon(pts)
+            if kind not in MASS_NAMES and not added:
+                self.report.error(xml, f"{roi['name']} outside the image; image left out", where)
+                usable = False
+        return usable
 
 
-def main(argv=None) -> int:
-    return converter_main(convert, "Convert INbreast into the canonical dataset form.", argv)
+convert = InbreastConverter.convert  # convert(root, out, seed=0, hash_files=True, ...) -> summary
+main = InbreastConverter.main  # python -m datasets.inbreast --root RAW --out OUT [...]
 
 
 if __name__ == "__main__":

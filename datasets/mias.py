@@ -32,20 +32,18 @@ kept as lesion-free.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from PIL import Image
 
 from common.errors import InputError
-from datasets.canonical import (
-    CalcMask,
-    ConversionReport,
-    clip_bbox,
-    convert_staged,
-    converter_main,
-    finish_conversion,
-)
+from common.io import atomic_write_png
+from datasets.calc_mask import CalcMask
+from datasets.converter import ConvertedImage, Converter
+from datasets.shapes import clip_bbox
+from datasets.tables import ConversionReport
 
 MINI_MIAS_SIZE = (1024, 1024)
 PIXEL_SPACING_MM = [0.2, 0.2]  # mini-MIAS: 200 micron pixel edge
@@ -112,8 +110,6 @@ def read_pgm(path: Path) -> np.ndarray:
     Raises ValueError (with the reason) for a truncated or undecodable file, a colour or bilevel
     image, or a constant one (nothing to train on; the loaders refuse it too).
     """
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             mode = im.mode
@@ -132,72 +128,67 @@ def read_pgm(path: Path) -> np.ndarray:
     return pixels
 
 
-def convert(
-    root: str | Path,
-    out: str | Path,
-    seed: int = 0,
-    hash_files: bool = True,
-    verbose: bool = True,
-    overwrite: bool = False,
-) -> dict:
-    """Convert a mini-MIAS download at ``root`` into the canonical folder ``out``; returns a summary.
+class MiasConverter(Converter):
+    """mini-MIAS: Info.txt findings (bottom-left origin) and PGM images, re-encoded as PNG."""
 
-    ``out`` must be missing or empty unless ``overwrite`` (see
-    :func:`datasets.canonical.convert_staged`).
-    """
-    return convert_staged(_convert, root, out, overwrite, seed, hash_files, verbose)
+    name, title = "mias", "mini-MIAS"
 
+    def images(self) -> Iterator[ConvertedImage]:
+        info = _find_info(self.root)
+        findings = parse_info(info, self.report)
+        pgms: dict[str, list[Path]] = {}
+        for p in sorted(self.root.rglob("*")):
+            if p.suffix.lower() == ".pgm" and p.is_file():
+                pgms.setdefault(p.stem.lower(), []).append(p)
+        for ref in sorted(set(pgms) - set(findings)):
+            self.report.note(pgms[ref][0], f"{ref} is not listed in {info.name}; not converted")
+        for ref in self.progress(sorted(findings)):
+            converted = self._image(info, ref, findings[ref], pgms.get(ref, []))
+            if converted is not None:
+                yield converted
 
-def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) -> dict:
-    from common.io import atomic_write_png
-
-    report = ConversionReport("mias")
-    info = _find_info(root)
-    findings = parse_info(info, report)
-    pgms: dict[str, list[Path]] = {}
-    for p in sorted(root.rglob("*")):
-        if p.suffix.lower() == ".pgm" and p.is_file():
-            pgms.setdefault(p.stem.lower(), []).append(p)
-    for ref in sorted(set(pgms) - set(findings)):
-        report.note(pgms[ref][0], f"{ref} is not listed in {info.name}; not converted")
-
-    images, mass_anns, calc_anns = [], [], []
-    for ref in tqdm(sorted(findings), desc="mias", disable=not verbose):
-        rows = findings[ref]
+    def _image(
+        self, info: Path, ref: str, rows: list[dict], found: list[Path]
+    ) -> ConvertedImage | None:
+        """The image ``ref`` with its findings ``rows``; its PNG is written into the output. None
+        (reported) when the file or a finding is unusable."""
         first = rows[0]["line"]
         if any(r["cls"] is None for r in rows):
-            continue  # reported by parse_info
-        found = pgms.get(ref, [])
+            return None  # reported by parse_info
         if not found:
-            report.error(info, f"{ref}: image file {ref}.pgm not found under {root}", first)
-            continue
+            self.report.error(
+                info, f"{ref}: image file {ref}.pgm not found under {self.root}", first
+            )
+            return None
         if len(found) > 1:
             names = " and ".join(str(p) for p in found)
-            report.error(info, f"{ref}: {len(found)} image files {names}; image left out", first)
-            continue
+            self.report.error(
+                info, f"{ref}: {len(found)} image files {names}; image left out", first
+            )
+            return None
         path = found[0]
         unlocated = [r for r in rows if r["x"] is None and r["cls"] in {"CALC", *MASS_CLASSES}]
         if unlocated:
             r = unlocated[0]
-            report.error(
+            self.report.error(
                 info, f"{ref}: {r['cls']} finding without coordinates; image left out", r["line"]
             )
-            continue
+            return None
         try:
             pixels = read_pgm(path)
         except ValueError as e:
-            report.error(path, f"bad image file: {e}; image left out")
-            continue
+            self.report.error(path, f"bad image file: {e}; image left out")
+            return None
         h, w = pixels.shape
         if (h, w) != MINI_MIAS_SIZE:
-            report.error(path, f"size {w}x{h}; Info.txt coordinates refer to 1024x1024 mini-MIAS")
-            continue
+            self.report.error(
+                path, f"size {w}x{h}; Info.txt coordinates refer to 1024x1024 mini-MIAS"
+            )
+            return None
 
         number = int(_REFNUM.fullmatch(ref).group(1))
-        image_id = len(images) + 1
         severities = {r["severity"] for r in rows if r["severity"]}
         image = {
-            "id": image_id,
             "file_name": f"images/mias_{ref}.png",
             "source_file": str(path.resolve()),
             "stem": f"mias_{ref}",
@@ -212,12 +203,12 @@ def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) 
             "pathology": "MALIGNANT" if "M" in severities else "BENIGN" if severities else None,
         }
         calc = CalcMask((h, w))
-        image_masses, usable = [], True
+        masses, usable = [], True
         for r in rows:
             if r["cls"] == "NORM":
                 continue
             if r["cls"] in OTHER_CLASSES:
-                report.note(info, f"{ref}: {OTHER_CLASSES[r['cls']]} not converted", r["line"])
+                self.report.note(info, f"{ref}: {OTHER_CLASSES[r['cls']]} not converted", r["line"])
                 continue
             x, row, radius = r["x"], (h - 1) - r["y"], r["radius"]  # origin bottom-left
             if not (0 <= x < w and 0 <= row < h):
@@ -227,16 +218,15 @@ def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) 
             else:
                 why = None
             if why:
-                report.error(info, f"{ref}: {r['cls']} {why}; image left out", r["line"])
+                self.report.error(info, f"{ref}: {r['cls']} {why}; image left out", r["line"])
                 usable = False
                 continue
             if r["cls"] == "CALC":
                 calc.add_circle((x, row), radius, calc_type="large")
                 continue
             box = clip_bbox([x - radius, row - radius, 2 * radius, 2 * radius], (h, w))
-            image_masses.append(
+            masses.append(
                 {
-                    "image_id": image_id,
                     "bbox": box,
                     "area": box[2] * box[3],
                     "shape": MASS_CLASSES[r["cls"]],
@@ -246,19 +236,13 @@ def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) 
                 }
             )
         if not usable:
-            continue
-        atomic_write_png(out / image["file_name"], pixels)  # lossless, the source's bit depth
-        mass_anns += image_masses
-        calc_anns += calc.finish(out, image)
-        images.append(image)
-
-    return finish_conversion(
-        out, root, "mini-MIAS", images, mass_anns, calc_anns, seed, report, hash_files, verbose
-    )
+            return None
+        atomic_write_png(self.out / image["file_name"], pixels)  # lossless, the source's bit depth
+        return ConvertedImage(image, masses, calc)
 
 
-def main(argv=None) -> int:
-    return converter_main(convert, "Convert mini-MIAS into the canonical dataset form.", argv)
+convert = MiasConverter.convert  # convert(root, out, seed=0, hash_files=True, ...) -> summary
+main = MiasConverter.main  # python -m datasets.mias --root RAW --out OUT [...]
 
 
 if __name__ == "__main__":

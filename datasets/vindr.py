@@ -13,7 +13,7 @@ Format facts honoured:
 * ``finding_categories`` is a Python list literal (``"['Mass', 'Suspicious Calcification']"``), read
   with ``ast.literal_eval``; one row can be both a mass and a calcification.
 * Boxes ``xmin, ymin, xmax, ymax`` are in original DICOM pixels -> ``[x, y, w, h]``. Calcification
-  boxes become filled box masks typed by :func:`datasets.canonical.classify_component` (small boxes
+  boxes become filled box masks typed by :func:`common.calcifications.classify_component` (small boxes
   "dot", big ones "large"); other categories (asymmetries, distortion, ...) are noted.
 * DICOMs may be JPEG 2000 encoded: only headers are read (size check against the CSV's height/width,
   pixel spacing), never pixels.
@@ -29,27 +29,17 @@ from __future__ import annotations
 
 import ast
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
-from tqdm import tqdm
-
+from common.dicom import pixel_spacing as dicom_pixel_spacing
+from common.dicom import read_dicom_header
 from common.errors import InputError
-from datasets.canonical import (
-    CalcMask,
-    ConversionReport,
-    clip_bbox,
-    convert_staged,
-    converter_main,
-    dicom_pixel_spacing,
-    int_or_none,
-    path_inside,
-    patient_split,
-    read_dicom_header,
-    read_table,
-    require_columns,
-    unique_stem,
-    write_canonical,
-)
+from datasets.calc_mask import CalcMask
+from datasets.converter import ConvertedImage, Converter
+from datasets.shapes import clip_bbox
+from datasets.splits import patient_split
+from datasets.tables import int_or_none, path_inside, read_table, require_columns
 
 REQUIRED = (
     "study_id",
@@ -97,86 +87,89 @@ def parse_box(row: dict) -> list[float]:
     return [x0, y0, x1 - x0, y1 - y0]
 
 
-def convert(
-    root: str | Path,
-    out: str | Path,
-    seed: int = 0,
-    hash_files: bool = True,
-    verbose: bool = True,
-    overwrite: bool = False,
-) -> dict:
-    """Convert a VinDr-Mammo download at ``root`` into the canonical folder ``out``; returns a summary.
+class VindrConverter(Converter):
+    """VinDr-Mammo: finding_annotations.csv rows grouped by image, boxes, headers-only DICOMs, the
+    published test set kept."""
 
-    ``out`` must be missing or empty unless ``overwrite`` (see
-    :func:`datasets.canonical.convert_staged`).
-    """
-    return convert_staged(_convert, root, out, overwrite, seed, hash_files, verbose)
+    name, title = "vindr", "VinDr-Mammo"
+    ratios = TRAIN_VAL_RATIOS  # split.json records how the published training patients were split
+    _others: dict[str, Path] | None = None  # DICOMs by file stem (renamed layouts), built on demand
 
+    def images(self) -> Iterator[ConvertedImage]:
+        tables = sorted(self.root.rglob("finding_annotations.csv"))
+        if not tables:
+            raise InputError(self.root, "no finding_annotations.csv found")
+        table = tables[0]
+        rows = read_table(table)
+        require_columns(table, rows, REQUIRED)
+        by_image: dict[str, list[tuple[int, dict]]] = {}
+        for rownum, row in rows:
+            by_image.setdefault(row["image_id"], []).append((rownum, row))
+        for image_id, image_rows in self.progress(by_image.items()):
+            converted = self._image(table, image_id, image_rows)
+            if converted is not None:
+                yield converted
 
-def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) -> dict:
-    report = ConversionReport("vindr")
-    tables = sorted(root.rglob("finding_annotations.csv"))
-    if not tables:
-        raise InputError(root, "no finding_annotations.csv found")
-    table = tables[0]
-    base = table.parent
-    rows = read_table(table)
-    require_columns(table, rows, REQUIRED)
-    by_image: dict[str, list[tuple[int, dict]]] = {}
-    for rownum, row in rows:
-        by_image.setdefault(row["image_id"], []).append((rownum, row))
-    others = None  # lazily built index of DICOMs by file stem, for renamed layouts
-
-    images, mass_anns, calc_anns = [], [], []
-    used_stems: set[str] = set()
-    for image_id, image_rows in tqdm(by_image.items(), desc="vindr", disable=not verbose):
-        first_row, first = image_rows[0]
+    def _find_dicom(self, table: Path, image_id: str, first_row: int, first: dict) -> Path | None:
+        """``images/<study_id>/<image_id>.dicom`` next to the table, else any DICOM named after the
+        image under the table's folder; None (reported) when there is none."""
+        base = table.parent
         try:  # the table names the file: never one outside --root
             study = first["study_id"]
             path = path_inside(
-                root, base / "images", f"{study}/{image_id}.dicom" if study else f"{image_id}.dicom"
+                self.root,
+                base / "images",
+                f"{study}/{image_id}.dicom" if study else f"{image_id}.dicom",
             )
         except ValueError as e:
-            report.error(
+            self.report.error(
                 table, f"image {image_id}: study_id/image_id {e}; image skipped", first_row
             )
-            continue
+            return None
         if not path.is_file():
-            if others is None:
-                others = {
+            if self._others is None:
+                self._others = {
                     p.stem: p for p in base.rglob("*") if p.suffix.lower() in (".dicom", ".dcm")
                 }
-            path = others.get(image_id)
+            path = self._others.get(image_id)
         if path is None:
-            report.error(
+            self.report.error(
                 table,
                 f"image {image_id}: no DICOM images/{first['study_id']}/{image_id}.dicom",
                 first_row,
             )
-            continue
+        return path
+
+    def _image(
+        self, table: Path, image_id: str, image_rows: list[tuple[int, dict]]
+    ) -> ConvertedImage | None:
+        """One image with all its finding rows; None (reported) when the file or a row is unusable."""
+        first_row, first = image_rows[0]
+        path = self._find_dicom(table, image_id, first_row, first)
+        if path is None:
+            return None
         try:
             ds = read_dicom_header(path)
             h, w = int(ds.Rows), int(ds.Columns)
         except Exception as e:
-            report.error(path, f"unreadable DICOM header ({e})")
-            continue
+            self.report.error(path, f"unreadable DICOM header ({e})")
+            return None
         csv_h, csv_w = int_or_none(first.get("height")), int_or_none(first.get("width"))
         if csv_h is not None and csv_w is not None and (csv_h, csv_w) != (h, w):
-            report.error(
+            self.report.error(
                 table,
                 f"image {image_id}: CSV size {csv_w}x{csv_h} but DICOM {w}x{h}; image left out",
                 first_row,
             )
-            continue
+            return None
         published = first["split"].strip().lower()
         if published not in ("training", "test"):
-            report.warning(
+            self.report.warning(
                 table, f"split {first['split']!r} not training/test; taken as training", first_row
             )
         image = {
-            "id": len(images) + 1,
             "file_name": str(path.resolve()),
-            "stem": None,
+            "stem": None,  # only images that convert take a stem
             "height": h,
             "width": w,
             "patient_id": f"vindr_{first['study_id']}",
@@ -196,23 +189,25 @@ def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) 
                 wanted = MASS in cats or CALC in cats
                 box = parse_box(row) if wanted else None
             except ValueError as e:
-                report.error(table, f"image {image_id}: {e}; image left out", rownum)
+                self.report.error(table, f"image {image_id}: {e}; image left out", rownum)
                 usable = False
                 continue
             for cat in cats:
                 if cat not in (MASS, CALC, NO_FINDING):
-                    report.note(table, f"image {image_id}: {cat!r} not converted", rownum)
+                    self.report.note(table, f"image {image_id}: {cat!r} not converted", rownum)
             if not wanted:
                 continue
             clipped = clip_bbox(box, (h, w))
             if clipped is None:
-                report.error(
+                self.report.error(
                     table, f"image {image_id}: box outside the {w}x{h} image; left out", rownum
                 )
                 usable = False
                 continue
             if clipped != box:
-                report.warning(table, f"image {image_id}: box clipped to the {w}x{h} image", rownum)
+                self.report.warning(
+                    table, f"image {image_id}: box clipped to the {w}x{h} image", rownum
+                )
             if MASS in cats:
                 masses.append(
                     {
@@ -224,45 +219,31 @@ def _convert(root: Path, out: Path, seed: int, hash_files: bool, verbose: bool) 
             if CALC in cats:
                 calc.add_box(clipped)
         if not usable:
-            continue
-        image["stem"] = unique_stem(f"vindr_{image_id}", used_stems)
-        mass_anns += [{**m, "image_id": image["id"]} for m in masses]
-        calc_anns += calc.finish(out, image)
-        images.append(image)
+            return None
+        image["stem"] = self.unique_stem(f"vindr_{image_id}")
+        return ConvertedImage(image, masses, calc)
 
-    if not images:
-        raise InputError(root, "no image could be converted")
-    # honour the published split; a study listed in both goes entirely to test
-    test_patients = {im["patient_id"] for im in images if im["source_split"] == "test"}
-    train_patients = {im["patient_id"] for im in images} - test_patients
-    by_patient = patient_split(train_patients, seed, TRAIN_VAL_RATIOS)
-    for im in images:
-        p = im["patient_id"]
-        im["split"] = (
-            "test" if p in test_patients else {"test": "val"}.get(by_patient[p], by_patient[p])
-        )
-    summary = write_canonical(
-        out,
-        images,
-        mass_anns,
-        calc_anns,
-        seed,
-        report,
-        ratios=TRAIN_VAL_RATIOS,
-        hash_files=hash_files,
-        info={
-            "source": "VinDr-Mammo",
-            "root": str(root.resolve()),
+    def assign_splits(self, images: list[dict], seed: int) -> None:
+        """The published test set stays ``test`` (a study listed in both goes entirely to test); the
+        published training patients are split 75/25 into train/val."""
+        test_patients = {im["patient_id"] for im in images if im["source_split"] == "test"}
+        train_patients = {im["patient_id"] for im in images} - test_patients
+        by_patient = patient_split(train_patients, seed, self.ratios)
+        for im in images:
+            p = im["patient_id"]
+            im["split"] = (
+                "test" if p in test_patients else {"test": "val"}.get(by_patient[p], by_patient[p])
+            )
+
+    def info(self) -> dict:
+        return {
+            **super().info(),
             "split": "published test kept; published training split 75/25 into train/val",
-        },
-    )
-    if verbose:
-        report.print_summary()
-    return summary
+        }
 
 
-def main(argv=None) -> int:
-    return converter_main(convert, "Convert VinDr-Mammo into the canonical dataset form.", argv)
+convert = VindrConverter.convert  # convert(root, out, seed=0, hash_files=True, ...) -> summary
+main = VindrConverter.main  # python -m datasets.vindr --root RAW --out OUT [...]
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
-"""Shape rasterisation, component splitting and bookkeeping helpers of datasets.canonical."""
+"""Shape rasterisation, component splitting and bookkeeping helpers of datasets.canonical, and the
+converter base (:mod:`datasets.converter`) on a toy source."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
+import datasets.canonical
 from common.calcifications import classify_component
+from common.errors import InputError
+from common.io import read_json, read_png
 from datasets.canonical import (
     CalcMask,
     ConversionReport,
@@ -14,7 +20,9 @@ from datasets.canonical import (
     calc_components,
     circle_to_mask,
     clip_bbox,
+    leaves_image,
     mask_bbox,
+    outline_mass,
     patient_split,
     points_bbox,
     points_to_mask,
@@ -22,6 +30,7 @@ from datasets.canonical import (
     read_table,
     unique_stem,
 )
+from datasets.converter import ConvertedImage, Converter
 
 
 def test_polygon_mask_fills_inside_and_outline():
@@ -52,6 +61,21 @@ def test_boxes():
     assert points_bbox([(1, 2), (4, 8), (3, 3)]) == [1.0, 2.0, 3.0, 6.0]
     assert clip_bbox([-2, -1, 5, 4], (10, 10)) == [0.0, 0.0, 3.0, 3.0]
     assert clip_bbox([12, 1, 5, 4], (10, 10)) is None
+
+
+def test_outline_mass_and_leaves_image():
+    square = [(2, 1), (6, 1), (6, 4), (2, 4)]
+    assert outline_mass(square, (10, 10)) == {
+        "bbox": [2.0, 1.0, 4.0, 3.0],
+        "area": 12.0,
+        "segmentation": [[2.0, 1.0, 6.0, 1.0, 6.0, 4.0, 2.0, 4.0]],
+    }
+    past = outline_mass([(5, 5), (14, 5), (14, 8)], (10, 10))  # box clipped, outline kept
+    assert past["bbox"] == [5.0, 5.0, 5.0, 3.0] and past["segmentation"][0][2] == 14.0
+    assert outline_mass([(1, 1), (3, 3)], (10, 10)) is None  # two points: no outline
+    assert outline_mass([(20, 20), (30, 20), (30, 30)], (10, 10)) is None  # outside
+    assert not leaves_image(square, (10, 10)) and not leaves_image([(-0.5, 9.5)], (10, 10))
+    assert leaves_image([(-0.6, 1)], (10, 10)) and leaves_image([(1, 9.6)], (10, 10))
 
 
 def test_classify_component_rule():
@@ -105,8 +129,6 @@ def test_calc_mask_builder(tmp_path):
     image = {"id": 7, "stem": "s1"}
     anns = cm.finish(tmp_path, image)
     assert image["mask_file"] == "calc_masks/s1.png"
-    from common.io import read_png
-
     saved = read_png(tmp_path / "calc_masks/s1.png")
     assert saved.dtype == np.uint8 and set(np.unique(saved)) == {0, 255}
     assert (saved > 0).sum() == 18
@@ -150,3 +172,76 @@ def test_assign_splits_patient_disjoint_and_stable():
     assert sorted(patient_split([f"p{i}" for i in range(20)], 3).values()).count("train") == 12
     assign_splits(images, seed=3)
     assert [im["split"] for im in images] == first
+
+
+def test_canonical_keeps_every_name_it_exports():
+    for name in datasets.canonical.__all__:
+        assert getattr(datasets.canonical, name) is not None
+    # what the synthetic generator imports from it
+    for name in ("DEFAULT_RATIOS", "calc_components", "mask_bbox", "mask_polygons"):
+        assert name in datasets.canonical.__all__
+    assert {"patient_split", "write_canonical"} <= set(datasets.canonical.__all__)
+
+
+# ------------------------------------------------------------------------- the converter base
+
+
+class ToyConverter(Converter):
+    """A toy source: ``toy.txt`` lines ``stem patient [x y]`` (a calcification point) on 8 x 8
+    images; a line ``bad`` is reported and skipped."""
+
+    name, title = "toy", "Toy"
+
+    def images(self):
+        table = self.root / "toy.txt"
+        if not table.is_file():
+            raise InputError(self.root, "no toy.txt found")
+        for row, line in enumerate(self.progress(table.read_text().splitlines()), start=1):
+            cells = line.split()
+            if cells == ["bad"]:
+                self.report.error(table, "bad line", row)
+                continue
+            calc = CalcMask((8, 8))
+            if len(cells) == 4:
+                calc.add_points([(float(cells[2]), float(cells[3]))], radius=0)
+            record = {"file_name": f"/raw/{cells[0]}.png", "stem": self.unique_stem(cells[0])}
+            record.update({"height": 8, "width": 8, "patient_id": cells[1]})
+            yield ConvertedImage(record, [{"bbox": [1, 1, 2, 2]}], calc)
+
+
+def test_converter_base_runs_the_skeleton(tmp_path, capsys):
+    root = tmp_path / "raw"
+    root.mkdir()
+    (root / "toy.txt").write_text("a p1 3 4\nbad\na p2\nc p1\n")
+    out = tmp_path / "out"
+    summary = ToyConverter.convert(root, out, seed=2, hash_files=False, verbose=False)
+    assert summary["out"] == str(out) and summary["images"] == 3 and summary["dataset"] == "toy"
+    assert summary["problems"] == {"error": 1, "warning": 0, "note": 0}
+    masses, calcs = read_json(out / "masses.json"), read_json(out / "calcifications.json")
+    assert [im["id"] for im in masses["images"]] == [1, 2, 3]  # in the order images() yields
+    assert [im["stem"] for im in masses["images"]] == ["a", "a_2", "c"]
+    assert [a["image_id"] for a in masses["annotations"]] == [1, 2, 3]
+    assert masses["info"] == {"source": "Toy", "root": str(root.resolve())}
+    assert [im["mask_file"] for im in calcs["images"]] == ["calc_masks/a.png", None, None]
+    (calc,) = calcs["annotations"]
+    assert calc["image_id"] == 1 and calc["point"] == [3, 4] and calc["calc_type"] == "dot"
+    split = read_json(out / "split.json")
+    by_stem = {im["stem"]: im["split"] for im in masses["images"]}
+    assert split["seed"] == 2 and by_stem["a"] == by_stem["c"]  # one patient, one split
+    assert read_json(out / "conversion_report.json")["problems"][0]["row"] == 2
+
+    # the command line: same flags for every converter, exit code 2 with one error line
+    argv = ["--root", str(root), "--out", str(tmp_path / "cli"), "--no-hash"]
+    assert ToyConverter.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 3
+    assert ToyConverter.main(argv) == 2  # not empty, no --overwrite
+    assert "output folder is not empty" in capsys.readouterr().err
+    assert ToyConverter.main([*argv, "--overwrite"]) == 0
+    assert "toy: 1 errors" in capsys.readouterr().err  # the problem summary
+    assert ToyConverter.build_parser().description == "Convert Toy into the canonical dataset form."
+
+    # nothing converts: InputError naming the download, no output folder
+    (root / "toy.txt").write_text("bad\n")
+    with pytest.raises(InputError, match="no image could be converted"):
+        ToyConverter.convert(root, tmp_path / "none", verbose=False)
+    assert not (tmp_path / "none").exists()

@@ -7,18 +7,20 @@ import plistlib
 import numpy as np
 import pytest
 from canonical_testing import by_stem
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
 from common.io import read_json, read_png
+from datasets import cbis_ddsm, inbreast, vindr
 from datasets.canonical import points_to_mask, polygon_to_mask
+from datasets.cbis_ddsm import clean_path, series_uid
 
 H, W = 48, 64
 
 
 def write_dicom(path, pixels=None, rows=H, cols=W, transfer_syntax=None, **attrs):
     """A minimal MG DICOM file; ``pixels`` uint8/uint16 (rows, cols) or encapsulated bytes."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     sop_class = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image Storage
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -127,8 +129,6 @@ def build_inbreast_root(tmp_path, pixels=None):
 
 
 def test_inbreast(inbreast_root, tmp_path):
-    from datasets import inbreast
-
     out = tmp_path / "out"
     summary = inbreast.convert(inbreast_root.parent, out, seed=1, verbose=False)
     assert summary["images"] == 3
@@ -374,8 +374,6 @@ def build_cbis_root(tmp_path, pixels=None):
 
 
 def test_cbis_ddsm(cbis_root, tmp_path):
-    from datasets import cbis_ddsm
-
     out = tmp_path / "out"
     summary = cbis_ddsm.convert(cbis_root, out, seed=0, verbose=False)
     assert summary["images"] == 2
@@ -451,9 +449,6 @@ def vindr_root(tmp_path):
 def build_vindr_root(tmp_path, pixels=None):
     """``tmp_path/vindr-mammo/1.0.0``; the DICOMs hold a JPEG 2000 stand-in that is never decoded, or
     with ``pixels(rows, cols)`` uncompressed uint16 pixels (for loading the converted set)."""
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import JPEG2000Lossless
-
     root = tmp_path / "vindr-mammo" / "1.0.0"
     j2k = encapsulate([b"\xff\x4f\xff\x51" + bytes(28)])  # a JPEG 2000 stand-in, never decoded
     for study, image, rows in [
@@ -490,8 +485,6 @@ def build_vindr_root(tmp_path, pixels=None):
 
 
 def test_vindr(vindr_root, tmp_path):
-    from datasets import vindr
-
     out = tmp_path / "out"
     summary = vindr.convert(vindr_root.parent.parent, out, seed=0, verbose=False)
     assert summary["images"] == 3
@@ -527,8 +520,6 @@ def test_vindr(vindr_root, tmp_path):
 
 
 def test_vindr_keeps_published_test_split(vindr_root, tmp_path):
-    from datasets import vindr
-
     table = vindr_root / "finding_annotations.csv"
     lines = table.read_text().splitlines()
     table.write_text("\n".join(lines[:-1]) + "\n")  # drop the malformed row: s3 converts
@@ -542,8 +533,6 @@ def test_vindr_keeps_published_test_split(vindr_root, tmp_path):
 
 
 def test_cbis_path_cells():
-    from datasets.cbis_ddsm import clean_path, series_uid
-
     cell = " Mass-Training_P_00001_LEFT_CC_1/1.3.6.1.4.1.9590.100.1.2.12/\n1.3.6.1.4.1.9590.100.1.2.13/000001.dcm\n"
     assert clean_path(cell) == (
         "Mass-Training_P_00001_LEFT_CC_1/1.3.6.1.4.1.9590.100.1.2.12/1.3.6.1.4.1.9590.100.1.2.13/000001.dcm"

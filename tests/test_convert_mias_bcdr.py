@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from canonical_testing import by_stem
 from PIL import Image
 
+from common.canonical import load_canonical_dicts
 from common.errors import InputError
 from common.io import read_json, read_png
 from datasets import bcdr, mias
@@ -168,8 +173,6 @@ def build_bcdr_root(tmp_path, pixels=None, extra_rows=()):
         "p3": "patient_3/study_3/img_3_3_1_LMLO.tif",
         "p4": "patient_4/study_4/img_4_4_1_RMLO.tif",
     }
-    import tifffile
-
     for name in names.values():
         (sub / name).parent.mkdir(parents=True, exist_ok=True)
         image = np.full((48, 64), 100, np.uint16) if pixels is None else pixels(48, 64)
@@ -251,13 +254,11 @@ def test_rerun_prunes_stale_masks_and_registers(mias_root, tmp_path):
     mias.convert(mias_root, out, verbose=False, overwrite=True)
     assert sorted(p.name for p in (out / "calc_masks").iterdir()) == ["mias_mdb002.png"]
 
-    from common.canonical import load_canonical_dicts
-
     dicts = load_canonical_dicts(out, "calc")
     (with_mask,) = [d for d in dicts if d["mask_file"]]
     assert with_mask["annotations"][0]["calc_type"] == "large"
     assert with_mask["file_name"] == str((out / "images/mias_mdb002.png").resolve())
-    pytest.importorskip("detectron2")
+    pytest.importorskip("detectron2")  # optional: registration is checked only where it is installed
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     from mass_det.data.register import register_canonical
@@ -275,10 +276,6 @@ def test_rerun_prunes_stale_masks_and_registers(mias_root, tmp_path):
 
 
 def test_cli_module_entry_point(mias_root, tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "cli"
     proc = subprocess.run(

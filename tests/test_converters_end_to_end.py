@@ -13,11 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import plistlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from canonical_testing import breast_phantom
+from PIL import Image
 from test_convert_dicom_sets import (
     H,
     W,
@@ -29,8 +32,11 @@ from test_convert_dicom_sets import (
 )
 from test_convert_mias_bcdr import MIAS_INFO, _bcdr_row, build_bcdr_root, build_mias_root
 
+from common.canonical import load_canonical_dicts
+from common.dicom import load_image
 from common.errors import InputError
 from common.io import read_json
+from common.preprocess import preprocess
 from datasets import bcdr, cbis_ddsm, inbreast, mias, vindr
 from datasets.canonical import SPLITS, coordinates_problem, path_inside
 
@@ -52,10 +58,8 @@ def _stems(out):
 
 def load_end_to_end(out: Path, tmp_path: Path) -> dict:
     """Load a converted folder as preprocessing, the mass trainer and the calc trainer do."""
+    # torch, detectron2 and the model packages are optional here: imported only where installed
     torch = pytest.importorskip("torch")
-    from common.canonical import load_canonical_dicts
-    from common.preprocess import preprocess
-
     torch.set_num_threads(1)
     records = load_canonical_dicts(out, "mass")
     assert records
@@ -114,10 +118,6 @@ def test_mias_loads_end_to_end(tmp_path):
     out = tmp_path / "out"
     mias.convert(root, out, verbose=False)
     # problem 8: the images are PNG in the canonical folder, pixel for pixel the PGM
-    from PIL import Image
-
-    from common.dicom import load_image
-
     for im in read_json(out / "masses.json")["images"]:
         assert im["file_name"].startswith("images/") and im["file_name"].endswith(".png")
         loaded = load_image(out / im["file_name"]).pixels
@@ -310,8 +310,6 @@ def test_bcdr_non_finite_and_far_coordinates_are_reported_per_row(tmp_path):
         _bcdr_row(7, 10, 3, "patient_7/study_7/img_7_7_1_RMLO.tif", " 10 inf 20", " 5 5 15", 0, 1),
     ]
     root, _ = build_bcdr_root(tmp_path, pixels=breast_phantom, extra_rows=extra)
-    import tifffile
-
     for n in (5, 6, 7):
         path = root / "BCDR-D01_dataset" / f"patient_{n}/study_{n}/img_{n}_{n}_1_RMLO.tif"
         path.parent.mkdir(parents=True)
@@ -327,8 +325,6 @@ def test_bcdr_non_finite_and_far_coordinates_are_reported_per_row(tmp_path):
 
 
 def test_inbreast_non_finite_point_is_reported_per_roi(tmp_path):
-    import plistlib
-
     root = build_inbreast_root(tmp_path)
     rois = [
         {"Name": "Mass", "Point_px": ["(1e999, 100)", "(20, 5)", "(20, 15)"]},
@@ -350,8 +346,6 @@ def test_inbreast_non_finite_point_is_reported_per_roi(tmp_path):
 
 
 def test_bcdr_paths_outside_root_are_skipped(tmp_path):
-    import tifffile
-
     secret = tmp_path / "secret.tif"  # outside --root (tmp_path/bcdr)
     tifffile.imwrite(secret, breast_phantom(48, 64))
     extra = [
