@@ -43,8 +43,7 @@ def test_cpu_config_trains_in_bf16_where_native(tmp_path):
 
 
 @pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no native bfloat16")
-def test_one_bf16_step_runs_convolutions_in_bf16_and_updates_float32_weights(tmp_path):
-    torch.set_num_threads(1)
+def test_one_bf16_step_runs_convolutions_in_bf16_and_updates_float32_weights(tmp_path, one_thread):
     trainer = _trainer(tmp_path, amp=True)
     model = trainer.model
     seen = []

@@ -29,8 +29,7 @@ FPN_LEVELS = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+def _seeded(one_thread):
     torch.manual_seed(0)
 
 

@@ -36,8 +36,7 @@ FULL = CONFIG_DIR / "faster_rcnn_R50_FPN_FL_NL.yaml"
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+def _seeded(one_thread):
     torch.manual_seed(0)
 
 

@@ -28,16 +28,12 @@ RECIPE_PREFIXES = ("cbis_ddsm", "inbreast", "bcdr")
 
 
 @pytest.fixture(scope="module")
-def roots(tmp_path_factory):
+def roots(synthetic_dataset):
     """Three tiny synthetic canonical folders (3 patients, one CC image each)."""
-    from datasets.synthetic import generate
-
-    out = {}
-    for seed, prefix in enumerate(RECIPE_PREFIXES):
-        root = tmp_path_factory.mktemp(prefix)
-        generate(root, n=3, seed=seed + 11, height=384, width=320, views=("CC",), progress=False)
-        out[prefix] = root
-    return out
+    return {
+        prefix: synthetic_dataset(n=3, seed=seed + 11, height=384, width=320, views=("CC",))
+        for seed, prefix in enumerate(RECIPE_PREFIXES)
+    }
 
 
 @pytest.fixture
