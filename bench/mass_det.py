@@ -7,13 +7,13 @@
 Without ``--speed`` or ``--quality`` both parts run.
 
 Speed: seconds per image on the CPU at the configured test size (short edge ``INPUT.MIN_SIZE_TEST``
-= 1200, a 2560 x 3328 detector aspect, so 1200 x 1560 px), randomly initialised weights (the cost does
-not depend on them), best of ``--repeats`` interleaved runs after one warm-up (on a shared CPU other
-processes only add time, so the minimum is the estimate; medians and CPU times are printed too);
-ratios to the vanilla model. Target: FPN+FL+NL <= 1.15 x FPN.
+= 1200, a 2560 x 3328 detector aspect, so 1200 x 1560 px), randomly initialised weights (the cost
+does not depend on them), best of ``--repeats`` interleaved runs after one warm-up (on a shared CPU
+other processes only add time, so the minimum is the estimate; medians and CPU times are printed
+too); ratios to the vanilla model. Target: FPN+FL+NL <= 1.15 x FPN.
 
-Quality: the CPU recipe ``faster_rcnn_R18_FPN_FL_NL_scratch_cpu.yaml`` (the paper's FPN + focal loss +
-non-local detector as a ResNet-18 with GroupNorm, from random initialisation: no ImageNet weights
+Quality: the CPU recipe ``faster_rcnn_R18_FPN_FL_NL_scratch_cpu.yaml`` (the paper's FPN + focal loss
++ non-local detector as a ResNet-18 with GroupNorm, from random initialisation: no ImageNet weights
 offline) trained as shipped on synthetic studies of the demo's size (640 x 512), only the data, the
 run length and the output folder set here; evaluated on the held-out (val + test) images: AP50,
 recall, sensitivity at 1/2/5/10 FP/image (target: >= 0.80 at 1 FP/image) and, at the 1 FP/image
@@ -31,12 +31,26 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-# This file is named like the package it measures: drop bench/ from the import path so that
-# ``import mass_det`` finds the package, not this script.
+# The packages come from the editable install (``pip install -e .``), whatever the working folder.
+# Python puts this script's own folder first on the import path, and this file is named like the
+# package it measures: without dropping bench/ there, ``import mass_det`` would import this script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+import mass_det  # noqa: E402,F401  (registers the project's backbones, ROI heads and RPN)
+from common.canonical import load_canonical_dicts  # noqa: E402
+from common.io import read_json  # noqa: E402
+from common.metrics.matching import match_image_boxes  # noqa: E402
+from datasets.synthetic import generate  # noqa: E402
+from deeplima.operating_point import threshold_at_fp  # noqa: E402
+from mass_det.ablate import CONFIG_DIR, build_run_cfg, run_row  # noqa: E402
+from mass_det.config import get_mass_det_cfg  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]  # the default --out is the repository's bench_out/
 CONFIGS = {
     "vanilla": "faster_rcnn_R50_C4_vanilla.yaml",
     "fpn": "faster_rcnn_R50_FPN.yaml",
@@ -49,17 +63,12 @@ QUALITY_STUDIES = 120
 
 
 def bench_speed(threads: int, repeats: int) -> dict:
-    """Best (minimum) seconds per image of each model, with medians for reference. Runs are interleaved (vanilla, FPN, FPN+FL+NL, vanilla,
-    ...) so that load from other processes on a shared CPU hits the three models alike."""
-    import torch
-    from detectron2.modeling import build_model
-
-    from mass_det.config import get_mass_det_cfg
-
-    cfg_dir = ROOT / "mass_det" / "configs"
+    """Best (minimum) seconds per image of each model, with medians for reference. Runs are
+    interleaved (vanilla, FPN, FPN+FL+NL, vanilla, ...) so that load from other processes on a
+    shared CPU hits the three models alike."""
     models, inputs = {}, {}
     for name, config in CONFIGS.items():
-        cfg = get_mass_det_cfg(str(cfg_dir / config), ["MODEL.DEVICE", "cpu"])
+        cfg = get_mass_det_cfg(str(CONFIG_DIR / config), ["MODEL.DEVICE", "cpu"])
         short = cfg.INPUT.MIN_SIZE_TEST
         h, w = int(round(short * 3328 / 2560)), short  # portrait mammogram, short edge = width
         torch.manual_seed(0)
@@ -90,17 +99,18 @@ def bench_speed(threads: int, repeats: int) -> dict:
     base = out["vanilla"]["seconds_per_image"]
     for name in models:
         out[name]["ratio_to_vanilla"] = out[name]["seconds_per_image"] / base
-    out["fpn_fl_nl_over_fpn"] = out["fpn_fl_nl"]["seconds_per_image"] / out["fpn"]["seconds_per_image"]
+    out["fpn_fl_nl_over_fpn"] = (out["fpn_fl_nl"]["seconds_per_image"]
+                                 / out["fpn"]["seconds_per_image"])
     return out
 
 
 def sensitivity_by(dicts: list[dict], predictions: list[dict], froc: dict, key: str, k: float = 1,
                    hit: str = "iou", iou_thr: float = 0.5) -> dict:
-    """Sensitivity per value of the annotation field ``key`` at the operating point of ``k`` FP/image
-    of ``froc`` (the whole set's curve, so every group shares one threshold)."""
-    from common.metrics.matching import match_image_boxes
-    from deeplima.operating_point import threshold_at_fp
+    """Sensitivity per value of the annotation field ``key`` at the operating point of ``k``
+    FP/image of ``froc`` (the whole set's curve, so every group shares one threshold).
 
+    Boxes are XYWH in original image pixels (``dicts``: Detectron2 dataset dicts, ``predictions``:
+    COCO results of the same images)."""
     thr = threshold_at_fp(froc, k)["threshold"]
     by_image: dict = {}
     for p in predictions:
@@ -115,21 +125,14 @@ def sensitivity_by(dicts: list[dict], predictions: list[dict], froc: dict, key: 
             found = groups.setdefault(str(a.get(key, "unknown")), [0, 0])
             found[0] += int(score >= thr)
             found[1] += 1
-    return {g: {"found": f, "lesions": n, "sensitivity": f / n} for g, (f, n) in sorted(groups.items())}
+    return {g: {"found": f, "lesions": n, "sensitivity": f / n}
+            for g, (f, n) in sorted(groups.items())}
 
 
 def bench_quality(out_dir: Path, iters: int | None, n_studies: int, height: int, width: int,
                   seed: int, device: str = "cpu", opts: list[str] | None = None) -> dict:
     """Train the CPU recipe as shipped (only data, run length and output folder set here, then
     ``opts``) on synthetic studies and evaluate it on their held-out (val + test) images."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-    from detectron2.utils.logger import setup_logger
-
-    from common.canonical import load_canonical_dicts
-    from common.io import read_json
-    from datasets.synthetic import generate
-    from mass_det.ablate import build_run_cfg, run_row
-
     setup_logger(name="detectron2")
     data = out_dir / f"synthetic_{n_studies}x{height}x{width}_seed{seed}"
     t0 = time.perf_counter()
@@ -141,10 +144,8 @@ def bench_quality(out_dir: Path, iters: int | None, n_studies: int, height: int,
         DatasetCatalog.register(heldout, lambda: load_canonical_dicts(data, "mass", "val")
                                 + load_canonical_dicts(data, "mass", "test"))
         MetadataCatalog.get(heldout).set(thing_classes=["mass"])
-    config = ROOT / "mass_det" / "configs" / QUALITY_CONFIG
+    config = CONFIG_DIR / QUALITY_CONFIG
     if iters is None:
-        from mass_det.config import get_mass_det_cfg
-
         iters = get_mass_det_cfg(str(config)).SOLVER.MAX_ITER
     cfg = build_run_cfg(config, str(data),
                         out_dir / "fpn_fl_nl_cpu", iters, "val",
@@ -161,11 +162,14 @@ def bench_quality(out_dir: Path, iters: int | None, n_studies: int, height: int,
                                  hit=cfg.TEST.FROC.HIT, iou_thr=cfg.TEST.FROC.IOU_THRESH)
     m = row["metrics"]
     result = {
-        "config": QUALITY_CONFIG, "opts": list(opts or []), "iters": iters, "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
-        "crop_size": cfg.INPUT.MAMMO.CROP_SIZE, "image_size": [height, width],
+        "config": QUALITY_CONFIG, "opts": list(opts or []), "iters": iters,
+        "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "crop_size": cfg.INPUT.MAMMO.CROP_SIZE,
+        "image_size": [height, width],
         "n_train_images": len(train), "n_train_masses": sum(len(d["annotations"]) for d in train),
-        "n_heldout_images": len(dicts), "n_heldout_masses": sum(len(d["annotations"]) for d in dicts),
-        "ap50_coco": report["ap50_coco"], "ap50_voc": report["ap50_voc"], "recall": report["recall"],
+        "n_heldout_images": len(dicts),
+        "n_heldout_masses": sum(len(d["annotations"]) for d in dicts),
+        "ap50_coco": report["ap50_coco"], "ap50_voc": report["ap50_voc"],
+        "recall": report["recall"],
         "sensitivity_at_fp": report["sensitivity_at_fp"],
         "sensitivity_at_1fp_by_contrast": by_contrast,
         "device": device, "generate_seconds": t_gen, "train_eval_seconds": t_train,
@@ -176,7 +180,8 @@ def bench_quality(out_dir: Path, iters: int | None, n_studies: int, height: int,
     print(f"quality: AP50 (COCO) {m['AP50_COCO']:.3f}  AP50 (VOC) {m['AP50_VOC']:.3f}  "
           f"recall {m['recall']:.3f}  sensitivity at 1 FP/image {m['sens_at_1fp']:.3f} "
           f"(target >= 0.80); at 1 FP/image by contrast: "
-          + ", ".join(f"{g} {v['found']}/{v['lesions']}" for g, v in by_contrast.items()), flush=True)
+          + ", ".join(f"{g} {v['found']}/{v['lesions']}" for g, v in by_contrast.items()),
+          flush=True)
     return result
 
 
@@ -200,11 +205,6 @@ def main(argv=None) -> int:
                         help="config overrides of the quality run (KEY VALUE ...), e.g. "
                              "MODEL.FOCAL_LOSS.BOX_NORMALIZER foreground")
     args = parser.parse_args(argv)
-
-    import torch
-
-    import mass_det  # noqa: F401  (registration)
-
     torch.set_num_threads(args.threads)
     summary: dict = {"threads": args.threads}
     if not args.quality:

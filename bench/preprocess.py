@@ -2,10 +2,10 @@
 
     python bench/preprocess.py [--runs 7] [--height 3518] [--width 2800] [--keep DIR]
 
-Generates one synthetic 16-bit MONOCHROME2 DICOM (``datasets.synthetic``, with the column artifact) of
-the requested size, then times ``common.preprocess.preprocess(path)`` (read + Modality LUT, window,
-breast region, artifact removal) ``--runs`` times after one warm-up run. Every thread pool (BLAS,
-OpenMP, OpenCV) is limited to one thread. The last output line is a JSON object with
+Generates one synthetic 16-bit MONOCHROME2 DICOM (``datasets.synthetic``, with the column artifact)
+of the requested size, then times ``common.preprocess.preprocess(path)`` (read + Modality LUT,
+window, breast region, artifact removal) ``--runs`` times after one warm-up run. Every thread pool
+(BLAS, OpenMP, OpenCV) is limited to one thread. The last output line is a JSON object with
 ``seconds_median`` and the individual timings.
 """
 
@@ -27,15 +27,12 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.preprocess import preprocess  # noqa: E402
+from common.preprocess import preprocess  # noqa: E402  (the packages: pip install -e .)
+from datasets.synthetic import generate  # noqa: E402
 
 
 def make_dicom(folder: Path, height: int, width: int) -> Path:
     """One synthetic 16-bit CC image with the line artifact; returns its path."""
-    from datasets.synthetic import generate
-
     generate(
         folder,
         n=1,
@@ -95,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         "artifact_columns": result.record["artifact_columns"],
         "breast_fraction": round(result.record["breast_fraction"], 4),
         "breast_iou": round(iou, 5),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpu".strip(),
+        "machine": f"{platform.machine()} {platform.processor() or ''} "
+                   f"{os.cpu_count()} cpu".strip(),
         "python": platform.python_version(),
     }
     print(json.dumps(summary))

@@ -21,17 +21,20 @@ def plot_froc(
     """Plot FROC curves with the paper's axes and write a PNG atomically.
 
     Args:
-        curves: name -> froc dict with ``fp_per_image`` and ``sensitivity`` lists (the ``froc`` entry of a
-            report, or :func:`common.metrics.froc.froc_curve` output).
+        curves: name -> froc dict with ``fp_per_image`` and ``sensitivity`` lists (the ``froc``
+            entry of a report, or :func:`common.metrics.froc.froc_curve` output).
         out_png: output path.
-        fps: FP-per-image levels marked with dotted vertical lines (the ``sensitivity_at_fp`` levels).
+        fps: FP-per-image levels marked with dotted vertical lines (the ``sensitivity_at_fp``
+            levels).
         xlim: x-axis range; default from the data.
 
-    The x axis is mean false positives per image on a log scale (as in the paper's Figs. 5 and 8); operating
-    points with 0 FP per image cannot sit on a log axis and are drawn at the left border. The curve is drawn
-    as a step function (sensitivity stays until the next operating point), which is what
-    ``sensitivity_at_fp`` reads.
+    The x axis is mean false positives per image on a log scale (as in the paper's Figs. 5 and 8);
+    operating points with 0 FP per image cannot sit on a log axis and are drawn at the left border.
+    The curve is drawn as a step function (sensitivity stays until the next operating point), which
+    is what ``sensitivity_at_fp`` reads.
     """
+    # matplotlib stays local: it is heavy (~0.5 s) and only drawing needs it (the evaluate command
+    # imports this module even without --plot); Agg: no display needed
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,9 +1,10 @@
 """Evaluation of a prediction folder against a canonical dataset, and the HTML report people read.
 
-The numbers come from ``common.evaluate``'s API only (:func:`common.metrics.evaluate_boxes` for masses,
-:func:`common.metrics.evaluate_masks` for calcifications, per type), the FROC figures from
+The numbers come from :mod:`common.metrics` only (:func:`~common.metrics.evaluate_boxes` for
+masses, :func:`~common.metrics.evaluate_masks` for calcifications, per type), the FROC figures from
 :func:`common.plots.plot_froc`; the thumbnails of hits, misses and false positives use the same
-per-image matching functions (:mod:`common.metrics.matching`) at the run's operating thresholds.
+per-image matching functions (:mod:`common.metrics.matching`) at the run's operating thresholds. The
+canonical dataset is read with :func:`common.canonical.read_canonical_coco`.
 
 Input: a prediction folder in the format of :mod:`deeplima.pipeline` (only ``images.json``,
 ``masses_results.json`` and ``calc_prob/<stem>.png`` are read; stems are the canonical stems) and a
@@ -27,16 +28,36 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
-from common.calcifications import DEFAULT_MIN_AREA_MM2, DEFAULT_MIN_AREA_PX, min_area_pixels
+from common.calcifications import (
+    DEFAULT_MIN_AREA_MM2,
+    DEFAULT_MIN_AREA_PX,
+    label_components,
+    min_area_pixels,
+)
+from common.canonical import coco_path, read_canonical_coco, resolve_file, select_split
 from common.errors import InputError
 from common.io import atomic_write_bytes, atomic_write_json, atomic_write_png, read_json
+from common.metrics import (
+    DEFAULT_FPS,
+    LazyFiles,
+    at_fp,
+    evaluate_boxes,
+    evaluate_masks,
+    fp_key,
+    read_gt_mask,
+    read_prob_map,
+)
+from common.metrics.matching import assign_types, match_image_boxes, match_image_masks
+from common.plots import plot_froc
+from common.preprocess import preprocess
+
+from .overlay import CALC_COLOR, GT_COLOR, MASS_COLOR, crop_around, draw_findings, thumbnail
 
 __all__ = ["evaluate_folder", "write_report"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_FPS = (1, 2, 5, 10)
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -68,36 +89,35 @@ def _load_predictions(pred_dir: Path):
     return {im["stem"]: im for im in images}, by_stem, probs
 
 
-def _canonical(gt_root: Path, split: str | None):
-    masses = read_json(gt_root / "masses.json")
-    calcs = read_json(gt_root / "calcifications.json")
-    keep = [im for im in masses["images"] if split is None or im.get("split") == split]
-    if not keep:
-        raise InputError(gt_root / "masses.json",
+def _canonical(gt_root: Path, split: str | None) -> tuple[dict, dict]:
+    """(masses, calcifications) COCO ground truth of the images of ``split`` (None = all).
+
+    The split is the mass file's; the calcification file is cut to the same image ids (the two
+    files of a canonical folder describe the same images).
+    """
+    masses = read_canonical_coco(coco_path(gt_root, "mass"))
+    calcs = read_canonical_coco(coco_path(gt_root, "calc"))
+    mass_gt = select_split(masses, split)
+    if not mass_gt["images"]:
+        raise InputError(coco_path(gt_root, "mass"),
                          f"no image{'' if split is None else f' in split {split!r}'}")
-    ids = {im["id"] for im in keep}
-    mass_gt = {**masses, "images": keep,
-               "annotations": [a for a in masses["annotations"] if a["image_id"] in ids]}
-    calc_images = {im["stem"]: im for im in calcs["images"] if im["id"] in ids}
-    calc_gt = {**calcs, "images": list(calc_images.values()),
-               "annotations": [a for a in calcs["annotations"] if a["image_id"] in ids]}
+    calc_gt = select_split(calcs, None, image_ids={im["id"] for im in mass_gt["images"]})
     return mass_gt, calc_gt
 
 
 def _gt_mask_reader(gt_root: Path):
-    from common.evaluate import read_gt_mask
+    """Image record -> (H, W) bool calcification mask (all False when ``mask_file`` is null)."""
 
     def read(im: dict) -> np.ndarray:
         mf = im.get("mask_file")
         if not mf:
             return np.zeros((int(im["height"]), int(im["width"])), bool)
-        p = Path(mf) if Path(mf).is_absolute() else gt_root / mf
-        return read_gt_mask(p)
+        return read_gt_mask(resolve_file(gt_root, mf))
 
     return read
 
 
-# ------------------------------------------------------------------------------------------ evaluation
+# --------------------------------------------------------------------------------------- evaluation
 def evaluate_folder(
     pred_dir: str | Path,
     gt_root: str | Path,
@@ -113,22 +133,19 @@ def evaluate_folder(
 ) -> dict[str, Any]:
     """Score a prediction folder on the images of ``split`` of a canonical dataset.
 
-    Masses: ``evaluate_boxes`` on the split's COCO ground truth, predictions re-keyed from the folder's
-    image ids to the canonical ids through the stems. Calcifications: ``evaluate_masks`` on the split's
-    masks with the canonical ``calc_type`` points (per-type FROC), by default against the processed
-    labels the U-Net is trained on (``gt_labels="processed"``: components grown to ``min_area_mm2``
-    with each image's pixel spacing, ``min_area_px`` without one; :mod:`common.calcifications`), or
-    against the raw masks (``gt_labels="raw"``). A canonical image without prediction
-    counts as an image without any finding (listed in ``missing``); predictions of images outside the
-    split are ignored.
+    Masses: ``evaluate_boxes`` on the split's COCO ground truth, predictions re-keyed from the
+    folder's image ids to the canonical ids through the stems. Calcifications: ``evaluate_masks`` on
+    the split's masks with the canonical ``calc_type`` points (per-type FROC), by default against
+    the processed labels the U-Net is trained on (``gt_labels="processed"``: components grown to
+    ``min_area_mm2`` with each image's pixel spacing, ``min_area_px`` without one;
+    :mod:`common.calcifications`), or against the raw masks (``gt_labels="raw"``). A canonical image
+    without prediction counts as an image without any finding (listed in ``missing``); predictions
+    of images outside the split are ignored.
 
     Returns:
-        {"mass": report, "calc": report, "split", "n_images", "missing": [stems], "mass_gt", "calc_gt"}
-        (the last two are the COCO dicts of the split, for the thumbnails).
+        {"mass": report, "calc": report, "split", "n_images", "missing": [stems], "mass_gt",
+        "calc_gt"} (the last two are the COCO dicts of the split, for the thumbnails).
     """
-    from common.evaluate import LazyFiles, read_prob_map
-    from common.metrics import evaluate_boxes, evaluate_masks
-
     pred_dir, gt_root = Path(pred_dir), Path(gt_root)
     fps = list(fps)
     images, mass_by_stem, prob_files = _load_predictions(pred_dir)
@@ -161,7 +178,7 @@ def evaluate_folder(
                          "min_area": min_area or {}}}
 
 
-# ------------------------------------------------------------------------------------------ thumbnails
+# --------------------------------------------------------------------------------------- thumbnails
 class _Images:
     """Pre-processed canonical images (original frame), read on demand and kept."""
 
@@ -170,16 +187,14 @@ class _Images:
 
     def __call__(self, stem: str) -> np.ndarray:
         if stem not in self.cache:
-            from common.preprocess import preprocess
-
-            fn = Path(self.images[stem]["file_name"])
-            self.cache[stem] = preprocess(str(fn if fn.is_absolute() else self.gt_root / fn)).image
+            fn = resolve_file(self.gt_root, self.images[stem]["file_name"])
+            self.cache[stem] = preprocess(str(fn)).image
         return self.cache[stem]
 
 
 def _mass_cases(ev: dict, pred_dir: Path, thr: float) -> dict[str, list[dict]]:
-    from common.metrics.matching import match_image_boxes
-
+    """Mass hits / misses / false positives at score threshold ``thr`` (boxes XYWH, original
+    pixels)."""
     _, mass_by_stem, _ = _load_predictions(pred_dir)
     gt_by_image: dict[int, list] = {}
     for a in ev["mass_gt"]["annotations"]:
@@ -202,13 +217,14 @@ def _mass_cases(ev: dict, pred_dir: Path, thr: float) -> dict[str, list[dict]]:
     return cases
 
 
+def _xywh(sl: tuple[slice, slice]) -> list[int]:
+    """``[x, y, w, h]`` (pixels) of a (row, column) slice pair from ``ndimage.find_objects``."""
+    return [sl[1].start, sl[0].start, sl[1].stop - sl[1].start, sl[0].stop - sl[0].start]
+
+
 def _calc_cases(ev: dict, pred_dir: Path, gt_root: Path, thr: float, limit: int):
-    """Calcification hits / misses / FPs at threshold ``thr`` (component score = max probability)."""
-    from scipy import ndimage
-
-    from common.evaluate import read_prob_map
-    from common.metrics.matching import assign_types, label_components, match_image_masks
-
+    """Calcification hits / misses / FPs at threshold ``thr`` (component score = its maximum
+    probability); boxes XYWH around the components, original pixels."""
     _, _, prob_files = _load_predictions(pred_dir)
     read_gt = _gt_mask_reader(gt_root)
     points: dict[int, list] = {}
@@ -237,15 +253,13 @@ def _calc_cases(ev: dict, pred_dir: Path, gt_root: Path, thr: float, limit: int)
         m = match_image_masks(gt, prob, iop_thr=s["iop_thr"], binarize=s["binarize"],
                               min_area=s["min_area"].get(im["stem"]))
         for k, sl in enumerate(ndimage.find_objects(lab)):
-            bbox = [sl[1].start, sl[0].start, sl[1].stop - sl[1].start, sl[0].stop - sl[0].start]
             cases["hit" if m.pred_hit[k] else "fp"].append(
-                {"stem": im["stem"], "bbox": bbox, "score": float(m.pred_scores[k])})
+                {"stem": im["stem"], "bbox": _xywh(sl), "score": float(m.pred_scores[k])})
         gl, gn = label_components(gt)
         types = assign_types(gl, gn, points.get(im["id"], []))
         for k, sl in enumerate(ndimage.find_objects(gl)):
             if not np.isfinite(m.lesion_scores[k]):
-                bbox = [sl[1].start, sl[0].start, sl[1].stop - sl[1].start, sl[0].stop - sl[0].start]
-                cases["miss"].append({"stem": im["stem"], "bbox": bbox, "score": None,
+                cases["miss"].append({"stem": im["stem"], "bbox": _xywh(sl), "score": None,
                                       "type": types[k]})
     for k in ("hit", "fp"):
         cases[k].sort(key=lambda c: -c["score"])
@@ -253,15 +267,14 @@ def _calc_cases(ev: dict, pred_dir: Path, gt_root: Path, thr: float, limit: int)
 
 
 def _write_thumbs(cases, kind, images: _Images, out: Path, draw, limit: int) -> dict[str, list]:
-    from .overlay import crop_around, thumbnail
-
     shown: dict[str, list] = {}
     for cat, items in cases.items():
         shown[cat] = []
         for i, c in enumerate(items[:limit]):
             rgb = draw(c["stem"], images(c["stem"]))
             name = f"thumbs/{kind}_{cat}_{i}.png"
-            atomic_write_png(out / name, thumbnail(crop_around(rgb, c["bbox"], context=3.0), 200, enlarge=True))
+            crop = crop_around(rgb, c["bbox"], context=3.0)
+            atomic_write_png(out / name, thumbnail(crop, 200, enlarge=True))
             shown[cat].append({**c, "png": name})
     return shown
 
@@ -284,7 +297,8 @@ body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0
 table{border-collapse:collapse;margin:.6em 0 1.4em}td,th{border:1px solid #ccc;padding:.3em .7em;
 text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:10px}.grid figure{margin:0;width:200px;font-size:.8em}
-.grid img{width:200px;border:1px solid #999}.note{background:#fff8e0;padding:.6em 1em;border-left:4px
+.grid img{width:200px;border:1px solid #999}.note{background:#fff8e0;padding:.6em 1em;\
+border-left:4px
 solid #e0b000}.legend span{padding:0 .5em;color:#fff}figure figcaption{word-break:break-all}
 """
 
@@ -301,7 +315,7 @@ def write_report(
     max_thumbs: int = 6,
     gt_labels: str = "processed",
 ) -> Path:
-    """Evaluate ``pred_dir`` against ``gt_root`` (:func:`evaluate_folder`) and write the report folder.
+    """Evaluate ``pred_dir`` against ``gt_root`` (:func:`evaluate_folder`), write the report folder.
 
     Args:
         thresholds: {"mass": t, "calc": t} operating thresholds for the thumbnails; default: the
@@ -313,10 +327,6 @@ def write_report(
     Returns:
         path of ``index.html``.
     """
-    from common.plots import plot_froc
-
-    from .overlay import CALC_COLOR, GT_COLOR, MASS_COLOR, draw_findings
-
     pred_dir, gt_root, out = Path(pred_dir), Path(gt_root), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fps = list(fps)
@@ -347,7 +357,8 @@ def write_report(
     for a in ev["mass_gt"]["annotations"]:
         mass_gt_by_stem.setdefault(id2stem[a["image_id"]], []).append(a["bbox"])
     mass_cases = _mass_cases(ev, pred_dir, thresholds["mass"])
-    calc_cases, kept, calc_complete = _calc_cases(ev, pred_dir, gt_root, thresholds["calc"], max_thumbs)
+    calc_cases, kept, calc_complete = _calc_cases(ev, pred_dir, gt_root, thresholds["calc"],
+                                                  max_thumbs)
     gt_reader = _gt_mask_reader(gt_root)
     calc_by_stem = {im["stem"]: im for im in ev["calc_gt"]["images"]}
 
@@ -363,17 +374,19 @@ def write_report(
     calc_thumbs = _write_thumbs(calc_cases, "calc", images, out, draw_calc, max_thumbs)
 
     # tables
-    ks = [str(k) if float(k) != int(k) else str(int(k)) for k in fps]
+    ks = [fp_key(k) for k in fps]
+
+    def sens(report: dict) -> list[str]:
+        return [_fmt(at_fp(report["sensitivity_at_fp"], k)) for k in ks]
+
     mass_rows = [["masses", _fmt(mass.get("ap50_coco")), _fmt(mass.get("ap50_voc")),
-                  _fmt(mass.get("recall")), *[_fmt(mass["sensitivity_at_fp"].get(k)) for k in ks],
+                  _fmt(mass.get("recall")), *sens(mass),
                   str(mass.get("n_lesions")), str(mass.get("n_predictions"))]]
     calc_rows = [["all calcifications", "–", "–", _fmt(calc.get("recall")),
-                  *[_fmt(calc["sensitivity_at_fp"].get(k)) for k in ks], str(calc.get("n_lesions")),
-                  str(calc.get("n_predictions"))]]
+                  *sens(calc), str(calc.get("n_lesions")), str(calc.get("n_predictions"))]]
     for t, s in (calc.get("per_type") or {}).items():
         calc_rows.append([f"&nbsp;&nbsp;calcifications: {html.escape(t)}", "–", "–",
-                          _fmt(s.get("recall")), *[_fmt(s["sensitivity_at_fp"].get(k)) for k in ks],
-                          str(s.get("n_lesions")), "–"])
+                          _fmt(s.get("recall")), *sens(s), str(s.get("n_lesions")), "–"])
     table = _table(["", "AP50 (COCO)", "AP50 (VOC)", "recall",
                     *[f"sens. @ {k} FP/img" for k in ks], "lesions", "predictions"],
                    mass_rows + calc_rows)
@@ -398,9 +411,10 @@ def write_report(
 
     missing = ""
     if ev["missing"]:
-        missing = (f'<p class="note">{len(ev["missing"])} image(s) of the split have no prediction and '
-                   f'were scored as images without findings: '
-                   f'{html.escape(", ".join(ev["missing"][:10]))}{" ..." if len(ev["missing"]) > 10 else ""}</p>')
+        more = " ..." if len(ev["missing"]) > 10 else ""
+        missing = (f'<p class="note">{len(ev["missing"])} image(s) of the split have no prediction '
+                   f'and were scored as images without findings: '
+                   f'{html.escape(", ".join(ev["missing"][:10]))}{more}</p>')
     s = ev["settings"]
     areas = sorted(set(s["min_area"].values()))
     gt_text = ("the annotated masks (raw labels)" if s["gt_labels"] == "raw" else
@@ -408,15 +422,24 @@ def write_report(
                f"{s['min_area_mm2']} mm² grown to that area: "
                + (f"{areas[0]}–{areas[-1]}" if len(areas) > 1 else f"{areas[0] if areas else '–'}")
                + " px on these images)")
+    mass_grid = grid(mass_thumbs, mass_cases, True,
+                     {"hit": "Hits", "miss": "Missed masses", "fp": "False positives"})
+    calc_grid = grid(calc_thumbs, calc_cases, calc_complete,
+                     {"hit": "Hits (components)", "miss": "Missed calcifications",
+                      "fp": "False positives"})
     body = f"""
 <h1>{html.escape(title)}</h1>
 {f'<p class="note">{context}</p>' if context else ''}
-<p>Predictions <code>{html.escape(str(pred_dir))}</code> against <code>{html.escape(str(gt_root))}</code>,
+<p>Predictions <code>{html.escape(str(pred_dir))}</code> against \
+<code>{html.escape(str(gt_root))}</code>,
 split <b>{html.escape(str(split))}</b>: {ev['n_images']} images.
-Masses: a detection is a hit when its IoU with a ground-truth box is &ge; {s['iou_thr']} ({s['hit']} rule).
+Masses: a detection is a hit when its IoU with a ground-truth box is &ge; {s['iou_thr']} \
+({s['hit']} rule).
 Calcifications: components of the probability map &ge; {s['binarize']}, scored by their maximum
-probability; a component is a hit when its intersection over its own area with the ground-truth mask is
-&ge; {s['iop_thr']} (IoP), the ground truth being {gt_text}. Sensitivity at K FP/image is the best sensitivity with at most K false positives
+probability; a component is a hit when its intersection over its own area with the ground-truth \
+mask is
+&ge; {s['iop_thr']} (IoP), the ground truth being {gt_text}. Sensitivity at K FP/image is the best \
+sensitivity with at most K false positives
 per image on average; per-type rows keep the overall FP axis.</p>
 {missing}
 <h2>Scores</h2>
@@ -432,9 +455,9 @@ per image on average; per-type rows keep the overall FP axis.</p>
 <span style="background:{rgb(CALC_COLOR)};color:#000">calcification outline</span>
 <span style="background:{rgb(GT_COLOR)}">ground truth</span></span></p>
 <h3>Masses</h3>
-{grid(mass_thumbs, mass_cases, True, {"hit": "Hits", "miss": "Missed masses", "fp": "False positives"})}
+{mass_grid}
 <h3>Calcifications</h3>
-{grid(calc_thumbs, calc_cases, calc_complete, {"hit": "Hits (components)", "miss": "Missed calcifications", "fp": "False positives"})}
+{calc_grid}
 <p>Full numbers: <a href="report.json">report.json</a> (FROC points, counts, per-type curves).</p>
 """
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

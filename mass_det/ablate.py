@@ -1,11 +1,13 @@
 """Table 1 of the paper: train and evaluate the three detectors on the same data.
 
     python -m mass_det.ablate --data data/synthetic --out output/mass_ablation [--iters N] \
-        [--split test] [--opts KEY VALUE ...]
+        [--split test] [KEY VALUE ...]
 
 Rows: Faster R-CNN (vanilla, C4), + FPN, + FPN + focal loss + non-local. Each model is trained with
-``MassDetTrainer`` on ``<data>`` train split for ``--iters`` iterations and evaluated on ``--split``.
-Writes ``table1.md``, ``table1.json`` and ``froc.png`` (the three FROC curves) to ``--out``; every run
+``MassDetTrainer`` on ``<data>`` train split for ``--iters`` iterations and evaluated on
+``--split``. The trailing ``KEY VALUE`` pairs override the config of all three rows, last (as in
+``mass_det.train_net``; each row has its own YAML, so there is no ``--config-file``). Writes
+``table1.md``, ``table1.json`` and ``froc.png`` (the three FROC curves) to ``--out``; every run
 keeps its own folder (checkpoint, TensorBoard events, FROC report).
 """
 
@@ -18,7 +20,15 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from detectron2.utils.logger import setup_logger
+
+from common.io import atomic_write_bytes, atomic_write_json, read_json
+from common.plots import plot_froc
+
 from .config import get_mass_det_cfg, resolve_device
+from .data.register import register_mass_datasets
+from .engine.trainer import MassDetTrainer
+from .evaluation.froc_evaluator import summarize_report
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 ROWS = (
@@ -31,7 +41,7 @@ COLUMNS = ("AP50_COCO", "AP50_VOC", "recall", "sens_at_1fp", "sens_at_2fp", "sen
 
 
 def _dataset_prefix(data: str) -> str:
-    # Registration is idempotent by name; a prefix derived from the folder keeps two data folders apart.
+    # Registration is idempotent by name; a prefix derived from the folder keeps two folders apart.
     return "ablate" + hashlib.sha1(str(Path(data).resolve()).encode()).hexdigest()[:8]
 
 
@@ -48,7 +58,7 @@ def build_run_cfg(config_file: str | Path, data: str, out_dir: str | Path, iters
     cfg.SOLVER.STEPS = (int(0.75 * iters),)  # one LR drop late in the short schedule
     cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(iters // 10, 1))
     cfg.SOLVER.CHECKPOINT_PERIOD = 10 * max(iters, 1)  # only model_final.pth
-    cfg.TEST.EVAL_PERIOD = 0  # DefaultTrainer's EvalHook still evaluates once after the last iteration
+    cfg.TEST.EVAL_PERIOD = 0  # DefaultTrainer's EvalHook still evaluates after the last iteration
     cfg.merge_from_list(list(opts))
     resolve_device(cfg)
     return cfg
@@ -56,12 +66,6 @@ def build_run_cfg(config_file: str | Path, data: str, out_dir: str | Path, iters
 
 def run_row(cfg) -> dict:
     """Train one model and evaluate it; returns ``{"metrics": {...}, "froc": {...}}``."""
-    from common.io import read_json
-
-    from .data.register import register_mass_datasets
-    from .engine.trainer import MassDetTrainer
-    from .evaluation.froc_evaluator import summarize_report
-
     register_mass_datasets(cfg)
     cfg.freeze()
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
@@ -77,7 +81,8 @@ def run_row(cfg) -> dict:
 
 
 def format_table(rows: dict[str, dict]) -> str:
-    """Markdown table: one row per method, AP50 (COCO, VOC), recall, sensitivity at 1/2/5/10 FP/image."""
+    """Markdown table: one row per method, AP50 (COCO, VOC), recall, sensitivity at 1/2/5/10
+    FP/image."""
     head = ["Method", "AP50 (COCO)", "AP50 (VOC)", "Recall", "Sens@1FP", "Sens@2FP", "Sens@5FP",
             "Sens@10FP"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -88,25 +93,24 @@ def format_table(rows: dict[str, dict]) -> str:
 
 
 def _fmt(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    undefined = value is None or (isinstance(value, float) and math.isnan(value))
+    return "n/a" if undefined else f"{value:.3f}"
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train and evaluate the three Table 1 detectors.")
     parser.add_argument("--data", required=True, help="canonical dataset folder")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--iters", type=int, default=2000, help="training iterations per model")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
-                        help="config overrides applied to all three runs: KEY VALUE ...")
-    args = parser.parse_args(argv)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                        help="config overrides applied to all three runs, after the other flags, "
+                             "e.g. SOLVER.BASE_LR 0.0005 MODEL.DEVICE cpu")
+    return parser
 
-    from detectron2.utils.logger import setup_logger
 
-    import mass_det  # noqa: F401  (registration)
-    from common.io import atomic_write_bytes, atomic_write_json
-    from common.plots import plot_froc
-
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     setup_logger(name="detectron2")
     setup_logger(name="mass_det")
     out = Path(args.out)

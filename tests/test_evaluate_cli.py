@@ -299,7 +299,8 @@ def test_masks_cli_processed_labels_by_default_raw_on_request(tmp_path):
     prob = (((yy - 60) ** 2 + (xx - 60) ** 2) <= 17**2).astype(np.float32) * 0.9  # ~900 px disc
     pred_dir.mkdir()
     np.save(pred_dir / "a.npy", prob)
-    base = ["masks", "--gt-dir", str(gt_dir), "--pred-dir", str(pred_dir), "--pixel-spacing", "0.085"]
+    base = ["masks", "--gt-dir", str(gt_dir), "--pred-dir", str(pred_dir),
+            "--pixel-spacing", "0.085"]
     out = tmp_path / "processed.json"
     assert main([*base, "--out", str(out)]) == 0
     r = json.loads(out.read_text())
@@ -319,11 +320,11 @@ def test_masks_cli_processed_labels_by_default_raw_on_request(tmp_path):
 
 
 def _prediction_folder(tmp_path):
-    """A canonical masses.json whose ids 1 and 2 are other images than a deeplima prediction folder's
-    ids 1 and 2 (its images.json numbers the predicted images 1..N)."""
+    """A canonical masses.json whose ids 1 and 2 are other images than a deeplima prediction
+    folder's ids 1 and 2 (its images.json numbers the predicted images 1..N)."""
     def img(i, stem, split):
-        return {"id": i, "file_name": f"images/{stem}.dcm", "stem": stem, "height": 100, "width": 80,
-                "split": split}
+        return {"id": i, "file_name": f"images/{stem}.dcm", "stem": stem, "height": 100,
+                "width": 80, "split": split}
 
     boxes = {"a": [10.0, 10.0, 20.0, 20.0], "b": [40.0, 50.0, 15.0, 25.0],
              "c": [5.0, 60.0, 30.0, 30.0], "d": [50.0, 5.0, 20.0, 20.0]}

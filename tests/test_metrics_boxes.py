@@ -9,6 +9,9 @@ import time
 
 import numpy as np
 import pytest
+from pycocotools import mask as mu
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from common.errors import InputError
 from common.metrics import evaluate_boxes
@@ -63,8 +66,8 @@ def test_froc_hand_worked_with_tie_duplicate_hit_and_lesion_free_image():
     assert f["fp_per_image"] == pytest.approx([0, 0, 1 / 3, 2 / 3, 1])
     # found lesions: A from .9 on, B only at .5
     assert f["sensitivity"] == pytest.approx([0.5, 0.5, 0.5, 0.5, 1.0])
-    # k=.5: best point with fp <= .5 is t=.7 (1/3) -> .5; k=.7: t=.6 (2/3) -> .5 (the tie at .5 brings
-    # the B hit and a FP together, so no point has sens 1 at 2/3 FP); k=1: t=.5 -> 1
+    # k=.5: best point with fp <= .5 is t=.7 (1/3) -> .5; k=.7: t=.6 (2/3) -> .5 (the tie at .5
+    # brings the B hit and a FP together, so no point has sens 1 at 2/3 FP); k=1: t=.5 -> 1
     assert r["sensitivity_at_fp"] == {"0.5": 0.5, "0.7": 0.5, "1": 1.0, "2": 1.0}
     assert r["recall"] == 1.0
     assert (r["n_images"], r["n_lesions"], r["n_predictions"]) == (3, 2, 6)
@@ -84,7 +87,8 @@ def test_prediction_700px_from_the_only_lesion_is_a_false_positive():
 
 def test_center_rule_border_included_and_iou_rule_exact_threshold():
     gt = [[0, 0, 100, 100]]
-    # centre (100, 100) on the GT border -> centre hit; IoU = 40*40 / (10000 + 6400 - 1600) = .108 -> miss
+    # centre (100, 100) on the GT border -> centre hit;
+    # IoU = 40*40 / (10000 + 6400 - 1600) = .108 -> miss
     on_border = [[60, 60, 80, 80]]
     # centre (101, 101) just outside
     outside = [[61, 61, 80, 80]]
@@ -179,8 +183,6 @@ def test_ap_hand_worked_duplicate_is_false_positive_for_ap_only():
 
 
 def test_box_iou_matches_pycocotools_including_crowd():
-    from pycocotools import mask as mu
-
     rng = np.random.default_rng(0)
     d = np.round(rng.uniform(0, 50, (30, 4)), 1)
     g = np.round(rng.uniform(0, 50, (7, 4)), 1)
@@ -190,9 +192,6 @@ def test_box_iou_matches_pycocotools_including_crowd():
 
 
 def _coco_ap50(gt, preds):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     with contextlib.redirect_stdout(io.StringIO()):
         c = COCO()
         c.dataset = copy.deepcopy(gt)
@@ -208,8 +207,9 @@ def _coco_ap50(gt, preds):
 
 
 def _random_case(rng):
-    """Random COCO case: 1-6 images with unsorted ids, 1-2 categories, crowd GT, images without GT or
-    predictions, scores on a 0.1 grid (ties), exact duplicates, sometimes > 100 predictions per image."""
+    """Random COCO case: 1-6 images with unsorted ids, 1-2 categories, crowd GT, images without GT
+    or predictions, scores on a 0.1 grid (ties), exact duplicates, sometimes > 100 predictions per
+    image."""
     n_img, n_cat = int(rng.integers(1, 7)), int(rng.integers(1, 3))
     ids = [int(i) for i in rng.choice(np.arange(1, 60), n_img, replace=False)]
     anns = []
@@ -296,7 +296,7 @@ def test_ap50_coco_tie_order_truncation_and_crowd_match_pycocotools():
     assert evaluate_boxes(gtc, pc)["ap50_coco"] == pytest.approx(1.0)
 
 
-# ------------------------------------------------------------------------------------ errors, bootstrap
+# ------------------------------------------------------------------------------- errors, bootstrap
 @pytest.mark.parametrize(
     "pred, msg",
     [
@@ -322,8 +322,8 @@ def test_missing_files_raise_input_error(tmp_path):
 
 
 def test_bootstrap_is_deterministic_and_degenerate_data_gives_point_intervals():
-    # four identical images: 1 lesion hit at .9, 1 FP at .5 -> every replicate: recall 1, sens@1 = 1,
-    # sens@0.5 = 1 (t=.9 has 0 FP)
+    # four identical images: 1 lesion hit at .9, 1 FP at .5 -> every replicate: recall 1,
+    # sens@1 = 1, sens@0.5 = 1 (t=.9 has 0 FP)
     gt = _gt([1, 2, 3, 4], [(i, [0, 0, 10, 10]) for i in (1, 2, 3, 4)])
     for im in gt["images"]:
         im["patient_id"] = f"p{(im['id'] + 1) // 2}"
@@ -358,7 +358,7 @@ def test_thousands_of_predictions_are_fast():
 
 
 def _naive_froc(gt, preds, thr=0.5):
-    """Independent brute force: for every distinct score, re-evaluate from scratch with plain loops."""
+    """Independent brute force: at every distinct score, re-evaluate from scratch with loops."""
 
     def iou(a, b):
         iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
@@ -403,7 +403,8 @@ def test_froc_equals_brute_force_on_random_cases():
 
 def test_ap50_voc_equals_independent_greedy_implementation():
     """Plain-loop VOC2010+ AP (pooled greedy matching: best-IoU free GT >= .5, duplicates FP;
-    all-point area under the precision envelope as a sum of rectangles), continuous scores, one category."""
+    all-point area under the precision envelope as a sum of rectangles), continuous scores, one
+    category."""
 
     def iou(a, b):
         iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])

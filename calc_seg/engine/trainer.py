@@ -38,6 +38,7 @@ from calc_seg.losses import build_loss
 from calc_seg.model import build_model, load_checkpoint
 from common.amp import native_bf16
 from common.errors import InputError
+from common.metrics.froc import at_fp
 
 logger = logging.getLogger("calc_seg")
 
@@ -190,8 +191,9 @@ def evaluate_studies(model: nn.Module, studies: list[Study], cfg, device=None, p
 
 
 def recall_at(report: dict, fp: int | float = 1) -> float:
-    s = report.get("sensitivity_at_fp", {})
-    v = s.get(str(fp), s.get(fp, 0.0)) if isinstance(s, dict) else 0.0
+    """Sensitivity at ``fp`` FP/image of an ``evaluate_masks`` report (1, 1.0 and "1" alike); 0.0
+    when it is undefined (no lesion). A level the report does not hold raises KeyError."""
+    v = at_fp(report["sensitivity_at_fp"], fp)
     return float(v or 0.0)
 
 

@@ -1,25 +1,27 @@
 """Average precision at IoU 0.5: COCO (pycocotools) 101-point and VOC2010+ all-point.
 
-The matching reproduces ``pycocotools.cocoeval.COCOeval.evaluateImg`` for one IoU threshold, area range
-"all" and ``maxDets`` 100, decision by decision:
+The matching reproduces ``pycocotools.cocoeval.COCOeval.evaluateImg`` for one IoU threshold, area
+range "all" and ``maxDets`` 100, decision by decision:
 
-* per image and category, predictions are sorted by descending score with a *stable* mergesort (ties keep
-  their order in the results list) and truncated to the first ``max_dets``;
+* per image and category, predictions are sorted by descending score with a *stable* mergesort (ties
+  keep their order in the results list) and truncated to the first ``max_dets``;
 * GT boxes are sorted so that ignored ones (``iscrowd`` or area outside [0, 1e10]) come last;
-* each prediction in turn takes the not-yet-matched GT (crowd GT may be matched again) with the largest IoU
-  >= thr (the last such GT on equal IoU); a non-ignored GT is preferred over an ignored one; a prediction
-  matched to an ignored GT is ignored; an unmatched one is a false positive (duplicates are false positives);
-* the pooled predictions of all images (image ids ascending) are sorted again by a stable mergesort; the
-  precision envelope is sampled at the 101 recall levels 0, 0.01, ..., 1 (``searchsorted`` left, 0 beyond
-  the reached recall) and averaged; categories without non-ignored GT are skipped; the mean is over
-  categories.
+* each prediction in turn takes the not-yet-matched GT (crowd GT may be matched again) with the
+  largest IoU >= thr (the last such GT on equal IoU); a non-ignored GT is preferred over an ignored
+  one; a prediction matched to an ignored GT is ignored; an unmatched one is a false positive
+  (duplicates are false positives);
+* the pooled predictions of all images (image ids ascending) are sorted again by a stable mergesort;
+  the precision envelope is sampled at the 101 recall levels 0, 0.01, ..., 1 (``searchsorted`` left,
+  0 beyond the reached recall) and averaged; categories without non-ignored GT are skipped; the mean
+  is over categories.
 
-One known pycocotools defect is *not* reproduced: it stores the matched GT id in ``dtMatches`` and treats 0
-as "unmatched", so a GT annotation with id 0 turns its true positive into a false positive. Here the match
-is recorded independently of the annotation id.
+One known pycocotools defect is *not* reproduced: it stores the matched GT id in ``dtMatches`` and
+treats 0 as "unmatched", so a GT annotation with id 0 turns its true positive into a false positive.
+Here the match is recorded independently of the annotation id.
 
-VOC AP uses the same matching without the ``max_dets`` truncation, and integrates the precision envelope
-over every recall change (all-point interpolation, VOC2010+ ``voc_ap(use_07_metric=False)``).
+VOC AP uses the same matching without the ``max_dets`` truncation, and integrates the precision
+envelope over every recall change (all-point interpolation, VOC2010+
+``voc_ap(use_07_metric=False)``).
 """
 
 from __future__ import annotations

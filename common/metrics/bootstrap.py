@@ -1,10 +1,10 @@
 """Bootstrap confidence intervals of recall and sensitivity at k FP per image.
 
-Images (or patients, when every image has a patient id) are resampled with replacement; each replicate
-re-evaluates the *same* per-image matches with integer image multiplicities through
-:func:`common.metrics.froc.froc_from_pooled`, so no second implementation of the metric exists. The interval
-is the percentile interval of the replicates (NaN replicates, e.g. samples without any lesion, are
-skipped).
+Images (or patients, when every image has a patient id) are resampled with replacement; each
+replicate re-evaluates the *same* per-image matches with integer image multiplicities through
+:func:`common.metrics.froc.froc_from_pooled`, so no second implementation of the metric exists. The
+interval is the percentile interval of the replicates (NaN replicates, e.g. samples without any
+lesion, are skipped).
 """
 
 from __future__ import annotations
@@ -13,14 +13,21 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from common.metrics.froc import fp_key, froc_from_pooled, recall_of, sensitivity_at_fp
+from common.metrics.froc import (
+    DEFAULT_FPS,
+    at_fp,
+    fp_key,
+    froc_from_pooled,
+    recall_of,
+    sensitivity_at_fp,
+)
 
 
 def bootstrap_froc(
     pooled: dict,
     n: int,
     seed: int = 0,
-    fps: Iterable[float] = (1, 2, 5, 10),
+    fps: Iterable[float] = DEFAULT_FPS,
     groups: Sequence | None = None,
     level: float = 0.95,
 ) -> dict:
@@ -55,7 +62,7 @@ def bootstrap_froc(
         rec[b] = recall_of(pooled["lesion_scores"], lw)
         curve = froc_from_pooled(pooled, w)
         s = sensitivity_at_fp(curve, fps)
-        sens[b] = [s[fp_key(k)] for k in fps]
+        sens[b] = [at_fp(s, k) for k in fps]
     alpha = (1 - level) / 2
 
     def ci(x):

@@ -2,34 +2,60 @@
 
 Definitions used everywhere in DeepLIMa:
 
-* the curve has one operating point per **distinct** prediction score t, from the highest to the lowest
-  (predictions with equal scores enter together: "all predictions with score >= t are kept"); the lowest
-  threshold is never dropped;
+* the curve has one operating point per **distinct** prediction score t, from the highest to the
+  lowest (predictions with equal scores enter together: "all predictions with score >= t are kept");
+  the lowest threshold is never dropped;
 * ``sensitivity(t)`` = found lesions / all lesions, a lesion being found when a hit prediction with
   score >= t finds it (it counts once);
-* ``fp_per_image(t)`` = false positives with score >= t / number of images, every evaluated image counted,
-  lesion-free ones included;
-* ``sensitivity_at_fp[k]`` = the highest sensitivity at any threshold whose fp_per_image <= k (0 when even
-  the highest threshold has more than k false positives per image). No interpolation.
+* ``fp_per_image(t)`` = false positives with score >= t / number of images, every evaluated image
+  counted, lesion-free ones included;
+* ``sensitivity_at_fp[k]`` = the highest sensitivity at any threshold whose fp_per_image <= k (0
+  when even the highest threshold has more than k false positives per image). No interpolation.
 * ``recall`` = sensitivity with every prediction kept (the last point of the curve).
 
-All functions take flat arrays and optional integer weights (the multiplicity of each item in a bootstrap
-sample), so the exact same code computes the point estimate and every bootstrap replicate.
+All functions take flat arrays and optional integer weights (the multiplicity of each item in a
+bootstrap sample), so the exact same code computes the point estimate and every bootstrap replicate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 from common.metrics.matching import ImageMatch
 
+#: FP-per-image levels reported by default (the paper's Tables 1, 3 and 4: k = 1, 2, 5, 10)
+DEFAULT_FPS = (1, 2, 5, 10)
 
-def fp_key(k: float) -> str:
-    """Report key of an FP-per-image level: ``1 -> "1"``, ``0.5 -> "0.5"``."""
+_V = TypeVar("_V")
+
+
+def fp_key(k: float | str) -> str:
+    """The one key of an FP-per-image level in every report (``sensitivity_at_fp``, bootstrap
+    intervals, operating points): ``1``, ``1.0`` and ``"1"`` -> ``"1"``; ``0.5`` and ``"0.5"`` ->
+    ``"0.5"``."""
     k = float(k)
     return str(int(k)) if k.is_integer() else repr(k)
+
+
+def at_fp(mapping: Mapping[str, _V], k: float | str) -> _V:
+    """The value of FP-per-image level ``k`` in a mapping keyed by :func:`fp_key`.
+
+    ``at_fp(report["sensitivity_at_fp"], 1)``, ``... 1.0)`` and ``... "1")`` read the same entry.
+
+    Raises:
+        KeyError: the level is not in ``mapping``; the message names it and the levels present
+            (a level that was never computed is an error, not a sensitivity of 0).
+    """
+    key = fp_key(k)
+    if key not in mapping:
+        raise KeyError(
+            f"no FP-per-image level {key} (asked for {k!r}); levels present: "
+            f"{', '.join(map(str, mapping)) or 'none'}"
+        )
+    return mapping[key]
 
 
 def froc_curve(
@@ -45,14 +71,15 @@ def froc_curve(
     Args:
         pred_scores: (P,) float, scores of all predictions of all images.
         pred_fp: (P,) bool, the prediction is a false positive (ignored predictions: pass False).
-        lesion_scores: (L,) float, per lesion the highest score of a hit that finds it, ``-inf`` if none.
+        lesion_scores: (L,) float, per lesion the highest score of a hit that finds it, ``-inf``
+            if none.
         n_images: number of images (sum of image weights in a bootstrap replicate).
         pred_weights, lesion_weights: optional (P,) / (L,) multiplicities.
 
     Returns:
         dict of (T,) arrays, T = number of distinct prediction scores: ``thresholds`` (descending),
-        ``fp_per_image``, ``sensitivity`` (both non-decreasing), ``n_fp``, ``n_found`` (weighted counts), and
-        scalars ``n_lesions``, ``n_images``.
+        ``fp_per_image``, ``sensitivity`` (both non-decreasing), ``n_fp``, ``n_found`` (weighted
+        counts), and scalars ``n_lesions``, ``n_images``.
     """
     scores = np.asarray(pred_scores, dtype=np.float64).reshape(-1)
     fp = np.asarray(pred_fp, dtype=bool).reshape(-1)
@@ -93,11 +120,11 @@ def froc_curve(
     }
 
 
-def sensitivity_at_fp(curve: dict, fps: Iterable[float] = (1, 2, 5, 10)) -> dict[str, float]:
-    """Highest sensitivity at any threshold with fp_per_image <= k, for each k (keys :func:`fp_key`).
+def sensitivity_at_fp(curve: dict, fps: Iterable[float] = DEFAULT_FPS) -> dict[str, float]:
+    """Highest sensitivity at any threshold with fp_per_image <= k, for each k (keyed by fp_key).
 
-    0.0 when no threshold qualifies (keeping no prediction gives 0 FP and 0 sensitivity); NaN when there is
-    no lesion at all.
+    0.0 when no threshold qualifies (keeping no prediction gives 0 FP and 0 sensitivity); NaN when
+    there is no lesion at all.
     """
     fppi = np.asarray(curve["fp_per_image"], dtype=np.float64)
     sens = np.asarray(curve["sensitivity"], dtype=np.float64)
@@ -126,8 +153,8 @@ def pool_matches(
     """Concatenate per-image matches into the flat arrays of :func:`froc_curve`.
 
     Args:
-        lesion_type: keep only the lesions of this type (predictions and FP are unchanged: the FP axis of a
-            per-type curve is the overall FP per image).
+        lesion_type: keep only the lesions of this type (predictions and FP are unchanged: the FP
+            axis of a per-type curve is the overall FP per image).
 
     Returns:
         dict with ``pred_scores``, ``pred_fp``, ``pred_image`` (image index of each prediction),
@@ -160,7 +187,7 @@ def pool_matches(
 def froc_from_pooled(
     pooled: dict, image_weights: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
-    """:func:`froc_curve` of :func:`pool_matches` output, optionally with per-image multiplicities."""
+    """:func:`froc_curve` of :func:`pool_matches` output, optionally with image multiplicities."""
     if image_weights is None:
         return froc_curve(
             pooled["pred_scores"], pooled["pred_fp"], pooled["lesion_scores"], pooled["n_images"]
@@ -177,7 +204,8 @@ def froc_from_pooled(
 
 
 def curve_to_json(curve: dict) -> dict[str, list]:
-    """The report form of a curve: ``thresholds``, ``fp_per_image``, ``sensitivity`` lists (+ counts)."""
+    """The report form of a curve: ``thresholds``, ``fp_per_image``, ``sensitivity`` lists and the
+    ``n_fp``, ``n_found`` counts (non-finite values as None)."""
 
     def lst(a):
         return [None if not np.isfinite(v) else float(v) for v in np.asarray(a, dtype=np.float64)]

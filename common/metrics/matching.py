@@ -1,23 +1,24 @@
 """Per-image matching of predicted lesions to ground-truth lesions.
 
-One image at a time, a *hit rule* decides which predictions meet which ground-truth (GT) lesions; the result
-is an :class:`ImageMatch` that the pure curve functions of :mod:`common.metrics.froc` consume. This is the
-first of three stages (match per image -> curve -> scalar scores), as in MONAI ``metrics/froc.py`` and
-nnDetection ``evaluator/detection``.
+One image at a time, a *hit rule* decides which predictions meet which ground-truth (GT) lesions;
+the result is an :class:`ImageMatch` that the pure curve functions of :mod:`common.metrics.froc`
+consume. This is the first of three stages (match per image -> curve -> scalar scores), as in MONAI
+``metrics/froc.py`` and nnDetection ``evaluator/detection``.
 
-Hit rules for boxes (all boxes ``(N, 4)`` float64, **XYWH**, top-left origin, x = column, original image
-pixels):
+Hit rules for boxes (all boxes ``(N, 4)`` float64, **XYWH**, top-left origin, x = column, original
+image pixels):
 
 * ``"iou"``    -- IoU(pred, gt) >= thr (COCO arithmetic: no +1 pixel, see :func:`box_iou`);
 * ``"center"`` -- the centre of the predicted box lies inside the GT box (borders included);
 * ``"iop"``    -- intersection over prediction area >= thr.
 
-For masks (calcifications, the paper's section 4.2.2) the rule is IoP between a predicted 8-connected
-component and the whole GT mask, see :func:`match_image_masks`.
+For masks (calcifications, the paper's section 4.2.2) the rule is IoP between a predicted
+8-connected component and the whole GT mask, see :func:`match_image_masks`.
 
-FROC semantics shared by every rule: a prediction is a *hit* when it meets the rule with at least one GT
-lesion of its image; it *finds* every GT lesion it meets the rule with; a lesion is found once however many
-hits it has, and extra hits are not false positives; every non-hit prediction is a false positive.
+FROC semantics shared by every rule: a prediction is a *hit* when it meets the rule with at least
+one GT lesion of its image; it *finds* every GT lesion it meets the rule with; a lesion is found
+once however many hits it has, and extra hits are not false positives; every non-hit prediction is a
+false positive.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ class ImageMatch:
     Attributes:
         pred_scores: (P,) float64, confidence of every prediction.
         pred_hit: (P,) bool, the prediction meets the hit rule with at least one counted GT lesion.
-        pred_ignored: (P,) bool, not a hit but meets the rule with an ignored region (COCO ``iscrowd``
-            boxes); neither a hit nor a false positive.
-        lesion_scores: (G,) float64, per counted GT lesion the highest score among the predictions that
-            find it, ``-inf`` when no prediction finds it. A lesion is found at threshold t iff its value
-            is >= t.
+        pred_ignored: (P,) bool, not a hit but meets the rule with an ignored region (COCO
+            ``iscrowd`` boxes); neither a hit nor a false positive.
+        lesion_scores: (G,) float64, per counted GT lesion the highest score among the predictions
+            that find it, ``-inf`` when no prediction finds it. A lesion is found at threshold t iff
+            its value is >= t.
         lesion_types: (G,) object array of type names (``None`` when untyped) or None.
         pixel_area: image area in pixels (masks only, for FP per cm^2).
     """
@@ -61,7 +62,7 @@ class ImageMatch:
         return ~self.pred_hit & ~self.pred_ignored
 
 
-# --------------------------------------------------------------------------------------------- boxes
+# -------------------------------------------------------------------------------------------- boxes
 def _as_boxes(boxes) -> np.ndarray:
     b = np.asarray(boxes, dtype=np.float64)
     return b.reshape(-1, 4)
@@ -161,8 +162,9 @@ def match_image_boxes(
         pred_boxes: (P, 4) XYWH predicted boxes, original image pixels.
         pred_scores: (P,) confidences.
         gt_boxes: (G, 4) XYWH GT boxes.
-        gt_crowd: (G,) bool, COCO ``iscrowd``: crowd regions are not counted as lesions; a prediction that
-            meets the rule only with crowd regions is ignored (neither hit nor false positive).
+        gt_crowd: (G,) bool, COCO ``iscrowd``: crowd regions are not counted as lesions; a
+            prediction that meets the rule only with crowd regions is ignored (neither hit nor false
+            positive).
         hit: a key of :data:`BOX_HIT_RULES` or a callable with the same signature.
         thr: threshold of the ``iou`` / ``iop`` rules (unused by ``center``).
 
@@ -192,7 +194,7 @@ def _lesion_scores(hits: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.where(hits, scores[:, None], -np.inf).max(axis=0)
 
 
-# --------------------------------------------------------------------------------------------- masks
+# -------------------------------------------------------------------------------------------- masks
 def assign_types(gt_labels: np.ndarray, n_lesions: int, points) -> np.ndarray:
     """Type name of each GT component from typed points.
 
@@ -201,9 +203,9 @@ def assign_types(gt_labels: np.ndarray, n_lesions: int, points) -> np.ndarray:
         points: iterable of ``{"type": str, "point": [x, y]}`` (x = column, y = row, pixels).
 
     Returns:
-        (G,) object array; the type of the first listed point that lies inside the component, ``None`` for a
-        component without any point. Points outside every component are ignored; points outside the image
-        raise ``ValueError``.
+        (G,) object array; the type of the first listed point that lies inside the component,
+        ``None`` for a component without any point. Points outside every component are ignored;
+        points outside the image raise ``ValueError``.
     """
     types = np.full(n_lesions, None, dtype=object)
     h, w = gt_labels.shape
@@ -227,20 +229,21 @@ def match_image_masks(
 ) -> ImageMatch:
     """The paper's IoP matching (section 4.2.2) of one probability map against one GT mask.
 
-    Predicted lesions are the 8-connected components of ``prob >= binarize``, each scored by its maximum
-    probability. IoP = |component & GT| / |component| with GT the whole GT mask; IoP >= ``iop_thr`` makes the
-    component a true positive (hit), otherwise it is a false positive. GT lesions are the 8-connected
-    components of the GT mask; a lesion is found by every true-positive component that overlaps it (at least
-    one pixel) and counts once.
+    Predicted lesions are the 8-connected components of ``prob >= binarize``, each scored by its
+    maximum probability. IoP = |component & GT| / |component| with GT the whole GT mask; IoP >=
+    ``iop_thr`` makes the component a true positive (hit), otherwise it is a false positive. GT
+    lesions are the 8-connected components of the GT mask; a lesion is found by every true-positive
+    component that overlaps it (at least one pixel) and counts once.
 
     Args:
         gt_mask: (H, W) bool, non-zero = lesion.
         prob: (H, W) float probabilities in [0, 1], same frame as ``gt_mask``.
         type_points: optional list of ``{"type", "point": [x, y]}`` typing the GT components.
         min_area: when given, the processed labels are the ground truth (paper §4.2.1,
-            :mod:`common.calcifications`): every GT component smaller than ``min_area`` pixels is grown
-            to it, without merging neighbours, before matching. The lesions are still the annotated
-            components (same count, same types), each with its grown extent. None = the raw mask.
+            :mod:`common.calcifications`): every GT component smaller than ``min_area`` pixels is
+            grown to it, without merging neighbours, before matching. The lesions are still the
+            annotated components (same count, same types), each with its grown extent. None = the
+            raw mask.
 
     Returns:
         :class:`ImageMatch`; ``extras`` holds ``pred_area`` and ``pred_iop`` per component.

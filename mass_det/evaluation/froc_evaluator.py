@@ -1,9 +1,10 @@
-"""detectron2 :class:`DatasetEvaluator` computing AP50 and FROC with :func:`common.metrics.evaluate_boxes`.
+"""Detectron2 ``DatasetEvaluator`` of AP50 and FROC with :func:`common.metrics.evaluate_boxes`.
 
 Predictions are collected as COCO results in ORIGINAL image pixels (the frame of the dataset's
-annotations): detectron2's ``GeneralizedRCNN`` already rescales boxes to the ``height``/``width`` of the
-input dict, and boxes of images that pre-processing mirrored (``flipped``) are mirrored back here.
-Ground truth is looked up by ``image_id`` in the registered dataset, never taken from the loader.
+annotations): detectron2's ``GeneralizedRCNN`` already rescales boxes to the ``height``/``width`` of
+the input dict, and boxes of images that pre-processing mirrored (``flipped``) are mirrored back
+here. Ground truth is looked up by ``image_id`` in the registered dataset, never taken from the
+loader.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 
+from common.io import atomic_write_json
+from common.metrics import evaluate_boxes
+from common.metrics.froc import at_fp, fp_key
+from common.plots import plot_froc
+
 __all__ = ["FROCEvaluator", "dataset_dicts_to_coco", "instances_to_coco_results"]
 
 logger = logging.getLogger(__name__)
@@ -29,11 +35,12 @@ CATEGORY_ID = 1  # canonical COCO id of "mass"
 
 def instances_to_coco_results(instances, image_id: int, width: int | None = None,
                               flipped: bool = False) -> list[dict]:
-    """detectron2 ``Instances`` (``pred_boxes`` XYXY in original pixels, ``scores``) -> COCO results.
+    """Detectron2 ``Instances`` (``pred_boxes`` XYXY, original pixels; ``scores``) -> COCO results.
 
     Returns:
         ``[{"image_id", "category_id": 1, "bbox": [x, y, w, h] float, original pixels, "score"}]``.
-        With ``flipped`` the boxes are mirrored back about the vertical axis of an image ``width`` wide.
+        With ``flipped`` the boxes are mirrored back about the vertical axis of an image ``width``
+        wide.
     """
     if len(instances) == 0:
         return []
@@ -52,7 +59,8 @@ def instances_to_coco_results(instances, image_id: int, width: int | None = None
 
 
 def dataset_dicts_to_coco(dicts: list[dict]) -> dict:
-    """detectron2 dataset dicts -> COCO ground truth (category 1 = mass, bbox XYWH original pixels)."""
+    """Detectron2 dataset dicts -> COCO ground truth (category 1 = mass, bbox XYWH, original
+    pixels)."""
     images, annotations = [], []
     for d in dicts:
         images.append({"id": int(d["image_id"]), "file_name": str(d.get("file_name", "")),
@@ -70,35 +78,33 @@ def dataset_dicts_to_coco(dicts: list[dict]) -> dict:
 def summarize_report(report: dict, fps) -> OrderedDict:
     """Flat floats from an ``evaluate_boxes`` report: AP50_COCO, AP50_VOC, recall, sens_at_<k>fp.
 
-    Values the report leaves undefined (None, e.g. a split without any mass) become NaN.
+    Metric names spell the level without a dot (``sens_at_1fp``, ``sens_at_0p5fp``). Values the
+    report leaves undefined (None, e.g. a split without any mass) become NaN; a level of ``fps``
+    that the report does not hold raises KeyError (:func:`common.metrics.froc.at_fp`).
     """
     out = OrderedDict()
     out["AP50_COCO"] = _float(report.get("ap50_coco"))
     out["AP50_VOC"] = _float(report.get("ap50_voc"))
     out["recall"] = _float(report.get("recall"))
-    sens = report.get("sensitivity_at_fp") or {}
     for fp in fps:
-        key = _fp_key(fp)
-        out[f"sens_at_{key}fp"] = _float(sens.get(key, sens.get(str(fp))))
+        name = fp_key(fp).replace(".", "p")
+        out[f"sens_at_{name}fp"] = _float(at_fp(report["sensitivity_at_fp"], fp))
     return out
 
 
 def _float(value) -> float:
-    """The report writes undefined values (e.g. no lesion in the set) as None; detectron2 wants floats."""
+    """None (an undefined value of the report, e.g. no lesion in the set) -> NaN: detectron2 wants
+    floats."""
     return float("nan") if value is None else float(value)
-
-
-def _fp_key(fp) -> str:
-    fp = float(fp)
-    return str(int(fp)) if fp.is_integer() else str(fp).replace(".", "p")
 
 
 class FROCEvaluator(DatasetEvaluator):
     """AP50 (COCO and VOC), recall and FROC sensitivities of one registered mass dataset.
 
-    ``evaluate()`` writes ``froc_report.json`` (the full ``evaluate_boxes`` report), ``predictions.json``
-    (COCO results) and ``froc.png`` to ``output_dir`` and returns
-    ``{"mass": {"AP50_COCO", "AP50_VOC", "recall", "sens_at_1fp", ...}}`` (floats) on the main process.
+    ``evaluate()`` writes ``froc_report.json`` (the full ``evaluate_boxes`` report),
+    ``predictions.json`` (COCO results) and ``froc.png`` to ``output_dir`` and returns
+    ``{"mass": {"AP50_COCO", "AP50_VOC", "recall", "sens_at_1fp", ...}}`` (floats) on the main
+    process.
     """
 
     def __init__(self, dataset_name: str, *, output_dir: str | None = None, hit: str = "iou",
@@ -123,7 +129,8 @@ class FROCEvaluator(DatasetEvaluator):
         for inp, out in zip(inputs, outputs):
             instances = out["instances"].to("cpu")
             self._predictions.extend(instances_to_coco_results(
-                instances, inp["image_id"], width=inp.get("width"), flipped=inp.get("flipped", False)
+                instances, inp["image_id"], width=inp.get("width"),
+                flipped=inp.get("flipped", False),
             ))
 
     def evaluate(self):
@@ -134,8 +141,6 @@ class FROCEvaluator(DatasetEvaluator):
                 return {}
         else:
             predictions = self._predictions
-        from common.metrics import evaluate_boxes
-
         gt = dataset_dicts_to_coco(DatasetCatalog.get(self.dataset_name))
         report = evaluate_boxes(gt, copy.deepcopy(predictions), hit=self.hit,
                                 iou_thr=self.iou_thr, fps=self.fps)
@@ -147,9 +152,6 @@ class FROCEvaluator(DatasetEvaluator):
         return OrderedDict(mass=results)
 
     def _write(self, report: dict, predictions: list[dict]) -> None:
-        from common.io import atomic_write_json
-        from common.plots import plot_froc
-
         os.makedirs(self.output_dir, exist_ok=True)
         meta = MetadataCatalog.get(self.dataset_name)
         atomic_write_json(os.path.join(self.output_dir, "predictions.json"), predictions)
@@ -158,7 +160,7 @@ class FROCEvaluator(DatasetEvaluator):
             "hit": self.hit, "iou_thr": self.iou_thr, "report": report,
         })
         try:
-            plot_froc({self.dataset_name: report["froc"]}, os.path.join(self.output_dir, "froc.png"),
-                      title=f"FROC, {self.dataset_name}")
+            plot_froc({self.dataset_name: report["froc"]},
+                      os.path.join(self.output_dir, "froc.png"), title=f"FROC, {self.dataset_name}")
         except Exception as e:  # a plot failure must not lose the numbers above
             logger.warning("FROC plot failed: %s", e)
