@@ -76,8 +76,8 @@ ablate-calc: $(STAMP) $(DATA)/masses.json
 
 bench: $(STAMP)
 	$(PY) bench/preprocess.py
-	$(PY) bench/mass_det.py
-	$(PY) bench/calc_seg.py
+	$(PY) bench/mass_detection.py
+	$(PY) bench/calc_segmentation.py
 	$(PY) bench/pipeline.py
 
 clean:

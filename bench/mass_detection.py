@@ -1,6 +1,6 @@
 """Mass detector benchmark: CPU inference time of the three Table 1 models, and a quality run.
 
-    python bench/mass_det.py [--speed | --quality] [--threads 2] [--repeats 5]
+    python bench/mass_detection.py [--speed | --quality] [--threads 2] [--repeats 5]
                              [--quality-iters N] [--quality-studies N] [--out bench_out/mass_det]
                              [--opts KEY VALUE ...]
 
@@ -27,14 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
-
-# The packages come from the editable install (``pip install -e .``), whatever the working folder.
-# Python puts this script's own folder first on the import path, and this file is named like the
-# package it measures: without dropping bench/ there, ``import mass_det`` would import this script.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import torch  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402

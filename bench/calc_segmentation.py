@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Calcification segmentation benchmark: breast-only vs full-frame sliding window; quality.
 
-    python bench/calc_seg.py [--quality | --speed] [--height 3518 --width 2800] [--device cpu] \
+    python bench/calc_segmentation.py [--quality | --speed] [--height 3518 --width 2800] [--device cpu] \
         [--threads 2] [--norm gn|bn|ln] [--out bench_out/calc_seg]
 
 Speed: the paper's GN U-Net (``calc_seg/configs/unet_gn.yaml``, random weights: speed does not
@@ -32,11 +32,6 @@ import json
 import sys
 import time
 from pathlib import Path
-
-# The packages come from the editable install (``pip install -e .``), whatever the working folder.
-# Python puts this script's own folder first on the import path, and this file is named like the
-# package it measures: without dropping bench/ there, ``import calc_seg`` would import this script.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
