@@ -1,15 +1,17 @@
-"""Seconds per full-field mammogram for the whole deeplima pipeline on the CPU, with each stage's share.
+"""Seconds per full-field mammogram for the whole deeplima pipeline on the CPU, with each stage's
+share.
 
     python bench/pipeline.py [--images 1] [--threads 2] [--height 3328 --width 2560]
 
 Builds a bundle from the paper's configs (mass: ``faster_rcnn_R50_FPN_FL_NL.yaml``, short edge 1200;
 calcifications: ``unet_gn.yaml``, 512-pixel windows at stride 256 over the breast) with RANDOMLY
-INITIALISED weights: the cost of a forward pass does not depend on the weight values. The U-Net's last
-layer is biased towards background so that the calcification map is sparse as with a trained model
-(a random map would be one image-sized component and time the shape classifier instead). Synthetic
-full-field DICOMs come from ``datasets.synthetic``. Stages: preprocess (DICOM read, window, breast,
-artifacts), mass (DefaultPredictor), calc (sliding window), postprocess (components, mapping back).
-One warm-up image is run first and not counted. The last output line is a JSON object.
+INITIALISED weights: the cost of a forward pass does not depend on the weight values. The U-Net's
+last layer is biased towards background so that the calcification map is sparse as with a trained
+model (a random map would be one image-sized component and time the shape classifier instead).
+Synthetic full-field DICOMs come from ``datasets.synthetic``. Stages: preprocess (DICOM read,
+window, breast, artifacts), mass (DefaultPredictor), calc (sliding window), postprocess (components,
+mapping back). One warm-up image is run first and not counted. The last output line is a JSON
+object.
 """
 
 from __future__ import annotations
@@ -22,9 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-# idle OpenMP threads sleep rather than spin (the CPU is usually shared)
+# idle OpenMP threads sleep rather than spin (the CPU is usually shared; set before torch loads
+# OpenMP)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch
+
+import calc_seg
+import mass_det
+from datasets.synthetic import generate
+from deeplima.bundle import random_bundle
+from deeplima.pipeline import Pipeline
 
 
 def main(argv=None) -> int:
@@ -35,15 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--width", type=int, default=2560)
     args = ap.parse_args(argv)
 
-    import torch
-
     torch.set_num_threads(args.threads)
-    import calc_seg
-    import mass_det
-    from datasets.synthetic import generate
-    from deeplima.bundle import random_bundle
-    from deeplima.pipeline import Pipeline
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t = time.perf_counter()
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
             Path(calc_seg.__file__).parent / "configs" / "unet_gn.yaml",
         )
         pipe = Pipeline(bundle, threshold=0.5, device="cpu")
-        head = pipe.calc_model.segmentation_head[0]
+        head = pipe.calc.model.segmentation_head[0]
         with torch.no_grad():
             head.bias.copy_(torch.tensor([4.0, -4.0]))  # softmax[:, 1] mostly ~3e-4
 
@@ -76,8 +78,9 @@ def main(argv=None) -> int:
             wall += dt
             for k, v in res.timings.items():
                 totals[k] += v
-            print(f"{f.name}: {dt:.1f} s ({', '.join(f'{k} {v:.1f} s' for k, v in res.timings.items())}); "
-                  f"{len(res.masses)} boxes, {len(res.calcifications)} calc components", flush=True)
+            stages = ", ".join(f"{k} {v:.1f} s" for k, v in res.timings.items())
+            print(f"{f.name}: {dt:.1f} s ({stages}); {len(res.masses)} boxes, "
+                  f"{len(res.calcifications)} calc components", flush=True)
     n = len(files)
     per = {k: v / n for k, v in totals.items()}
     stage_sum = sum(per.values())

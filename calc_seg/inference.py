@@ -5,33 +5,52 @@ The image is covered by ``window x window`` tiles whose starts are spread evenly
 ``compute_steps_for_sliding_window`` placement, so the last tile is flush with the edge and no tile
 hangs over it). Tiles that contain no breast pixel are skipped: the model never sees the empty
 background, which on a mammogram is often half of the frame. The remaining tiles run in batches;
-overlapping predictions are blended by averaging (``blend="mean"``) or with a Gaussian importance map
-that trusts tile centres more (``blend="gaussian"``, nnU-Net / MONAI style). Images smaller than a
-window are zero-padded at the bottom / right and the result cropped back.
+overlapping predictions are blended by averaging (``blend="mean"``) or with a Gaussian importance
+map that trusts tile centres more (``blend="gaussian"``, nnU-Net / MONAI style). Images smaller than
+a window are zero-padded at the bottom / right and the result cropped back.
 
-Because a tile is skipped only when it has no breast pixel, every breast pixel receives the same set of
-tile predictions as a naive full-frame sliding window: inside the breast both give identical output.
-Pixels covered by no evaluated tile get probability 0.
+Because a tile is skipped only when it has no breast pixel, every breast pixel receives the same set
+of tile predictions as a naive full-frame sliding window: inside the breast both give identical
+output. Pixels covered by no evaluated tile get probability 0.
+
+:class:`CalcPredictor` is the U-Net's predictor: a pre-processed 8-bit mammogram and its breast mask
+in (:func:`common.preprocess.preprocess`; no pre-processing here), the probability map and its
+lesion components (:func:`mask_components`) out, in the frame of the image given. Reading files,
+laterality and writing outputs belong to ``deeplima`` (``python -m deeplima predict-calc``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from calc_seg.model import logits_to_prob
+from calc_seg.data.labels import LabelParams
+from calc_seg.model import build_model, load_weights, logits_to_prob
 from common.calcifications import describe_components, label_components
+from common.device import select_device
+from common.errors import InputError
+
+__all__ = [
+    "CalcPredictor",
+    "compute_steps",
+    "gaussian_importance",
+    "mask_components",
+    "predict_from_cfg",
+    "predict_image",
+    "window_positions",
+]
 
 
 def compute_steps(size: int, window: int, stride: int) -> list[int]:
     """Tile starts along one axis of length ``size >= window``: evenly spaced, step <= ``stride``.
 
-    ``ceil((size - window) / stride) + 1`` tiles, first at 0, last at ``size - window`` (nnU-Net's even
-    step placement with the step given in pixels).
+    ``ceil((size - window) / stride) + 1`` tiles, first at 0, last at ``size - window`` (nnU-Net's
+    even step placement with the step given in pixels).
     """
     if size < window:
         raise ValueError(f"size {size} is smaller than the window {window}; pad first")
@@ -52,7 +71,8 @@ def window_positions(
     if breast_mask is None:
         return [(y, x) for y in ys for x in xs]
     # summed-area table: O(1) "any breast pixel in this tile" per tile
-    sat = np.pad(np.asarray(breast_mask, dtype=bool).cumsum(0, dtype=np.int64).cumsum(1), ((1, 0), (1, 0)))
+    sat = np.pad(np.asarray(breast_mask, dtype=bool).cumsum(0, dtype=np.int64).cumsum(1),
+                 ((1, 0), (1, 0)))
     out = []
     for y in ys:
         for x in xs:
@@ -92,10 +112,10 @@ def predict_image(
     """Calcification probability map of a whole image.
 
     Args:
-        model: maps (N, 1, window, window) float in [0, 1] to (N, C, window, window) output; it is put
-            in eval mode and run on ``device`` (default: the model's own device).
-        image: uint8 (H, W) pre-processed image (``common.preprocess``), original frame; float input is
-            taken as already scaled to [0, 1].
+        model: maps (N, 1, window, window) float in [0, 1] to (N, C, window, window) output; it is
+            put in eval mode and run on ``device`` (default: the model's own device).
+        image: uint8 (H, W) pre-processed image (``common.preprocess``), original frame; float input
+            is taken as already scaled to [0, 1].
         breast_mask: bool (H, W); tiles with no breast pixel are skipped when ``skip_background``.
             None = every tile is evaluated.
         window, stride: tile size and largest step in pixels (:func:`compute_steps`).
@@ -130,8 +150,8 @@ def predict_image(
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
     model.eval()
-    # float64 accumulators on the model's device: a mean of identical values reproduces them exactly,
-    # and the blending stays next to the predictions (no per-tile copies to the host)
+    # float64 accumulators on the model's device: a mean of identical values reproduces them
+    # exactly, and the blending stays next to the predictions (no per-tile copies to the host)
     acc = torch.zeros((ph, pw), dtype=torch.float64, device=device)
     wsum = torch.zeros((ph, pw), dtype=torch.float64, device=device)
     weight = gaussian_importance(window) if blend == "gaussian" else np.ones((window, window))
@@ -148,20 +168,25 @@ def predict_image(
     return out[:h, :w].astype(np.float32)
 
 
-def predict_from_cfg(model: nn.Module, image: np.ndarray, breast_mask, cfg, device=None) -> np.ndarray:
+def predict_from_cfg(model: nn.Module, image: np.ndarray, breast_mask, cfg,
+                     device=None) -> np.ndarray:
     """:func:`predict_image` with window, stride, batch size and blending from ``cfg.TEST``."""
     t = cfg.TEST
     return predict_image(model, image, breast_mask, window=t.WINDOW, stride=t.STRIDE,
                          batch_size=t.BATCH_SIZE, blend=t.BLEND, device=device)
 
 
-def mask_components(prob: np.ndarray, threshold: float = 0.5, params=None) -> tuple[np.ndarray, list[dict]]:
+def mask_components(prob: np.ndarray, threshold: float = 0.5,
+                    params: LabelParams | None = None) -> tuple[np.ndarray, list[dict]]:
     """Component labels and lesion components of a probability map.
 
+    Args:
+        prob: float (H, W) probability in [0, 1], any frame (the components are in the same one).
+
     Returns (int32 (H, W) labels of ``prob >= threshold``, 0 = background; components) where each
-    component (8-connected, :func:`common.calcifications.describe_components`) has ``label``, ``bbox``
-    [x, y, w, h] (original image pixels, top-left origin), ``area`` (pixels), ``point`` [x, y] (a pixel
-    inside), ``type`` (shape rule with the thresholds of ``params``, a
+    component (8-connected, :func:`common.calcifications.describe_components`) has ``label``,
+    ``bbox`` [x, y, w, h] (frame of ``prob``, top-left origin), ``area`` (pixels), ``point``
+    [x, y] (a pixel inside), ``type`` (shape rule with the thresholds of ``params``, a
     :class:`calc_seg.data.labels.LabelParams`) and ``score`` (its maximum probability, the score the
     FROC sweeps).
     """
@@ -170,9 +195,92 @@ def mask_components(prob: np.ndarray, threshold: float = 0.5, params=None) -> tu
     return labels, describe_components(labels, n, prob=prob, type_rule=rule)
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.6) -> np.ndarray:
-    """uint8 (H, W, 3) RGB: the grey image with ``mask`` pixels tinted ``color``."""
-    rgb = np.repeat(np.asarray(image, dtype=np.uint8)[..., None], 3, axis=2).astype(np.float32)
-    m = np.asarray(mask, dtype=bool)
-    rgb[m] = (1 - alpha) * rgb[m] + alpha * np.asarray(color, dtype=np.float32)
-    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+class CalcPredictor:
+    """``CalcPredictor(model)(image, breast_mask)`` -> (probability, labels, components) of one
+    pre-processed mammogram.
+
+    The U-Net runs by a sliding window over the breast (:func:`predict_image`); the components are
+    those of :func:`mask_components` at ``threshold``. No pre-processing happens here: the image is
+    the uint8 (H, W) result of :func:`common.preprocess.preprocess` with its breast mask, and
+    everything returned is in the frame of that image. Built from parts (testable without a config)
+    or from a calc_seg config with :meth:`from_config`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        window: int = 512,
+        stride: int = 256,
+        batch_size: int = 4,
+        blend: str = "mean",
+        threshold: float = 0.5,
+        label_params: LabelParams | None = None,
+        device: str | torch.device | None = None,
+    ):
+        """
+        Args:
+            model: (N, 1, window, window) float in [0, 1] -> (N, C, window, window) logits; moved to
+                ``device`` and put in eval mode.
+            window, stride, batch_size, blend: sliding window (:func:`predict_image`).
+            threshold: probability binarised into components (``TEST.THRESHOLD``, also the
+                evaluation's binarisation).
+            label_params: component typing thresholds (:class:`calc_seg.data.labels.LabelParams`;
+                None = the defaults).
+            device: None / "auto" = CUDA when available (:func:`common.device.select_device`).
+        """
+        self.device = select_device(device)
+        self.model = model.to(self.device).eval()
+        self.window, self.stride, self.batch_size, self.blend = window, stride, batch_size, blend
+        self.threshold = float(threshold)
+        self.label_params = label_params if label_params is not None else LabelParams()
+
+    @classmethod
+    def from_config(cls, cfg, weights: str | Path | None = None, *,
+                    device: str | torch.device | None = None) -> CalcPredictor:
+        """The predictor of a calc_seg config (:func:`calc_seg.config.get_calc_seg_cfg`).
+
+        Args:
+            cfg: the config: ``MODEL`` (architecture), ``TEST`` (window, stride, batch size,
+                blending, threshold), ``LABELS`` (component typing). Not modified.
+            weights: checkpoint of :mod:`calc_seg.train_net`; None = ``cfg.MODEL.WEIGHTS``. Read as
+                data (``torch.load(weights_only=True)``) and required to set every parameter
+                (:func:`calc_seg.model.load_weights`).
+            device: as in the constructor.
+
+        Raises:
+            InputError: no weights, or a missing, unreadable or non-fitting weights file (one line).
+        """
+        weights = str(cfg.MODEL.WEIGHTS if weights is None else weights)
+        if not weights:
+            raise InputError(None, "no weights given: the calcification U-Net would predict with "
+                                   "random ones")
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.WEIGHTS = ""  # build_model would load them once more
+        model = build_model(cfg)
+        load_weights(model, weights)
+        t = cfg.TEST
+        return cls(model, window=int(t.WINDOW), stride=int(t.STRIDE), batch_size=int(t.BATCH_SIZE),
+                   blend=str(t.BLEND), threshold=float(t.THRESHOLD),
+                   label_params=LabelParams.from_cfg(cfg), device=device)
+
+    def predict_prob(self, image: np.ndarray, breast_mask: np.ndarray | None) -> np.ndarray:
+        """float32 (H, W) calcification probability of ``image`` (uint8 (H, W)), 0 outside every
+        evaluated window; ``breast_mask`` (bool (H, W)) limits the windows to the breast."""
+        return predict_image(self.model, image, breast_mask, window=self.window, stride=self.stride,
+                             batch_size=self.batch_size, blend=self.blend, device=self.device)
+
+    def components(self, prob: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+        """:func:`mask_components` of ``prob`` at ``threshold``: (int32 (H, W) labels, components
+        with ``label``, ``bbox`` [x, y, w, h], ``area``, ``point`` [x, y], ``type``, ``score``), in
+        the frame of ``prob``."""
+        return mask_components(prob, self.threshold, self.label_params)
+
+    def __call__(self, image: np.ndarray, breast_mask: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        """(float32 (H, W) probability, int32 (H, W) component labels, components) of one image,
+        all in the frame of ``image``."""
+        prob = self.predict_prob(image, breast_mask)
+        labels, comps = self.components(prob)
+        return prob, labels, comps

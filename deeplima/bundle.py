@@ -6,8 +6,9 @@ Layout::
       bundle.json              manifest: format version, file names below, free-text description and
                                the model card (below)
       mass_config.yaml         full detectron2 config of the mass detector (``cfg.dump()``)
-      mass_model.pth           its weights (``{"model": state_dict}``, DetectionCheckpointer format; a
-                               checkpoint file given as the source is copied as is, optimizer included)
+      mass_model.pth           its weights (``{"model": state_dict}``, DetectionCheckpointer format;
+                               a checkpoint file given as the source is copied as is, optimizer
+                               included)
       calc_config.yaml         full calc_seg config (``cfg.dump()``)
       calc_model.pth           U-Net weights (``{"model": state_dict}``)
       operating_points.json    thresholds chosen on a validation set (optional, see
@@ -16,22 +17,23 @@ Layout::
 The configs are complete dumps, not references to YAML files of the source tree, so a bundle keeps
 working when the repository's configs change. Every file is written atomically.
 
-A bundle is data, never code (:func:`load_bundle`): the file names of ``bundle.json`` must lie inside
-the bundle folder (symlinks resolved), the JSON files must be strict JSON of the expected types (no
-NaN / Infinity), the configs are read with YAML's safe loader and may not name a ``_BASE_`` file,
-weights are read with ``torch.load(weights_only=True)`` and must set every parameter of their model.
-Mass weights in detectron2's pickle format (``*.pkl``) can run code when unpickled: they are refused
-unless the bundle is trusted explicitly (``load_bundle(..., trust_pickle=True)``, ``deeplima predict
---trust-pickle``).
+A bundle is data, never code (:func:`load_bundle`): the file names of ``bundle.json`` must lie
+inside the bundle folder (symlinks resolved), the JSON files must be strict JSON of the expected
+types (no NaN / Infinity), the configs are read with YAML's safe loader and may not name a
+``_BASE_`` file, weights are read with ``torch.load(weights_only=True)`` and must set every
+parameter of their model. Mass weights in detectron2's pickle format (``*.pkl``) can run code when
+unpickled: they are refused unless the bundle is trusted explicitly (``load_bundle(...,
+trust_pickle=True)``, ``deeplima predict --trust-pickle``).
 
-Model card: the ``model_card`` entry of ``bundle.json`` says what the bundle holds and where it comes
-from (readers ignore keys they do not know, so bundles with and without a card load alike)::
+Model card: the ``model_card`` entry of ``bundle.json`` says what the bundle holds and where it
+comes from (readers ignore keys they do not know, so bundles with and without a card load alike)::
 
     "model_card": {
       "created": "2025-01-31T12:00:00+00:00",
       "mass": {"config": "mass_config.yaml", "config_sha256": "...",
                "weights": "mass_model.pth", "weights_sha256": "...",  # = the source checkpoint's
-               "settings": {"MODEL.RESNETS.DEPTH": 50, "DATASETS.TRAIN": [...], ...},  # key config values
+               # key config values:
+               "settings": {"MODEL.RESNETS.DEPTH": 50, "DATASETS.TRAIN": [...], ...},
                "source": {"output_dir", "checkpoint" ("best" | "final"), "config", "weights",
                           "iteration"} or null},
       "calc": {... the same, "source" with "epochs_done", "best_val_recall_at_1fp"},
@@ -43,7 +45,8 @@ from (readers ignore keys they do not know, so bundles with and without a card l
     }
 
 :func:`build_bundle` (``deeplima bundle``) assembles a bundle from the two trainings' output folders
-(:func:`mass_source`, :func:`calc_source`) and optionally calibrates it (:func:`calibrate_bundle`).
+(:func:`mass_source`, :func:`calc_source`); :func:`deeplima.calibration.calibrate_bundle` chooses
+its operating points (``deeplima bundle --calibrate-on``, ``deeplima calibrate``).
 """
 
 from __future__ import annotations
@@ -57,10 +60,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
+from detectron2.modeling import build_model as build_mass_model
+
+import calc_seg
+import mass_det  # also registers the mass detector's components that configs name
+from calc_seg.config import get_calc_seg_cfg
+from calc_seg.model import build_model as build_calc_model
+from calc_seg.model import load_checkpoint
 from common.errors import InputError
 from common.io import atomic_write_bytes, atomic_write_json, sha256_file
+from mass_det.config import get_mass_det_cfg
 
-from .operating_point import DEFAULT_TARGET_FPS, check_operating_points
+from .operating_point import check_operating_points
 
 __all__ = [
     "BUNDLE_VERSION",
@@ -69,9 +82,9 @@ __all__ = [
     "ModelSource",
     "build_bundle",
     "calc_source",
-    "calibrate_bundle",
     "check_weights_fit",
     "load_bundle",
+    "load_model_cfg",
     "mass_source",
     "random_bundle",
     "save_bundle",
@@ -92,9 +105,10 @@ CARD_SETTINGS = {
     "mass": ("MODEL.META_ARCHITECTURE", "MODEL.BACKBONE.NAME", "MODEL.RESNETS.DEPTH",
              "MODEL.RESNETS.NORM", "MODEL.FPN.OUT_CHANNELS", "MODEL.ROI_HEADS.NAME",
              "MODEL.NONLOCAL.ENABLED", "MODEL.FOCAL_LOSS.ENABLED", "MODEL.FOCAL_LOSS.RPN",
-             "MODEL.FOCAL_LOSS.BOX_NORMALIZER", "MODEL.PROPOSAL_GENERATOR.NAME", "SEED", "INPUT.MIN_SIZE_TEST",
-             "INPUT.MAX_SIZE_TEST", "INPUT.MAMMO.NORMALIZE_LATERALITY", "INPUT.MAMMO.REMOVE_ARTIFACTS",
-             "DATASETS.CANONICAL.ROOTS", "DATASETS.TRAIN", "SOLVER.MAX_ITER"),
+             "MODEL.FOCAL_LOSS.BOX_NORMALIZER", "MODEL.PROPOSAL_GENERATOR.NAME", "SEED",
+             "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST", "INPUT.MAMMO.NORMALIZE_LATERALITY",
+             "INPUT.MAMMO.REMOVE_ARTIFACTS", "DATASETS.CANONICAL.ROOTS", "DATASETS.TRAIN",
+             "SOLVER.MAX_ITER"),
     "calc": ("MODEL.ENCODER", "MODEL.ENCODER_DEPTH", "MODEL.DECODER_CHANNELS", "MODEL.NORM",
              "PATCH.SIZE", "TEST.WINDOW", "TEST.STRIDE", "TEST.THRESHOLD", "LABELS.MIN_AREA_MM2",
              "DATA.ROOT", "DATA.TRAIN_SPLIT", "SOLVER.EPOCHS"),
@@ -131,19 +145,19 @@ class Bundle:
         Raises:
             InputError: unusable config (one line).
         """
-        cfg = _load_cfg("mass", self.mass_config, opts, in_bundle=True)
+        cfg = load_model_cfg("mass", self.mass_config, opts, in_bundle=True)
         cfg.MODEL.WEIGHTS = str(self.mass_weights)
         return cfg
 
     def calc_cfg(self, opts=()):
-        """The calc_seg config (frozen) with ``MODEL.WEIGHTS`` cleared (weights loaded separately, by
-        :func:`calc_seg.model.load_weights`, which reads them as data and requires every parameter)."""
-        return _load_cfg("calc", self.calc_config, ["MODEL.WEIGHTS", "", *opts], in_bundle=True)
+        """The calc_seg config (frozen) with ``MODEL.WEIGHTS`` cleared (weights loaded separately,
+        by :func:`calc_seg.model.load_weights`, which reads them as data and requires every
+        parameter)."""
+        return load_model_cfg("calc", self.calc_config, ["MODEL.WEIGHTS", "", *opts],
+                              in_bundle=True)
 
 
 def _state_dict_bytes(model_or_state) -> bytes:
-    import torch
-
     state = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else model_or_state
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
@@ -176,7 +190,8 @@ def save_bundle(
     """Write a bundle folder, with its model card, and return it loaded.
 
     Args:
-        mass_cfg: detectron2 ``CfgNode`` of the mass detector (``mass_det.config.get_mass_det_cfg``).
+        mass_cfg: detectron2 ``CfgNode`` of the mass detector
+            (``mass_det.config.get_mass_det_cfg``).
         mass_weights: ``nn.Module``, state dict, or path of a checkpoint (``model_final.pth``).
         calc_cfg: calc_seg ``CfgNode``.
         calc_weights: ``nn.Module``, state dict, or checkpoint path (``model_best.pth``).
@@ -190,7 +205,7 @@ def save_bundle(
     out.mkdir(parents=True, exist_ok=True)
     mass_cfg = mass_cfg.clone()
     mass_cfg.defrost()
-    mass_cfg.MODEL.WEIGHTS = ""  # the bundle's own file is used; never a path of the training machine
+    mass_cfg.MODEL.WEIGHTS = ""  # the bundle's own file is used, never a training machine's path
     calc_cfg = calc_cfg.clone()
     calc_cfg.defrost()
     calc_cfg.MODEL.WEIGHTS = ""
@@ -232,7 +247,8 @@ def _cfg_values(cfg, keys: Iterable[str]) -> dict:
 
 
 def _calibration_card(operating_points: dict | None) -> dict | None:
-    """The model card's ``calibration`` entry: thresholds and validation figures (None: uncalibrated)."""
+    """The model card's ``calibration`` entry: thresholds and validation figures (None when
+    uncalibrated)."""
     if not operating_points:
         return None
     card = {
@@ -248,8 +264,8 @@ def _calibration_card(operating_points: dict | None) -> dict | None:
 
 
 def save_operating_points(bundle: Bundle | str | Path, operating_points: dict) -> Path:
-    """(Re)write ``operating_points.json`` of an existing bundle and the ``calibration`` entry of the
-    model card in its ``bundle.json`` (added to bundles written without a card)."""
+    """(Re)write ``operating_points.json`` of an existing bundle and the ``calibration`` entry of
+    the model card in its ``bundle.json`` (added to bundles written without a card)."""
     root = bundle.root if isinstance(bundle, Bundle) else Path(bundle)
     path = atomic_write_json(root / FILES["operating_points"], operating_points)
     manifest_path = root / "bundle.json"
@@ -308,7 +324,8 @@ def read_json_strict(path: str | Path):
 def _non_finite_path(obj, where: str = "") -> str | None:
     if isinstance(obj, float) and not math.isfinite(obj):
         return where or "(top level)"
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    items = (obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list)
+             else ())
     for k, v in items:
         found = _non_finite_path(v, f"{where}.{k}" if where else str(k))
         if found:
@@ -317,7 +334,8 @@ def _non_finite_path(obj, where: str = "") -> str | None:
 
 
 def _check_manifest(manifest, path: Path) -> dict:
-    """Types of the ``bundle.json`` entries this module reads (one-line InputError naming the file)."""
+    """Types of the ``bundle.json`` entries this module reads (one-line InputError naming the
+    file)."""
     if not isinstance(manifest, dict):
         raise InputError(path, f"not a bundle manifest (a JSON object expected, got "
                                f"{type(manifest).__name__})")
@@ -334,20 +352,21 @@ def _check_manifest(manifest, path: Path) -> dict:
     for key, kind in (("files", dict), ("model_card", dict), ("description", str)):
         value = manifest.get(key)
         if value is not None and not isinstance(value, kind):
-            raise InputError(path, f"{key} must be a JSON {'object' if kind is dict else 'string'}, "
-                                   f"got {type(value).__name__}")
+            what = "object" if kind is dict else "string"
+            raise InputError(path, f"{key} must be a JSON {what}, got {type(value).__name__}")
     return manifest
 
 
 def _bundle_file(root: Path, manifest_path: Path, key: str, name) -> Path:
-    """``root / name`` for a ``files`` entry of ``bundle.json``, refused unless it is a plain relative
-    name that stays inside the bundle folder once symlinks are resolved."""
+    """``root / name`` for a ``files`` entry of ``bundle.json``, refused unless it is a plain
+    relative name that stays inside the bundle folder once symlinks are resolved."""
     where = f"files.{key}"
     if not isinstance(name, str) or not name.strip():
         raise InputError(manifest_path, f"{where} must be a file name, got {name!r}")
     if "\0" in name or "?" in name or "#" in name:
         # ("?": detectron2 reads the rest of a weights path as URL options)
-        raise InputError(manifest_path, f"{where} {name!r}: file names with NUL, '?' or '#' are refused")
+        raise InputError(manifest_path,
+                         f"{where} {name!r}: file names with NUL, '?' or '#' are refused")
     path = root / name
     try:
         inside = path.resolve().is_relative_to(root.resolve())
@@ -362,16 +381,17 @@ def _bundle_file(root: Path, manifest_path: Path, key: str, name) -> Path:
 def load_bundle(root: str | Path, trust_pickle: bool = False) -> Bundle:
     """Check a bundle folder and return its paths.
 
-    The bundle is treated as data from anywhere: ``bundle.json`` and ``operating_points.json`` must be
-    strict JSON of the expected types, every file name in ``bundle.json`` must resolve (symlinks
+    The bundle is treated as data from anywhere: ``bundle.json`` and ``operating_points.json`` must
+    be strict JSON of the expected types, every file name in ``bundle.json`` must resolve (symlinks
     included) inside the folder, and pickled mass weights (``*.pkl``, which run code when unpickled)
-    are refused unless ``trust_pickle`` (``deeplima predict --trust-pickle``). The weights themselves
-    are checked when used (:meth:`Bundle.mass_cfg`, :func:`calc_seg.model.load_weights`).
+    are refused unless ``trust_pickle`` (``deeplima predict --trust-pickle``). The weights
+    themselves are checked when used (:meth:`Bundle.mass_cfg`, :func:`calc_seg.model.load_weights`).
 
     Raises:
-        InputError: the folder, ``bundle.json`` or one of the config / weight files is missing (one line
-            naming the missing path), a file name points outside the folder (naming ``bundle.json``,
-            the key and the name), a JSON file is malformed, or the mass weights are a refused pickle.
+        InputError: the folder, ``bundle.json`` or one of the config / weight files is missing (one
+            line naming the missing path), a file name points outside the folder (naming
+            ``bundle.json``, the key and the name), a JSON file is malformed, or the mass weights
+            are a refused pickle.
     """
     root = Path(root)
     if not root.is_dir():
@@ -385,12 +405,14 @@ def load_bundle(root: str | Path, trust_pickle: bool = False) -> Bundle:
     paths = {key: _bundle_file(root, manifest_path, key, name) for key, name in files.items()}
     for key in ("mass_config", "mass_weights", "calc_config", "calc_weights"):
         if not paths[key].is_file():
-            raise InputError(paths[key], f"model bundle is missing its {key.replace('_', ' ')} file")
+            raise InputError(paths[key],
+                             f"model bundle is missing its {key.replace('_', ' ')} file")
     if paths["mass_weights"].name.endswith(".pkl") and not trust_pickle:
         raise InputError(paths["mass_weights"],
-                         "a .pkl file is a Python pickle (detectron2/Caffe2 weights), and unpickling "
-                         "can run any code: refused unless you trust this bundle and say so "
-                         "(deeplima predict --trust-pickle; load_bundle(..., trust_pickle=True))")
+                         "a .pkl file is a Python pickle (detectron2/Caffe2 weights), and "
+                         "unpickling can run any code: refused unless you trust this bundle and "
+                         "say so (deeplima predict --trust-pickle; load_bundle(..., "
+                         "trust_pickle=True))")
     ops_path = paths["operating_points"]
     ops = check_operating_points(read_json_strict(ops_path), ops_path) if ops_path.is_file() else {}
     return Bundle(root=root, operating_points=ops, manifest=manifest, trust_pickle=trust_pickle,
@@ -411,15 +433,6 @@ def random_bundle(
 
     Defaults: the instant-test configs of both pipelines (``quick_schedules/*_instant_test.yaml``).
     """
-    import torch
-    from detectron2.modeling import build_model
-
-    import calc_seg
-    import mass_det
-    from calc_seg.config import get_calc_seg_cfg
-    from calc_seg.model import build_model as build_unet
-    from mass_det.config import get_mass_det_cfg
-
     mass_config = mass_config or (Path(mass_det.__file__).parent / "configs" / "quick_schedules"
                                   / "mass_det_instant_test.yaml")
     calc_config = calc_config or (Path(calc_seg.__file__).parent / "configs" / "quick_schedules"
@@ -427,7 +440,8 @@ def random_bundle(
     mass_cfg = get_mass_det_cfg(str(mass_config), ["MODEL.DEVICE", "cpu", *mass_opts])
     calc_cfg = get_calc_seg_cfg(str(calc_config), list(calc_opts))
     torch.manual_seed(seed)
-    return save_bundle(out_dir, mass_cfg, build_model(mass_cfg), calc_cfg, build_unet(calc_cfg),
+    return save_bundle(out_dir, mass_cfg, build_mass_model(mass_cfg), calc_cfg,
+                       build_calc_model(calc_cfg),
                        operating_points=operating_points,
                        description="randomly initialised models (tests and benchmarks only)",
                        sources={k: {"initialisation": f"random (torch seed {seed})"}
@@ -442,7 +456,8 @@ CHECKPOINT_CHOICES = ("best", "final")
 class ModelSource:
     """The config and weights files of one model, and the training folder they were found in.
 
-    ``output_dir`` and ``checkpoint`` ("best" | "final") are None when the files were named directly.
+    ``output_dir`` and ``checkpoint`` ("best" | "final") are None when the files were named
+    directly.
     """
 
     config: Path
@@ -522,14 +537,15 @@ def _source(kind: str, output_dir, config, weights, checkpoint: str, find) -> Mo
     return ModelSource(Path(config), Path(weights))
 
 
-def mass_source(output_dir=None, config=None, weights=None, checkpoint: str = "best") -> ModelSource:
+def mass_source(output_dir=None, config=None, weights=None,
+                checkpoint: str = "best") -> ModelSource:
     """Config and weights of the mass detector: from a ``mass_det.train_net`` OUTPUT_DIR, or named.
 
     In OUTPUT_DIR, detectron2 writes ``config.yaml`` (``default_setup``), the periodic
     ``model_XXXXXXX.pth``, ``model_final.pth`` at the end of the schedule, and ``last_checkpoint``
-    naming the latest of them. ``checkpoint="best"`` takes ``model_final.pth``, else the file named in
-    ``last_checkpoint`` (a run stopped early); ``"final"`` takes the file named in ``last_checkpoint``,
-    else ``model_final.pth``.
+    naming the latest of them. ``checkpoint="best"`` takes ``model_final.pth``, else the file named
+    in ``last_checkpoint`` (a run stopped early); ``"final"`` takes the file named in
+    ``last_checkpoint``, else ``model_final.pth``.
 
     Raises:
         InputError: a file is missing (one line naming it) or the arguments are incomplete.
@@ -537,11 +553,13 @@ def mass_source(output_dir=None, config=None, weights=None, checkpoint: str = "b
     return _source("mass", output_dir, config, weights, checkpoint, _find_mass_checkpoint)
 
 
-def calc_source(output_dir=None, config=None, weights=None, checkpoint: str = "best") -> ModelSource:
-    """Config and weights of the calcification U-Net: from a ``calc_seg.train_net`` OUTPUT_DIR, or named.
+def calc_source(output_dir=None, config=None, weights=None,
+                checkpoint: str = "best") -> ModelSource:
+    """Config and weights of the calcification U-Net: from a ``calc_seg.train_net`` OUTPUT_DIR or
+    named files.
 
-    In OUTPUT_DIR, ``calc_seg.train_net`` writes ``config.yaml`` and the trainer ``model_best.pth`` (best
-    validation recall at 1 FP/image) and ``model_last.pth`` (after each epoch).
+    In OUTPUT_DIR, ``calc_seg.train_net`` writes ``config.yaml`` and the trainer ``model_best.pth``
+    (best validation recall at 1 FP/image) and ``model_last.pth`` (after each epoch).
     ``checkpoint="best"`` takes ``model_best.pth``, ``"final"`` ``model_last.pth``.
 
     Raises:
@@ -550,20 +568,21 @@ def calc_source(output_dir=None, config=None, weights=None, checkpoint: str = "b
     return _source("calc", output_dir, config, weights, checkpoint, _find_calc_checkpoint)
 
 
-def _load_cfg(kind: str, config: Path, opts=(), in_bundle: bool = False):
-    """The config of one model from its YAML file (safe YAML only), with ``opts`` merged; an unusable
-    file is an InputError naming it. ``in_bundle``: a bundle's config is a complete dump and may not
-    name another file (``_BASE_``), which could lie anywhere (or be a URL)."""
+def load_model_cfg(kind: str, config: str | Path, opts=(), in_bundle: bool = False):
+    """The config of one model (``kind`` "mass" | "calc") from its YAML file (safe YAML only), with
+    ``opts`` (``KEY VALUE`` overrides) merged; the calc_seg config is returned frozen.
+
+    ``in_bundle``: a bundle's config is a complete dump and may not name another file (``_BASE_``),
+    which could lie anywhere (or be a URL).
+
+    Raises:
+        InputError: an unusable file (YAML, unknown keys, inconsistent values), one line naming it.
+    """
     if in_bundle:
         _refuse_base(config)
     try:
         if kind == "mass":
-            import mass_det  # noqa: F401  (registers the components the config names)
-            from mass_det.config import get_mass_det_cfg
-
             return get_mass_det_cfg(str(config), list(opts))
-        from calc_seg.config import get_calc_seg_cfg
-
         cfg = get_calc_seg_cfg(str(config), list(opts))
         cfg.freeze()
         return cfg
@@ -576,8 +595,6 @@ def _load_cfg(kind: str, config: Path, opts=(), in_bundle: bool = False):
 
 
 def _refuse_base(config: Path) -> None:
-    import yaml
-
     try:
         data = yaml.safe_load(Path(config).read_bytes())
     except (OSError, yaml.YAMLError):
@@ -588,7 +605,8 @@ def _refuse_base(config: Path) -> None:
 
 
 def check_weights_fit(kind: str, cfg, weights: str | Path) -> dict:
-    """Build the model of ``cfg`` on the CPU and check that ``weights`` holds exactly its parameters.
+    """Build the model of ``cfg`` on the CPU and check that ``weights`` holds exactly its
+    parameters.
 
     detectron2 loads mass weights non-strictly (mismatches are only logged), so a config and weights
     of different runs would otherwise make a bundle that silently predicts with random layers.
@@ -598,11 +616,9 @@ def check_weights_fit(kind: str, cfg, weights: str | Path) -> dict:
         "best_val_recall_at_1fp"}`` (calc_seg), when present.
 
     Raises:
-        InputError: unreadable checkpoint, or missing / unexpected / differently shaped parameters (one
-            line with counts and an example key).
+        InputError: unreadable checkpoint, or missing / unexpected / differently shaped parameters
+            (one line with counts and an example key).
     """
-    from calc_seg.model import load_checkpoint
-
     weights = Path(weights)
     if weights.name.endswith(".pkl"):
         raise InputError(weights, "a .pkl file is a Python pickle, which can run code when loaded: "
@@ -618,16 +634,12 @@ def check_weights_fit(kind: str, cfg, weights: str | Path) -> dict:
     state = {k.removeprefix("module."): v for k, v in state.items()}
 
     if kind == "mass":
-        from detectron2.modeling import build_model
-
         cfg = cfg.clone()
         cfg.defrost()
         cfg.MODEL.DEVICE = "cpu"
-        model = build_model(cfg)
+        model = build_mass_model(cfg)
     else:
-        from calc_seg.model import build_model as build_unet
-
-        model = build_unet(cfg)
+        model = build_calc_model(cfg)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -650,71 +662,32 @@ def check_weights_fit(kind: str, cfg, weights: str | Path) -> dict:
     return meta
 
 
-def calibrate_bundle(
-    bundle: Bundle | str | Path,
-    gt_root: str | Path,
-    split: str = "val",
-    work_dir: str | Path | None = None,
-    fps: Iterable[float] = DEFAULT_TARGET_FPS,
-    default_fp: float = 1,
-    progress: bool = True,
-) -> dict:
-    """Choose a bundle's operating points on a validation split and store them.
-
-    Runs :func:`deeplima.operating_point.calibrate` (predictions of the split into ``work_dir``,
-    default ``BUNDLE/calibration_predictions``) and :func:`save_operating_points` (``operating_points.json``
-    and the model card's ``calibration`` with the validation figures). Returns the operating points.
-    """
-    from .operating_point import calibrate
-    from .pipeline import Pipeline
-
-    bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    # the threshold only marks findings in the validation predictions; calibration reads whole curves
-    ops = calibrate(Pipeline(bundle, threshold=0.5), gt_root,
-                    work_dir or bundle.root / "calibration_predictions", split=split, fps=fps,
-                    default_fp=default_fp, progress=progress)
-    save_operating_points(bundle, ops)
-    return ops
-
-
 def build_bundle(
     out_dir: str | Path,
     mass: ModelSource,
     calc: ModelSource,
-    calibrate_on: str | Path | None = None,
-    split: str = "val",
-    work_dir: str | Path | None = None,
-    fps: Iterable[float] = DEFAULT_TARGET_FPS,
-    default_fp: float = 1,
     description: str = "",
-    progress: bool = True,
 ) -> Bundle:
-    """A bundle from the files of two trainings (``deeplima bundle``), calibrated on request.
+    """A bundle from the files of two trainings (``deeplima bundle``), not yet calibrated.
 
-    Loads both configs, checks that each weights file fits its config (:func:`check_weights_fit`),
-    writes the bundle with :func:`save_bundle` (weights copied byte for byte, model card with their
-    SHA-256 and ``mass.card()`` / ``calc.card()`` as sources), then, with ``calibrate_on`` (a canonical
-    dataset folder), runs :func:`calibrate_bundle` on its ``split``. An ``operating_points.json`` left
-    in ``out_dir`` by an earlier bundle is removed: its thresholds belong to other weights.
+    Loads both configs, checks that each weights file fits its config (:func:`check_weights_fit`)
+    and writes the bundle with :func:`save_bundle` (weights copied byte for byte, model card with
+    their SHA-256 and ``mass.card()`` / ``calc.card()`` as sources). An ``operating_points.json``
+    left in ``out_dir`` by an earlier bundle is removed: its thresholds belong to other weights.
+    Operating points are chosen afterwards by :func:`deeplima.calibration.calibrate_bundle`
+    (``deeplima bundle --calibrate-on``), which needs both models running.
 
     Args:
         mass, calc: from :func:`mass_source` / :func:`calc_source`.
-        work_dir: folder of the validation predictions (default ``BUNDLE/calibration_predictions``).
-        fps, default_fp: FP/image levels of the operating points, and the one ``predict`` uses by
-            default.
 
     Raises:
-        InputError: an unusable config, weights file or calibration dataset (one line naming it).
+        InputError: an unusable config or weights file (one line naming it).
     """
-    mass_cfg = _load_cfg("mass", mass.config)
-    calc_cfg = _load_cfg("calc", calc.config)
+    mass_cfg = load_model_cfg("mass", mass.config)
+    calc_cfg = load_model_cfg("calc", calc.config)
     sources = {"mass": {**mass.card(), **check_weights_fit("mass", mass_cfg, mass.weights)},
                "calc": {**calc.card(), **check_weights_fit("calc", calc_cfg, calc.weights)}}
     out = Path(out_dir)
     (out / FILES["operating_points"]).unlink(missing_ok=True)
-    bundle = save_bundle(out, mass_cfg, mass.weights, calc_cfg, calc.weights,
-                         description=description, sources=sources)
-    if calibrate_on is not None:
-        calibrate_bundle(bundle, calibrate_on, split=split, work_dir=work_dir, fps=fps,
-                         default_fp=default_fp, progress=progress)
-    return bundle
+    return save_bundle(out, mass_cfg, mass.weights, calc_cfg, calc.weights,
+                       description=description, sources=sources)

@@ -1,8 +1,9 @@
 """Operating points: the score threshold that gives K false positives per image on a validation set.
 
-The FROC curve comes from :mod:`common.metrics` (``evaluate_boxes`` for masses, ``evaluate_masks`` for
-calcifications), so the threshold is read off exactly the curve that the reports show; nothing here
-counts hits or false positives itself.
+The FROC curve comes from :mod:`common.metrics` (``evaluate_boxes`` for masses, ``evaluate_masks``
+for calcifications), so the threshold is read off exactly the curve that the reports show; nothing
+here counts hits or false positives itself. The validation run that produces those curves is
+:func:`deeplima.calibration.calibrate`'s; this module only reads thresholds off them.
 
 ``operating_points.json`` (stored in the model bundle)::
 
@@ -10,7 +11,7 @@ counts hits or false positives itself.
       "source": "validation set description",
       "mass": {"1": {"threshold": 0.43, "fp_per_image": 0.9, "sensitivity": 0.6}, "2": {...}, ...},
       "calc": {"1": {...}, ...},
-      "default_fp": "1",         # used by ``predict`` when neither --threshold nor --target-fp is given
+      "default_fp": "1",         # used by ``predict`` without --threshold or --target-fp
       "validation": {...}        # figures of the calibration split (``validation_figures``; also in
                                  # the model card of ``bundle.json``)
     }
@@ -24,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import InputError
 from common.io import finite_or_none
 from common.metrics.froc import fp_key
 
 __all__ = [
     "DEFAULT_TARGET_FPS",
     "OperatingPointError",
-    "calibrate",
     "check_operating_points",
     "choose_operating_points",
     "resolve_thresholds",
@@ -69,16 +70,14 @@ def _non_finite(obj, where: str = "") -> str | None:
 def check_operating_points(ops, path=None) -> dict:
     """Validate the content of ``operating_points.json``; returns it unchanged.
 
-    Expected (see the module docstring): an object; ``mass`` / ``calc`` objects mapping FP/image levels
-    (positive numbers as strings) to ``{"threshold": finite number, "fp_per_image", "sensitivity"
-    (finite numbers or null)}``; ``default_fp`` null or a positive level; ``source`` a string; no NaN or
-    infinite number anywhere.
+    Expected (see the module docstring): an object; ``mass`` / ``calc`` objects mapping FP/image
+    levels (positive numbers as strings) to ``{"threshold": finite number, "fp_per_image",
+    "sensitivity" (finite numbers or null)}``; ``default_fp`` null or a positive level; ``source`` a
+    string; no NaN or infinite number anywhere.
 
     Raises:
         common.errors.InputError: one line naming ``path`` and what is wrong.
     """
-    from common.errors import InputError
-
     def bad(reason: str):
         return InputError(path, f"not a valid operating points file: {reason}")
 
@@ -122,7 +121,8 @@ def check_operating_points(ops, path=None) -> dict:
 
 
 def threshold_at_fp(froc: Mapping, k: float) -> dict:
-    """Score threshold reaching the highest sensitivity with at most ``k`` false positives per image.
+    """Score threshold reaching the highest sensitivity with at most ``k`` false positives per
+    image.
 
     Args:
         froc: a ``froc`` entry of a ``common.metrics`` report: ``thresholds`` (descending),
@@ -138,18 +138,21 @@ def threshold_at_fp(froc: Mapping, k: float) -> dict:
         lesion.
     """
     thr = np.asarray(froc.get("thresholds", []), dtype=np.float64)
-    fppi = np.asarray([np.nan if v is None else v for v in froc.get("fp_per_image", [])], np.float64)
-    sens = np.asarray([np.nan if v is None else v for v in froc.get("sensitivity", [])], np.float64)
+    fppi = np.asarray([np.nan if v is None else v for v in froc.get("fp_per_image", [])],
+                      np.float64)
+    sens = np.asarray([np.nan if v is None else v for v in froc.get("sensitivity", [])],
+                      np.float64)
     no_lesion = bool(len(sens)) and bool(np.isnan(sens).all())
-    # the curve starts with "keep nothing" (threshold just above the top score: 0 FP, 0 sensitivity),
-    # the right choice when no threshold within k FP finds anything
+    # the curve starts with "keep nothing" (threshold just above the top score: 0 FP, 0
+    # sensitivity), the right choice when no threshold within k FP finds anything
     top = float(thr[0]) if len(thr) else 1.0
     thr = np.concatenate([[np.nextafter(top, np.inf)], thr])
     fppi = np.concatenate([[0.0], fppi])
     sens = np.concatenate([[np.nan if no_lesion else 0.0], sens])
     ok = np.flatnonzero(fppi <= float(k))
     s = np.nan_to_num(sens[ok], nan=-1.0)
-    best = ok[int(np.argmax(s >= s.max()))]  # first (= highest threshold) reaching the best sensitivity
+    # the first (= highest) threshold that reaches the best sensitivity
+    best = ok[int(np.argmax(s >= s.max()))]
     return {
         "threshold": float(thr[best]),
         "fp_per_image": float(fppi[best]),
@@ -182,11 +185,13 @@ def resolve_thresholds(
 ) -> dict:
     """Thresholds of a prediction run: ``{"mass": t, "calc": t, "source": "..."}``.
 
-    ``threshold`` wins; else ``target_fp`` K reads ``operating_points[kind][K]`` (OperatingPointError with
-    the available levels when K was not calibrated); else the bundle's ``default_fp``; else ``fallback``.
+    ``threshold`` wins; else ``target_fp`` K reads ``operating_points[kind][K]``
+    (OperatingPointError with the available levels when K was not calibrated); else the bundle's
+    ``default_fp``; else ``fallback``.
     """
     if threshold is not None:
-        return {"mass": float(threshold), "calc": float(threshold), "source": f"--threshold {threshold}"}
+        return {"mass": float(threshold), "calc": float(threshold),
+                "source": f"--threshold {threshold}"}
     key = None
     if target_fp is not None:
         key = fp_key(target_fp)
@@ -200,67 +205,29 @@ def resolve_thresholds(
         elif target_fp is not None:
             levels = ", ".join(sorted(table, key=float)) or "none"
             raise OperatingPointError(
-                f"the bundle has no {kind} operating point for {key} FP/image (calibrated: {levels})"
+                f"the bundle has no {kind} operating point for {key} FP/image "
+                f"(calibrated: {levels})"
             )
         else:
             out[kind] = float(fallback)
-    out["source"] = (f"operating point {key} FP/image" if key is not None and "mass" in operating_points
+    calibrated = key is not None and "mass" in operating_points
+    out["source"] = (f"operating point {key} FP/image" if calibrated
                      else f"default threshold {fallback}")
     return out
-
-
-def calibrate(
-    pipeline,
-    gt_root,
-    work_dir,
-    split: str = "val",
-    fps: Iterable[float] = DEFAULT_TARGET_FPS,
-    default_fp: float = 1,
-    progress: bool = True,
-) -> dict:
-    """Operating points of ``pipeline`` on the ``split`` images of a canonical dataset.
-
-    Predicts the split into ``work_dir`` (a prediction folder, see :mod:`deeplima.pipeline`), scores it
-    with :func:`deeplima.report.evaluate_folder` (common.metrics) and reads the thresholds off the two
-    FROC curves. Returns the ``operating_points.json`` content (store it with
-    :func:`deeplima.bundle.save_operating_points`), with a ``validation`` entry holding the figures
-    of that split (:func:`validation_figures`) for the bundle's model card.
-
-    Raises:
-        InputError: the split has no image (or the dataset's COCO file is missing).
-    """
-    from common.canonical import load_canonical_dicts
-    from common.errors import InputError
-
-    from .pipeline import write_predictions
-    from .report import evaluate_folder
-
-    fps = list(fps)
-    dicts = load_canonical_dicts(gt_root, "mass", split)
-    if not dicts:
-        raise InputError(gt_root, f"no image in split {split!r} to calibrate on")
-    write_predictions(pipeline, [d["file_name"] for d in dicts], work_dir, progress=progress,
-                      stems=[d["stem"] for d in dicts])
-    ev = evaluate_folder(work_dir, gt_root, split, fps=fps)
-    ops = choose_operating_points(
-        ev["mass"], ev["calc"], fps, default_fp=default_fp,
-        source=f"{gt_root} split {split} ({len(dicts)} images; {ev['mass']['n_lesions']} masses, "
-               f"{ev['calc']['n_lesions']} calcifications)")
-    ops["validation"] = validation_figures(ev, gt_root, fps)
-    return ops
 
 
 def validation_figures(ev: Mapping, gt_root, fps: Iterable[float]) -> dict:
     """The figures of a validation run worth keeping with the models (JSON-ready, NaN -> None).
 
     Args:
-        ev: the result of :func:`deeplima.report.evaluate_folder` on the validation split.
+        ev: the result of :func:`deeplima.report.evaluate_folder` on the validation split
+            (:func:`deeplima.calibration.calibrate`).
 
     Returns:
         ``{"data_root", "split", "n_images", "fps", "mass": {"n_lesions", "recall",
         "sensitivity_at_fp", "ap50_coco"}, "calc": {"n_lesions", "recall", "sensitivity_at_fp"
-        (lesion recall of the IoP FROC), "gt_labels", "per_type": {type: {"n_lesions", "recall"}}}}``;
-        ``sensitivity_at_fp`` keys are :func:`common.metrics.froc.fp_key` levels.
+        (lesion recall of the IoP FROC), "gt_labels", "per_type": {type: {"n_lesions",
+        "recall"}}}}``; ``sensitivity_at_fp`` keys are :func:`common.metrics.froc.fp_key` levels.
     """
     m, c = ev["mass"], ev["calc"]
     out = {

@@ -1,18 +1,21 @@
-"""Overlay drawing shared by ``deeplima predict`` (full-size overlays) and the HTML report (thumbnails).
+"""The one overlay drawer: full-size overlays of every prediction folder (``deeplima predict``,
+``predict-mass``, ``predict-calc``; :mod:`deeplima.writer`) and the HTML report's thumbnails.
 
-Colours (RGB) are fixed so every picture reads the same way: mass boxes orange, calcification outlines
-cyan, ground truth green (report only). Scores are printed next to each
-finding. All inputs are in the ORIGINAL image frame: boxes ``[x, y, w, h]`` in pixels (top-left origin,
-x = column), masks (H, W) bool.
+Colours (RGB) are fixed so every picture reads the same way: mass boxes orange, calcification
+outlines cyan, ground truth green (report only). Scores are printed next to each finding. All inputs
+are in the ORIGINAL image frame: boxes ``[x, y, w, h]`` in pixels (top-left origin, x = column),
+masks (H, W) bool.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
-__all__ = ["CALC_COLOR", "GT_COLOR", "MASS_COLOR", "crop_around", "draw_findings", "to_rgb", "thumbnail"]
+__all__ = ["CALC_COLOR", "GT_COLOR", "MASS_COLOR", "MISS_COLOR", "crop_around", "draw_findings",
+           "thumbnail", "to_rgb"]
 
 MASS_COLOR = (255, 140, 0)
 CALC_COLOR = (0, 220, 255)
@@ -33,14 +36,13 @@ def _line_width(shape) -> int:
 
 
 def _label(rgb, text, x, y, color, scale_px):
-    import cv2
-
     scale = max(0.35, scale_px / 30)
     thick = max(1, int(round(scale * 1.5)))
     (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
     x = int(min(max(x, 0), max(rgb.shape[1] - tw, 0)))
     y = int(min(max(y, th + 2), rgb.shape[0] - 2))
-    cv2.putText(rgb, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2, cv2.LINE_AA)
+    cv2.putText(rgb, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thick + 2,
+                cv2.LINE_AA)
     cv2.putText(rgb, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thick, cv2.LINE_AA)
 
 
@@ -59,17 +61,15 @@ def draw_findings(
     Args:
         gray: (H, W) uint8 image, original frame.
         masses: dicts with ``bbox`` [x, y, w, h] and ``score`` (drawn as orange boxes).
-        calc_mask: (H, W) bool calcification mask; its outlines are drawn in cyan.
-        calcs: component dicts with ``bbox`` and ``score``: their scores are printed (the outline comes
-            from ``calc_mask``).
+        calc_mask: (H, W) bool calcification mask, or None; its outlines are drawn in cyan.
+        calcs: component dicts with ``bbox`` and ``score``: their scores are printed (the outline
+            comes from ``calc_mask``).
         gt_boxes / gt_mask: ground truth to draw in green (report thumbnails).
         max_calc_labels: only the best-scoring components get a printed score (legibility).
 
     Returns:
         (H, W, 3) uint8 RGB.
     """
-    import cv2
-
     rgb = to_rgb(gray)
     lw = _line_width(rgb.shape)
     text_px = max(10.0, min(rgb.shape[:2]) / 40)
@@ -110,10 +110,9 @@ def crop_around(rgb: np.ndarray, bbox: Sequence[float], context: float = 2.0, mi
 
 
 def thumbnail(rgb: np.ndarray, max_side: int = 256, enlarge: bool = False) -> np.ndarray:
-    """Resize so the longer side is ``max_side``: area interpolation when shrinking; a smaller image is
-    kept as is, or enlarged with nearest-neighbour interpolation (pixels stay visible) with ``enlarge``."""
-    import cv2
-
+    """Resize so the longer side is ``max_side``: area interpolation when shrinking; a smaller image
+    is kept as is, or enlarged with nearest-neighbour interpolation (pixels stay visible) with
+    ``enlarge``."""
     h, w = rgb.shape[:2]
     s = max_side / max(h, w)
     if s >= 1 and not enlarge:

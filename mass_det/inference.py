@@ -1,36 +1,35 @@
-"""Prediction on mammogram files: pre-processing, DefaultPredictor, boxes back in original pixels."""
+"""The mass detector's predictor: a pre-processed 8-bit mammogram in, boxes and scores out.
+
+:class:`MassPredictor` wraps detectron2's :class:`~detectron2.engine.DefaultPredictor` (which
+resizes the image to ``INPUT.MIN_SIZE_TEST`` and maps the boxes back to the frame it was given) with
+the weights loaded as data and required to set every parameter (:func:`build_default_predictor`). It
+does no pre-processing: the caller gives it the uint8 (H, W) result of
+:func:`common.preprocess.preprocess` and gets boxes in the frame of that image. Reading files,
+laterality and writing outputs belong to ``deeplima`` (``deeplima.pipeline``, ``deeplima.writer``;
+``python -m deeplima predict-mass``).
+"""
 
 from __future__ import annotations
 
-import logging
-import sys
-from collections.abc import Sequence
-from pathlib import Path
-
 import numpy as np
+import torch
+from detectron2.engine import DefaultPredictor
 
 from common.errors import InputError
-from common.inputs import collect_inputs, unique_stems
 
-from .config import get_mass_det_cfg, resolve_device
-from .data.mapper import gray_to_model_input
+from .config import resolve_device
+from .data.transforms import gray_to_model_input
 from .engine.trainer import load_mass_weights, resolve_weights_file
-from .evaluation.froc_evaluator import instances_to_coco_results
 
-__all__ = ["MassPredictor", "collect_inputs", "draw_overlay", "predict_mass"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["MassPredictor", "build_default_predictor"]
 
 
-
-def build_default_predictor(cfg, *, trust_pickle: bool = False):
+def build_default_predictor(cfg, *, trust_pickle: bool = False) -> DefaultPredictor:
     """detectron2's :class:`DefaultPredictor` for ``cfg`` with ``MODEL.WEIGHTS`` loaded as data
     (:func:`~mass_det.engine.trainer.load_mass_weights`): a ``.pth`` through
-    ``torch.load(weights_only=True)``, a ``.pkl`` only from the model zoo or with ``trust_pickle``, and
-    every parameter set by the file. A refused, damaged, foreign or incomplete file raises
+    ``torch.load(weights_only=True)``, a ``.pkl`` only from the model zoo or with ``trust_pickle``,
+    and every parameter set by the file. A refused, damaged, foreign or incomplete file raises
     :class:`InputError` naming it."""
-    from detectron2.engine import DefaultPredictor
-
     weights = str(cfg.MODEL.WEIGHTS)
     if not weights:
         raise InputError(None, "no weights given: the mass detector would predict with random ones")
@@ -49,101 +48,70 @@ def build_default_predictor(cfg, *, trust_pickle: bool = False):
 
 
 class MassPredictor:
-    """``MassPredictor(cfg, weights)(path)`` -> (8-bit image, COCO results in original pixels).
+    """``MassPredictor(predictor)(image)`` -> (boxes, scores) of one pre-processed mammogram.
 
-    The file goes through :func:`common.preprocess.preprocess` (as in training), the windowed 8-bit
-    image is replicated to 3 channels and given to detectron2's :class:`DefaultPredictor`, which resizes
-    it to ``INPUT.MIN_SIZE_TEST`` and returns boxes in the frame of the image it was given; boxes of an
-    image that pre-processing mirrored are mirrored back.
+    Built from parts (any ``predictor`` that maps an (H, W, 3) uint8 array to ``{"instances":
+    Instances}`` with ``pred_boxes`` and ``scores`` in that array's frame, e.g. a
+    :class:`DefaultPredictor`) or from a config with :meth:`from_config`.
     """
 
-    def __init__(self, cfg, weights: str, *, trust_pickle: bool = False):
-        resolve_weights_file(weights)  # one line for a missing file or a failed download
+    def __init__(self, predictor, *, image_format: str = "BGR", cfg=None):
+        """
+        Args:
+            predictor: callable (H, W, 3) uint8 -> ``{"instances": Instances}``.
+            image_format: channel order ``predictor`` takes ("BGR" | "RGB"; grey levels are equal in
+                both, see :func:`~mass_det.data.transforms.gray_to_model_input`).
+            cfg: the detectron2 config the predictor was built from (kept for the caller; frozen).
+        """
+        self.predictor = predictor
+        self.image_format = image_format
+        self.cfg = cfg
+
+    @classmethod
+    def from_config(cls, cfg, weights: str | None = None, *, device: str | None = None,
+                    trust_pickle: bool = False) -> MassPredictor:
+        """The predictor of a detectron2 config (``mass_det.config.get_mass_det_cfg``).
+
+        Args:
+            cfg: the config (not modified).
+            weights: checkpoint path or model-zoo URL; None = ``cfg.MODEL.WEIGHTS``.
+            device: "cpu", "cuda", ... (None = ``cfg.MODEL.DEVICE``); CUDA asked for but absent
+                falls back to the CPU (:func:`~mass_det.config.resolve_device`).
+            trust_pickle: accept ``.pkl`` (pickle) weights from outside detectron2's model zoo.
+
+        Raises:
+            FileNotFoundError: the weights file is missing or cannot be downloaded
+                (:class:`~mass_det.engine.trainer.WeightsNotFoundError`, one line).
+            InputError: the weights are refused, unreadable, or leave parameters unset (one line).
+        """
         cfg = cfg.clone()
         cfg.defrost()
-        cfg.MODEL.WEIGHTS = str(weights)
+        if weights is not None:
+            cfg.MODEL.WEIGHTS = str(weights)
+        # a missing file or a failed download: one line, before anything else is built or logged
+        resolve_weights_file(str(cfg.MODEL.WEIGHTS))
+        if device is not None:
+            cfg.MODEL.DEVICE = str(device)
         resolve_device(cfg)
-        self.cfg = cfg
-        self.predictor = build_default_predictor(cfg, trust_pickle=trust_pickle)
+        cfg.freeze()
+        # DefaultPredictor takes BGR and converts when INPUT.FORMAT is RGB: BGR is always right here
+        return cls(build_default_predictor(cfg, trust_pickle=trust_pickle), image_format="BGR",
+                   cfg=cfg)
 
-    def __call__(self, path: str | Path, image_id: int = 0) -> tuple[np.ndarray, list[dict]]:
-        """Returns the pre-processed (H, W) uint8 image and COCO results (``bbox`` XYWH, original
-        pixels, ``score`` in [0, 1], ``category_id`` 1, ``image_id``). Raises InputError."""
-        from common.preprocess import preprocess
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Detect masses in one pre-processed mammogram.
 
-        m = self.cfg.INPUT.MAMMO
-        p = preprocess(str(path), remove_artifacts=m.REMOVE_ARTIFACTS,
-                       normalize_laterality=m.NORMALIZE_LATERALITY)
-        flipped = bool(p.record.get("flipped", False))
-        # DefaultPredictor takes BGR and converts when INPUT.FORMAT is RGB; grey levels are equal.
-        outputs = self.predictor(gray_to_model_input(p.image, "BGR"))
-        instances = outputs["instances"].to("cpu")
-        results = instances_to_coco_results(instances, image_id, width=p.image.shape[1],
-                                            flipped=flipped)
-        image = p.image[:, ::-1] if flipped else p.image  # back to the original frame
-        return np.ascontiguousarray(image), results
+        Args:
+            image: uint8 (H, W), the output of :func:`common.preprocess.preprocess` (in whatever
+                frame it returned: mirrored when it normalised laterality).
 
-
-def draw_overlay(gray: np.ndarray, results: Sequence[dict], threshold: float) -> np.ndarray:
-    """(H, W) uint8 -> (H, W, 3) uint8 RGB with red boxes and scores for results above ``threshold``."""
-    import cv2
-
-    rgb = np.repeat(gray[:, :, None], 3, axis=2).copy()
-    thickness = max(1, round(min(gray.shape) / 400))
-    for r in results:
-        if r["score"] < threshold:
-            continue
-        x, y, w, h = (int(round(v)) for v in r["bbox"])
-        cv2.rectangle(rgb, (x, y), (x + w, y + h), (255, 0, 0), thickness)
-        cv2.putText(rgb, f"{r['score']:.2f}", (x, max(y - 4, 10)), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.4 * thickness, (255, 0, 0), thickness)
-    return rgb
-
-
-def predict_mass(config_file: str | None, weights: str, inputs: Sequence[str | Path],
-                 output: str | Path, threshold: float = 0.0, overlay_threshold: float = 0.5,
-                 opts: Sequence[str] = (), progress: bool = True,
-                 trust_pickle: bool = False) -> list[str]:
-    """Predict masses in every input file and write ``output``/predictions.json, images.json and
-    overlays/<stem>.png.
-
-    ``predictions.json``: COCO results (``image_id``, ``category_id`` 1, ``bbox`` XYWH in ORIGINAL image
-    pixels, ``score``) with score >= ``threshold``; ``images.json``: ``[{"id", "file_name", "stem",
-    "height", "width"}]``, ids 1, 2, ... in input order. Files that fail are reported on stderr
-    (``InputError`` lines) and skipped. Returns the failure messages.
-
-    Raises:
-        FileNotFoundError: ``weights`` is neither a local file nor a URL that could be downloaded
-            (:class:`~mass_det.engine.trainer.WeightsNotFoundError`, one-line message).
-    """
-    from tqdm import tqdm
-
-    from common.io import atomic_write_json, atomic_write_png
-
-    cfg = get_mass_det_cfg(config_file, opts)
-    predictor = MassPredictor(cfg, weights, trust_pickle=trust_pickle)
-    output = Path(output)
-    files = collect_inputs(inputs)
-    predictions: list[dict] = []
-    images: list[dict] = []
-    failures: list[str] = []
-    stem_of = dict(zip(files, unique_stems(files), strict=True))
-    for image_id, path in enumerate(tqdm(files, desc="mass prediction", disable=not progress), 1):
-        try:
-            if not path.is_file():
-                raise InputError(path, "file not found")
-            gray, results = predictor(path, image_id)
-        except Exception as e:  # one bad file must not cost the others their results
-            msg = str(e) if isinstance(e, InputError) else f"{path}: {type(e).__name__}: {e}"
-            failures.append(msg)
-            print(f"error: {msg}", file=sys.stderr)
-            continue
-        stem = stem_of[path]
-        kept = [r for r in results if r["score"] >= threshold]
-        predictions += kept
-        images.append({"id": image_id, "file_name": str(path), "stem": stem,
-                       "height": int(gray.shape[0]), "width": int(gray.shape[1])})
-        atomic_write_png(output / "overlays" / f"{stem}.png", draw_overlay(gray, kept, overlay_threshold))
-    atomic_write_json(output / "predictions.json", predictions)
-    atomic_write_json(output / "images.json", images)
-    return failures
+        Returns:
+            (boxes, scores): boxes (N, 4) float32 XYXY in the pixels of ``image`` (top-left origin,
+            x = column), scores (N,) float32 in [0, 1], in the order of the model's output
+            (decreasing score).
+        """
+        rgb = gray_to_model_input(image, self.image_format)
+        with torch.inference_mode():
+            out = self.predictor(rgb)["instances"].to("cpu")
+        boxes = out.pred_boxes.tensor.numpy().astype(np.float32, copy=False).reshape(-1, 4)
+        return boxes, out.scores.numpy().astype(np.float32, copy=False)

@@ -1,11 +1,22 @@
-"""Sliding-window inference: exact reconstruction with an identity model, breast-only tiling."""
+"""Sliding-window inference: exact reconstruction with an identity model, breast-only tiling; the
+predictor built from a config."""
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from calc_seg.inference import compute_steps, mask_components, predict_image, window_positions
+from calc_seg.config import get_calc_seg_cfg
+from calc_seg.inference import (
+    CalcPredictor,
+    compute_steps,
+    mask_components,
+    predict_from_cfg,
+    predict_image,
+    window_positions,
+)
+from calc_seg.model import build_model
+from common.errors import InputError
 
 
 class Identity(nn.Module):
@@ -65,7 +76,8 @@ def test_breast_only_matches_full_frame_inside_breast_and_skips_tiles():
     assert part[199, 159] == 0
     # no breast at all: nothing is evaluated
     empty = Identity()
-    assert not predict_image(empty, img, np.zeros(img.shape, bool), 48, 32, to_prob=first_channel).any()
+    no_breast = np.zeros(img.shape, bool)
+    assert not predict_image(empty, img, no_breast, 48, 32, to_prob=first_channel).any()
     assert empty.tiles == 0
 
 
@@ -104,5 +116,31 @@ def test_mask_components():
         x, y = c["point"]
         assert labels[y, x] == c["label"]
     c = sorted(comps, key=lambda c: c["bbox"][1])
-    assert c[0]["bbox"] == [5, 5, 4, 3] and c[0]["area"] == 12 and c[0]["score"] == pytest.approx(0.9)
+    assert c[0]["bbox"] == [5, 5, 4, 3] and c[0]["area"] == 12
+    assert c[0]["score"] == pytest.approx(0.9)
     assert c[1]["type"] == "dot"
+
+
+def test_predictor_from_config_follows_the_test_settings(tmp_path):
+    """from_config: the sliding window, threshold and weights of the config; the same map as
+    predict_from_cfg (the trainer's validation path); weights required and read as data."""
+    cfg = get_calc_seg_cfg(None, ["MODEL.ENCODER", "vgg11_bn", "MODEL.DECODER_CHANNELS",
+                                  "[16, 8, 8]", "TEST.WINDOW", "32", "TEST.STRIDE", "24",
+                                  "TEST.THRESHOLD", "0.4"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    torch.save({"model": model.state_dict()}, tmp_path / "w.pth")
+    calc = CalcPredictor.from_config(cfg, tmp_path / "w.pth", device="cpu")
+    assert (calc.window, calc.stride, calc.threshold) == (32, 24, 0.4)
+    image = _image(40, 56)
+    breast = np.zeros(image.shape, bool)
+    breast[:, :30] = True
+    prob, labels, comps = calc(image, breast)
+    np.testing.assert_array_equal(prob, predict_from_cfg(model.eval(), image, breast, cfg, "cpu"))
+    ref_labels, ref_comps = mask_components(prob, 0.4, calc.label_params)
+    np.testing.assert_array_equal(labels, ref_labels)
+    assert comps == ref_comps
+    with pytest.raises(InputError, match="no weights given"):
+        CalcPredictor.from_config(cfg)
+    with pytest.raises(InputError, match="weights file not found"):
+        CalcPredictor.from_config(cfg, tmp_path / "missing.pth")

@@ -74,11 +74,11 @@ def test_train_net_cli_and_predict(synthetic_root, tmp_path):
     assert printed["gt_labels"] == "processed" and set(printed["raw_labels"]) == {"1", "2", "5", "10"}
     dcm = sorted((synthetic_root / "images").glob("*.dcm"))[0]
     r = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "predict_calc.py"), "--config", str(QUICK), "--weights",
+        [sys.executable, "-m", "scripts.predict_calc", "--config-file", str(QUICK), "--weights",
          str(out / "model_best.pth"), "--input", str(dcm), "--output", str(tmp_path / "pred"),
          "--device", "cpu"],
         cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
     )
     assert r.returncode == 0, r.stderr[-2000:]
-    meta = json.loads((tmp_path / "pred" / f"{dcm.stem}.json").read_text())
-    assert meta["height"] == 512 and meta["width"] == 416
+    meta = json.loads((tmp_path / "pred" / "per_image" / f"{dcm.stem}.json").read_text())
+    assert meta["height"] == 512 and meta["width"] == 416 and "calcifications" in meta

@@ -130,27 +130,30 @@ def test_predict_script_round_trip_and_failures(tmp_path):
     img, _ = _scene(0, 96, 128)
     atomic_write_png(tmp_path / "in" / "good.png", img)
     (tmp_path / "in" / "bad.png").write_bytes(b"not an image")
-    cmd = [sys.executable, str(REPO / "scripts" / "predict_calc.py"), "--config", str(QUICK),
+    cmd = [sys.executable, "-m", "scripts.predict_calc", "--config-file", str(QUICK),
            "--weights", str(tmp_path / "w.pth"), "--input", str(tmp_path / "in"),
            "--output", str(tmp_path / "out"), "--device", "cpu"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 1, r.stderr
-    assert "bad.png" in r.stderr and "good.png" not in r.stderr.replace("written", "")
+    assert "bad.png" in r.stderr and "good.png" not in r.stderr
     out = tmp_path / "out"
-    prob = read_png(out / "good_prob.png")
+    prob = read_png(out / "calc_prob" / "good.png")
     assert prob.dtype == np.uint16 and prob.shape == img.shape
-    assert read_png(out / "good_mask.png").shape == img.shape
-    assert read_png(out / "good_overlay.png").shape == (*img.shape, 3)
-    meta = json.loads((out / "good.json").read_text())
-    assert {"components", "threshold", "source"} <= set(meta)
-    for c in meta["components"]:
+    assert read_png(out / "calc_mask" / "good.png").shape == img.shape
+    assert read_png(out / "overlays" / "good.png").shape == (*img.shape, 3)
+    meta = json.loads((out / "per_image" / "good.json").read_text())
+    assert {"calcifications", "thresholds", "source"} <= set(meta) and "masses" not in meta
+    for c in meta["calcifications"]:
         assert {"bbox", "area", "score", "type"} <= set(c)
-    assert not (out / "bad_prob.png").exists()
+    assert not (out / "calc_prob" / "bad.png").exists()
+    assert [f["file"] for f in json.loads((out / "failures.json").read_text())] == [
+        str(tmp_path / "in" / "bad.png")]
 
-    r = subprocess.run(cmd[:5] + [str(tmp_path / "missing.pth")] + cmd[6:], capture_output=True,
-                       text=True, cwd=REPO, timeout=120)
+    weights_at = cmd.index("--weights") + 1
+    r = subprocess.run(cmd[:weights_at] + [str(tmp_path / "missing.pth")] + cmd[weights_at + 1:],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2 and "weights file not found" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_ablation_writes_tables(tmp_path, npy_preprocess):
@@ -161,8 +164,8 @@ def test_ablation_writes_tables(tmp_path, npy_preprocess):
     out = tmp_path / "abl"
     opts = ["PATCH.SIZE", 32, "PATCH.STRIDE", 32, "TEST.WINDOW", 32, "TEST.STRIDE", 32,
             "SOLVER.ITERS_PER_EPOCH", 1, "MODEL.DECODER_CHANNELS", [32, 16, 8], "LABELS.MIN_AREA", 9]
-    assert ablate.main(["--data", str(root), "--out", str(out), "--epochs", "1", "--config", str(QUICK),
-                        "--no-progress", "--opts", *map(str, opts)]) == 0
+    assert ablate.main(["--data", str(root), "--out", str(out), "--epochs", "1",
+                        "--config-file", str(QUICK), "--no-progress", *map(str, opts)]) == 0
     t3 = json.loads((out / "table3.json").read_text())
     rec = t3["recall"]
     assert list(rec) == ["U-Net BN", "U-Net LN", "U-Net GN"] and list(rec["U-Net GN"]) == ["1", "2", "5", "10"]

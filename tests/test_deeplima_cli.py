@@ -1,10 +1,14 @@
-"""``python -m scripts.deeplima``: predict (outputs, failures, resume), evaluate (HTML report), bundle
-(from training output folders, model card, calibration), errors."""
+"""``deeplima`` (``python -m deeplima``): predict (outputs, failures, resume), predict-mass and
+predict-calc (the same folder, one model), evaluate (HTML report), bundle (from training output
+folders, model card, calibration), forwarded training and conversion commands, errors."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,15 +24,17 @@ from deeplima.bundle import (  # noqa: E402
     random_bundle,
     save_operating_points,
 )
-from scripts.deeplima import main  # noqa: E402
+from deeplima.cli import main  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_MASS_OPTS = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
                   "MODEL.FPN.OUT_CHANNELS", "32", "MODEL.ROI_BOX_HEAD.FC_DIM", "64"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """A canonical synthetic set (3 images), a folder of its DICOMs plus a corrupt file, a bundle."""
+    """A canonical synthetic set (3 images), a folder of its DICOMs plus a corrupt file, a
+    bundle."""
     from datasets.synthetic import generate
 
     torch.set_num_threads(1)
@@ -107,8 +113,8 @@ def test_resume_redoes_images_made_by_other_weights(setup, tmp_path):
 
 def test_evaluate_writes_the_html_report(setup, tmp_path):
     rep = tmp_path / "report"
-    rc = main(["evaluate", "--pred", str(setup["out"]), "--gt", str(setup["root"]), "--split", "all",
-               "--output", str(rep)])
+    rc = main(["evaluate", "--pred", str(setup["out"]), "--gt", str(setup["root"]),
+               "--split", "all", "--output", str(rep)])
     assert rc == 0
     html = (rep / "index.html").read_text()
     assert "AP50" in html and "froc_masses.png" in html and "Missed" in html
@@ -123,8 +129,8 @@ def test_evaluate_writes_the_html_report(setup, tmp_path):
     lo, hi = report["calc"]["min_area_px"]
     assert 0 < lo <= hi < 900  # 6.5 mm² at these coarse pixels (a full field in 384 rows)
     raw = tmp_path / "raw"
-    assert main(["evaluate", "--pred", str(setup["out"]), "--gt", str(setup["root"]), "--split", "all",
-                 "--gt-labels", "raw", "--output", str(raw)]) == 0
+    assert main(["evaluate", "--pred", str(setup["out"]), "--gt", str(setup["root"]),
+                 "--split", "all", "--gt-labels", "raw", "--output", str(raw)]) == 0
     raw_report = json.loads((raw / "report.json").read_text())
     assert raw_report["calc"]["gt_labels"] == "raw"
     assert raw_report["calc"]["n_lesions"] == report["calc"]["n_lesions"]
@@ -152,9 +158,9 @@ def test_missing_bundle_and_unknown_operating_point_are_one_line_errors(setup, t
 # ------------------------------------------------------------------------------------------- bundle
 @pytest.fixture(scope="module")
 def training_outputs(setup, tmp_path_factory):
-    """Output folders as the two trainers leave them, holding the fixture bundle's models: a mass run
-    stopped early (a periodic checkpoint named by ``last_checkpoint``, no ``model_final.pth``) and a
-    U-Net run with ``model_best.pth`` and ``model_last.pth``."""
+    """Output folders as the two trainers leave them, holding the fixture bundle's models: a mass
+    run stopped early (a periodic checkpoint named by ``last_checkpoint``, no ``model_final.pth``)
+    and a U-Net run with ``model_best.pth`` and ``model_last.pth``."""
     src = load_bundle(setup["bundle"])
     base = tmp_path_factory.mktemp("train_out")
     mass = base / "mass_det"
@@ -271,8 +277,8 @@ def test_bundle_errors_are_one_line_with_exit_2(training_outputs, tmp_path, caps
         (["--mass", str(no_ckpt), "--calc", str(calc)], "model_final.pth"),
         (["--mass", str(tmp_path / "nowhere"), "--calc", str(calc)], "nowhere"),
         (["--mass-config", str(mass / "config.yaml"), "--calc", str(calc)], "weights"),
-        (["--mass-config", str(mass / "config.yaml"), "--mass-weights", str(calc / "model_best.pth"),
-          "--calc", str(calc)], "do not fit"),
+        (["--mass-config", str(mass / "config.yaml"), "--mass-weights",
+          str(calc / "model_best.pth"), "--calc", str(calc)], "do not fit"),
     ]
     for args, expect in cases:
         rc = main(["bundle", *args, "--out", out, "--no-progress"])
@@ -291,3 +297,89 @@ def test_bundles_without_model_card_still_load(setup, tmp_path):
     assert bundle.model_card == {} and bundle.operating_points["default_fp"] == "1"
     save_operating_points(bundle, bundle.operating_points)  # recalibrating adds the card's entry
     assert load_bundle(old).model_card["calibration"]["thresholds"]["mass"] == {"1": 0.4}
+
+
+# ------------------------------------------------------------------------------ one model alone
+def test_single_model_predictions_write_the_same_folder(setup, tmp_path):
+    """predict-mass / predict-calc with the bundle's own configs and weights: predict's folder
+    without the other model's entries and files, and the same findings, maps and labels as
+    predict's."""
+    bundle = load_bundle(setup["bundle"])
+    image = sorted((setup["root"] / "images").glob("*.dcm"))[0]
+    stem = image.stem
+    both = json.loads((setup["out"] / "per_image" / f"{stem}.json").read_text())
+    args = ["--input", str(image), "--no-progress", "--threads", "1"]
+    mass_out, calc_out = tmp_path / "mass", tmp_path / "calc"
+    assert main(["predict-mass", "--config-file", str(bundle.mass_config), "--weights",
+                 str(bundle.mass_weights), "--output", str(mass_out), "--threshold", "0.4", *args,
+                 "MODEL.DEVICE", "cpu"]) == 0
+    assert main(["predict-calc", "--config-file", str(bundle.calc_config), "--weights",
+                 str(bundle.calc_weights), "--output", str(calc_out), "--threshold", "0.6",
+                 "--device", "cpu", *args]) == 0
+
+    mass = json.loads((mass_out / "per_image" / f"{stem}.json").read_text())
+    assert mass["masses"] == both["masses"] and mass["thresholds"] == {"mass": 0.4}
+    assert "calcifications" not in mass and "n_calc_findings" not in mass
+    assert set(mass["files"]) == {"breast_mask", "overlay"}
+    assert not (mass_out / "calc_prob").exists()
+    results = json.loads((mass_out / "masses_results.json").read_text())
+    assert [(r["bbox"], r["score"]) for r in results] == [(m["bbox"], m["score"])
+                                                          for m in both["masses"]]
+
+    calc = json.loads((calc_out / "per_image" / f"{stem}.json").read_text())
+    assert calc["calcifications"] == both["calcifications"] and calc["thresholds"] == {"calc": 0.6}
+    assert "masses" not in calc and "n_mass_findings" not in calc
+    assert not (calc_out / "masses_results.json").exists()
+    for sub in ("calc_prob", "calc_mask", "calc_labels", "breast_mask"):
+        np.testing.assert_array_equal(read_png(calc_out / sub / f"{stem}.png"),
+                                      read_png(setup["out"] / sub / f"{stem}.png"))
+    for out in (mass_out, calc_out):
+        assert read_png(out / "overlays" / f"{stem}.png").shape == (384, 320, 3)
+        run = json.loads((out / "run.json").read_text())
+        assert run["complete"] and run["n_done"] == 1 and "weights" in run
+        assert [im["stem"] for im in json.loads((out / "images.json").read_text())] == [stem]
+
+
+def test_single_model_errors_are_one_line(setup, tmp_path, capsys):
+    bundle = load_bundle(setup["bundle"])
+    out = str(tmp_path / "o")
+    cases = [
+        (["predict-calc", "--config-file", str(bundle.calc_config), "--weights",
+          str(tmp_path / "none.pth")], "weights file not found"),
+        (["predict-calc", "--config-file", str(bundle.calc_config), "--weights",
+          str(bundle.mass_weights)], "do not fit"),
+        (["predict-mass", "--config-file", str(bundle.mass_config), "--weights",
+          str(bundle.calc_weights)], "do not fit"),
+        (["predict-mass", "--config-file", str(tmp_path / "none.yaml"), "--weights",
+          str(bundle.mass_weights)], "none.yaml"),
+        (["predict-calc", "--config-file", str(bundle.calc_config), "--weights",
+          str(bundle.calc_weights), "--input", "x", "--output", out, "NO.SUCH_KEY", "1"], "NO"),
+    ]
+    for argv, expect in cases:
+        argv = argv if "--input" in argv else [*argv, "--input", "x", "--output", out]
+        rc = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith("error: ") and expect in err and "\n" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------ the command itself
+def test_python_m_deeplima_runs_without_import_noise():
+    r = subprocess.run([sys.executable, "-m", "deeplima", "--help"], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    for command in ("predict", "predict-mass", "predict-calc", "evaluate", "calibrate", "bundle",
+                    "train-mass", "train-calc", "convert"):
+        assert command in r.stdout
+
+
+def test_training_and_conversion_are_forwarded(tmp_path, capsys):
+    quick = REPO / "calc_seg" / "configs" / "quick_schedules" / "unet_gn_instant_test.yaml"
+    with pytest.raises(SystemExit, match="DATA.ROOT is not set"):  # calc_seg.train_net's own check
+        main(["train-calc", "--config-file", str(quick)])
+    assert main(["convert", "no_such_source"]) == 2
+    assert "SOURCE must be one of" in capsys.readouterr().err
+    out = tmp_path / "syn"
+    assert main(["convert", "synthetic", "--out", str(out), "--n", "1", "--height", "160",
+                 "--width", "128", "--quiet"]) == 0
+    assert (out / "masses.json").is_file()

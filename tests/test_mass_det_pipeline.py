@@ -264,7 +264,7 @@ def test_predict_then_evaluate_round_trip(synthetic, tiny_model, tmp_path, capsy
     assert "corrupt.dcm" in err
     images = json.loads((out / "images.json").read_text())
     assert [im["id"] for im in images] == [1, 3, 4]  # ... and was skipped, ids follow input order
-    preds = json.loads((out / "predictions.json").read_text())
+    preds = json.loads((out / "masses_results.json").read_text())
     assert preds, "the tiny model keeps low-score boxes"
     by_id = {im["id"]: im for im in images}
     for p in preds:

@@ -22,8 +22,8 @@ pytest.importorskip("detectron2")
 
 from common.errors import InputError  # noqa: E402
 from deeplima.bundle import load_bundle, random_bundle  # noqa: E402
+from deeplima.cli import main as deeplima_main  # noqa: E402
 from mass_det.inference import build_default_predictor  # noqa: E402
-from scripts.deeplima import main as deeplima_main  # noqa: E402
 
 # ResNet-18 GN instead of the instant test's ResNet-50: the bundle is built in seconds
 TINY_MASS_OPTS = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",

@@ -20,8 +20,9 @@ from pydicom.uid import RLELossless
 
 from common.dicom import DEFAULT_MAX_PIXELS, load_image, pixel_limit
 from common.errors import InputError
-from common.evaluate import evaluate_boxes, evaluate_masks, main, read_prob_map
+from common.evaluate import main
 from common.io import atomic_write_json, atomic_write_png
+from common.metrics import evaluate_boxes, evaluate_masks, read_prob_map
 from common.preprocess import preprocess
 from tests.test_dicom import phantom, write_dicom
 

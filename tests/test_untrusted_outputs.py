@@ -134,7 +134,7 @@ def bundle(tmp_path_factory):
 
 
 def predict(bundle, *args) -> int:
-    from scripts.deeplima import main
+    from deeplima.cli import main
 
     return main(["predict", *map(str, args), "--model", str(bundle), "--threshold", "0.5",
                  "--no-progress", "--threads", "1"])
@@ -174,7 +174,7 @@ def test_12_resume_redoes_a_replaced_file_and_skips_prediction_folders(bundle, t
 
 
 def test_16_non_finite_or_out_of_range_arguments_are_one_error_line(tmp_path, capsys):
-    from scripts.deeplima import main
+    from deeplima.cli import main
 
     pred = ["predict", str(tmp_path), "--output", str(tmp_path / "o"), "--model", str(tmp_path)]
     cases = [

@@ -25,27 +25,15 @@ from detectron2.structures import Boxes, BoxMode, Instances
 
 from common.errors import InputError
 
-__all__ = ["MassCrop", "MassDatasetMapper", "build_mass_augmentations", "gray_to_model_input"]
+from .transforms import gray_to_model_input
+
+__all__ = ["MassCrop", "MassDatasetMapper", "build_mass_augmentations"]
 
 logger = logging.getLogger(__name__)
 
 # An annotation cropped by translation keeps its box only if this fraction of it is still visible;
 # a sliver at the border is not a mass the detector should be asked to find.
 MIN_VISIBLE_FRACTION = 0.5
-
-
-def gray_to_model_input(image: np.ndarray, image_format: str = "BGR") -> np.ndarray:
-    """(H, W) uint8 pre-processed mammogram -> (H, W, 3) uint8, the same value in every channel.
-
-    Replicating the grey level lets an ImageNet-trained 3-channel stem be used unchanged; BGR and RGB
-    are then identical, which is why both are accepted.
-    """
-    if image_format not in ("BGR", "RGB"):
-        raise ValueError(f"INPUT.FORMAT must be BGR or RGB for grey mammograms, got {image_format!r}")
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 2:
-        raise ValueError(f"expected a (H, W) uint8 image, got {image.dtype} {image.shape}")
-    return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2))
 
 
 class MassCrop(T.Augmentation):
