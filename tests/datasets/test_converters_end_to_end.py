@@ -40,7 +40,7 @@ from common.preprocess import preprocess
 from datasets import bcdr, cbis_ddsm, inbreast, mias, vindr
 from datasets.canonical import SPLITS, coordinates_problem, path_inside
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MASS_CONFIG = REPO / "mass_det" / "configs" / "quick_schedules" / "mass_det_instant_test.yaml"
 CALC_CONFIG = REPO / "calc_seg" / "configs" / "quick_schedules" / "unet_gn_instant_test.yaml"
 

@@ -266,10 +266,12 @@ def test_truncated_header(tmp_path):
 
 def test_malformed_window_tag(tmp_path):
     stored, _ = phantom()
-    p = write_dicom(tmp_path / "w.dcm", stored, WindowCenter=2000, WindowWidth=2000)
+    p = write_dicom(tmp_path / "w.dcm", stored, WindowCenter="+2000", WindowWidth=2000)
     data = p.read_bytes()
-    # Same length, so the element stays well-formed but its value is no longer a number.
-    p.write_bytes(data.replace(b"2000", b"abcd", 1))
+    # Same length, so the element stays well-formed but its value is no longer a number. The "+"
+    # makes the value unique in the file (a random UID may hold the digits "2000").
+    assert data.count(b"+2000") == 1
+    p.write_bytes(data.replace(b"+2000", b"abcde", 1))
     _assert_input_error(p, "malformed")
 
 

@@ -32,7 +32,7 @@ from common.laterality import (
 )
 from common.preprocess import Preprocessed, main, preprocess
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def breast_image(h=400, w=320, seed=0):

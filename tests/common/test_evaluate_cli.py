@@ -13,7 +13,7 @@ import pytest
 from common.evaluate import main
 from common.io import atomic_write_json, atomic_write_png, read_png
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _boxes_files(tmp_path):

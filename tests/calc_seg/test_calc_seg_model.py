@@ -17,7 +17,7 @@ from calc_seg.model import (
 )
 from common.errors import InputError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "calc_seg" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "calc_seg" / "configs"
 SMALL = {"encoder": "vgg11_bn", "decoder_channels": (64, 32, 16)}
 
 
@@ -141,6 +141,6 @@ def test_no_detectron2_or_mass_det_import():
         "bad = [m for m in sys.modules if m.split('.')[0] in ('detectron2', 'mass_det')];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICK = REPO / "calc_seg" / "configs" / "quick_schedules" / "unet_gn_instant_test.yaml"
 
 pytest.importorskip("common.preprocess")

@@ -18,7 +18,7 @@ import mass_det  # noqa: E402,F401  (registration)
 from common.amp import native_bf16  # noqa: E402
 from mass_det.config import get_mass_det_cfg  # noqa: E402
 from mass_det.engine.trainer import CPUAutocastTrainer, MassDetTrainer  # noqa: E402
-from tests.mass_det_testing import training_batch  # noqa: E402
+from mass_det_testing import training_batch  # noqa: E402
 
 CPU_CONFIG = Path(mass_det.__file__).parent / "configs" / "faster_rcnn_R18_FPN_FL_NL_scratch_cpu.yaml"
 DATASET = "mass_amp_test_train"

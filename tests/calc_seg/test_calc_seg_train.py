@@ -15,7 +15,7 @@ from calc_seg.losses import WeightedCrossEntropy
 from calc_seg.model import build_unet
 from common.io import atomic_write_json, atomic_write_png
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUICK = REPO / "calc_seg" / "configs" / "quick_schedules" / "unet_gn_instant_test.yaml"
 
 

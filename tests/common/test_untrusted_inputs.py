@@ -24,7 +24,7 @@ from common.evaluate import main
 from common.io import atomic_write_json, atomic_write_png
 from common.metrics import evaluate_boxes, evaluate_masks, read_prob_map
 from common.preprocess import preprocess
-from tests.test_dicom import phantom, write_dicom
+from test_dicom import phantom, write_dicom
 
 
 def _one_error_line(capsys) -> str:

@@ -276,7 +276,7 @@ def test_rerun_prunes_stale_masks_and_registers(mias_root, tmp_path):
 
 
 def test_cli_module_entry_point(mias_root, tmp_path):
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     out = tmp_path / "cli"
     proc = subprocess.run(
         [
