@@ -15,13 +15,6 @@ QUICK = REPO / "calc_seg" / "configs" / "quick_schedules" / "unet_gn_instant_tes
 pytest.importorskip("common.preprocess")
 
 
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    from datasets.synthetic import generate
-
-    return Path(generate(tmp_path_factory.mktemp("syn"), n=4, seed=3, height=512, width=416))
-
-
 def test_studies_from_synthetic_data(synthetic_root, tmp_path):
     from calc_seg.config import get_calc_seg_cfg
     from calc_seg.data.patches import build_patch_index

@@ -70,9 +70,8 @@ def test_weighted_ce_weights_positive_pixels():
     assert torch.isfinite(one)
 
 
-def test_few_iterations_lower_the_loss():
+def test_few_iterations_lower_the_loss(one_thread):
     torch.manual_seed(0)
-    torch.set_num_threads(1)
     imgs, masks = zip(*[_scene(i, 32, 32 + 24) for i in range(4)])
     x = torch.from_numpy(np.stack(imgs)[:, None, :, :32].astype(np.float32) / 255)
     y = torch.from_numpy(np.stack(masks)[:, :, :32].astype(np.int64))
@@ -99,10 +98,9 @@ def _quick_cfg(root, out, epochs=1, extra=()):
                                      *extra])
 
 
-def test_trainer_checkpoints_and_resume(tmp_path, npy_preprocess):
+def test_trainer_checkpoints_and_resume(tmp_path, npy_preprocess, one_thread):
     from calc_seg.engine.trainer import CalcSegTrainer
 
-    torch.set_num_threads(1)
     root = _canonical(tmp_path / "data")
     out = tmp_path / "out"
     t = CalcSegTrainer(_quick_cfg(root, out, epochs=1))
@@ -156,10 +154,9 @@ def test_predict_script_round_trip_and_failures(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_ablation_writes_tables(tmp_path, npy_preprocess):
+def test_ablation_writes_tables(tmp_path, npy_preprocess, one_thread):
     from calc_seg import ablate
 
-    torch.set_num_threads(1)
     root = _canonical(tmp_path / "data")
     out = tmp_path / "abl"
     opts = ["PATCH.SIZE", 32, "PATCH.STRIDE", 32, "TEST.WINDOW", 32, "TEST.STRIDE", 32,
@@ -275,10 +272,9 @@ def test_positive_fraction_sets_the_class_weight():
     assert pos_weight_of(get_calc_seg_cfg(None, ["SOLVER.POS_WEIGHT", 7.0]), f) == 7.0
 
 
-def test_trainer_writes_tensorboard_events(tmp_path, npy_preprocess):
+def test_trainer_writes_tensorboard_events(tmp_path, npy_preprocess, one_thread):
     from calc_seg.engine.trainer import CalcSegTrainer
 
-    torch.set_num_threads(1)
     root = _canonical(tmp_path / "data")
     out = tmp_path / "out"
     t = CalcSegTrainer(_quick_cfg(root, out, epochs=1))

@@ -17,6 +17,7 @@ import zlib
 import numpy as np
 import pytest
 from pydicom.uid import RLELossless
+from test_dicom import phantom, write_dicom
 
 from common.dicom import DEFAULT_MAX_PIXELS, load_image, pixel_limit
 from common.errors import InputError
@@ -24,7 +25,6 @@ from common.evaluate import main
 from common.io import atomic_write_json, atomic_write_png
 from common.metrics import evaluate_boxes, evaluate_masks, read_prob_map
 from common.preprocess import preprocess
-from test_dicom import phantom, write_dicom
 
 
 def _one_error_line(capsys) -> str:

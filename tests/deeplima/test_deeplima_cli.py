@@ -32,15 +32,12 @@ TINY_MASS_OPTS = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS"
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, synthetic_dataset):
     """A canonical synthetic set (3 images), a folder of its DICOMs plus a corrupt file, a
     bundle."""
-    from datasets.synthetic import generate
-
     torch.set_num_threads(1)
     base = tmp_path_factory.mktemp("cli")
-    root = generate(base / "data", n=3, seed=7, height=384, width=320, views=("CC",),
-                    progress=False)
+    root = synthetic_dataset(n=3, seed=7, height=384, width=320, views=("CC",))
     inputs = base / "inputs"
     shutil.copytree(root / "images", inputs)
     (inputs / "corrupt.dcm").write_bytes(b"DICM? no")

@@ -23,17 +23,13 @@ TINY_MASS_OPTS = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS"
 
 
 @pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
+def _threads(one_thread):
+    pass
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    from datasets.synthetic import generate
-
-    root = tmp_path_factory.mktemp("pipe_syn")
-    generate(root, n=1, seed=5, height=384, width=320, progress=False)
-    return root
+def study(synthetic_dataset):
+    return synthetic_dataset(n=1, seed=5, height=384, width=320)
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ pytest.importorskip("detectron2")
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.engine import SimpleTrainer  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
+from mass_det_testing import training_batch  # noqa: E402
 
 import mass_det  # noqa: E402,F401  (registration)
 from common.amp import native_bf16  # noqa: E402
 from mass_det.config import get_mass_det_cfg  # noqa: E402
 from mass_det.engine.trainer import CPUAutocastTrainer, MassDetTrainer  # noqa: E402
-from mass_det_testing import training_batch  # noqa: E402
 
 CPU_CONFIG = Path(mass_det.__file__).parent / "configs" / "faster_rcnn_R18_FPN_FL_NL_scratch_cpu.yaml"
 DATASET = "mass_amp_test_train"

@@ -28,17 +28,14 @@ INSTANT = Path(mass_det.__file__).parent / "configs" / "quick_schedules" / "mass
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    pass
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    from datasets.synthetic import generate
-
-    root = tmp_path_factory.mktemp("mass_syn")
-    generate(root, n=5, seed=3, height=512, width=416, progress=False)
-    return root
+def synthetic(synthetic_root):
+    """The session's small synthetic dataset (5 studies of 512 x 416 pixels)."""
+    return synthetic_root
 
 
 def _cfg(root, *opts):
