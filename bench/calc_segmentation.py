@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Calcification segmentation benchmark: breast-only vs full-frame sliding window; quality.
+r"""Calcification segmentation benchmark: breast-only vs full-frame sliding window; quality.
 
     python bench/calc_segmentation.py [--quality | --speed] [--height 3518 --width 2800] [--device cpu] \
         [--threads 2] [--norm gn|bn|ln] [--out bench_out/calc_seg]

@@ -1,4 +1,4 @@
-"""Normalisation ablation (paper §4.2.3): train and evaluate U-Net BN / LN / GN on the same data.
+r"""Normalisation ablation (paper §4.2.3): train and evaluate U-Net BN / LN / GN on the same data.
 
     python -m calc_seg.ablate --data /data/canonical --out output/ablation [--epochs 30] \
         [--config-file calc_seg/configs/unet_gn.yaml] [--norms bn,ln,gn] [KEY VALUE ...]

@@ -1,4 +1,4 @@
-"""Train the calcification U-Net.
+r"""Train the calcification U-Net.
 
     python -m calc_seg.train_net --config-file calc_seg/configs/unet_gn.yaml [--resume] \
         [--eval-only] [KEY VALUE ...]          # e.g. DATA.ROOT /data/canonical SOLVER.EPOCHS 10

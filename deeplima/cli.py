@@ -1,4 +1,4 @@
-"""DeepLIMa command line: predict findings (both models of a bundle, or one model from its config
+r"""DeepLIMa command line: predict findings (both models of a bundle, or one model from its config
 and weights), evaluate a prediction folder, calibrate operating points, assemble a model bundle;
 training and dataset conversion are forwarded to their modules.
 

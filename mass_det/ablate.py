@@ -1,4 +1,4 @@
-"""Table 1 of the paper: train and evaluate the three detectors on the same data.
+r"""Table 1 of the paper: train and evaluate the three detectors on the same data.
 
     python -m mass_det.ablate --data data/synthetic --out output/mass_ablation [--iters N] \
         [--split test] [KEY VALUE ...]

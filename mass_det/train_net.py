@@ -1,4 +1,4 @@
-"""Train or evaluate the mass detector.
+r"""Train or evaluate the mass detector.
 
     python -m mass_det.train_net --config-file mass_det/configs/faster_rcnn_R50_FPN_FL_NL.yaml \
         [--resume] [--eval-only] [--num-gpus N] [KEY VALUE ...]

@@ -1,4 +1,4 @@
-"""Segment calcifications in mammograms with the U-Net alone: ``deeplima predict-calc``.
+r"""Segment calcifications in mammograms with the U-Net alone: ``deeplima predict-calc``.
 
     python -m scripts.predict_calc --config-file calc_seg/configs/unet_gn.yaml \
         --weights output/calc_seg/unet_gn/model_best.pth \

@@ -1,4 +1,4 @@
-"""Detect masses in mammograms with the mass detector alone: ``deeplima predict-mass``.
+r"""Detect masses in mammograms with the mass detector alone: ``deeplima predict-mass``.
 
     python -m scripts.predict_mass --config-file mass_det/configs/faster_rcnn_R50_FPN_FL_NL.yaml \
         --weights output/mass_det/faster_rcnn_R50_FPN_FL_NL/model_final.pth \
