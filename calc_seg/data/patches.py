@@ -25,7 +25,8 @@ import numpy as np
 
 from calc_seg.data.labels import LabelParams, process_mask
 from common.errors import InputError
-from common.io import atomic_write_bytes, atomic_write_json, read_json
+from common.io import atomic_write_bytes, atomic_write_json, read_json, read_png
+from common.preprocess import preprocess
 
 CACHE_VERSION = 3  # bump when the cached arrays change meaning
 _ARRAYS = ("image", "breast", "gt", "train_mask", "excluded")
@@ -93,8 +94,6 @@ class Study:
 
 def load_image(path: str | Path, remove_artifacts: bool = True):
     """``common.preprocess.preprocess`` of one file: (uint8 image, bool breast mask, record)."""
-    from common.preprocess import preprocess
-
     p = preprocess(str(path), remove_artifacts=remove_artifacts, normalize_laterality=False)
     return np.asarray(p.image, dtype=np.uint8), np.asarray(p.breast_mask, dtype=bool), p.record
 
@@ -102,8 +101,6 @@ def load_image(path: str | Path, remove_artifacts: bool = True):
 def _read_mask(path: str | None, shape: tuple[int, int]) -> np.ndarray:
     if not path:
         return np.zeros(shape, dtype=bool)
-    from common.io import read_png
-
     m = read_png(path)
     if m.ndim == 3:
         m = m[..., 0]

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from calc_seg.data.dataset import CalcPatchDataset, build_augmentation
 from calc_seg.data.labels import LabelParams
@@ -37,7 +38,9 @@ from calc_seg.inference import predict_from_cfg
 from calc_seg.losses import build_loss
 from calc_seg.model import build_model, load_checkpoint
 from common.amp import native_bf16
+from common.canonical import load_canonical_dicts
 from common.errors import InputError
+from common.metrics import evaluate_masks
 from common.metrics.froc import at_fp
 
 logger = logging.getLogger("calc_seg")
@@ -61,8 +64,6 @@ def cache_dir_of(cfg) -> Path:
 
 def load_split(cfg, split: str) -> list[Study]:
     """Cached, pre-processed studies of one split of ``cfg.DATA.ROOT``."""
-    from common.canonical import load_canonical_dicts
-
     records = load_canonical_dicts(cfg.DATA.ROOT, "calc", split)
     params = LabelParams.from_cfg(cfg)
     return [load_study(r, cache_dir_of(cfg), params, cfg.DATA.REMOVE_ARTIFACTS) for r in records]
@@ -133,8 +134,6 @@ def score_studies(studies: list[Study], probs: dict, cfg, gt_labels: str | None 
     Returns the ``common.metrics.evaluate_masks`` report (recall, sensitivity_at_fp, froc, per_type)
     with ``gt_labels`` added.
     """
-    from common.metrics import evaluate_masks
-
     gt_labels = gt_labels or cfg.TEST.GT_LABELS
     if gt_labels not in ("processed", "raw"):
         raise ValueError(f"gt_labels must be processed or raw, got {gt_labels!r}")
@@ -172,8 +171,6 @@ def evaluate_studies(model: nn.Module, studies: list[Study], cfg, device=None, p
     """
     it = studies
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(studies, desc="evaluate", leave=False)
     probs = {s.stem: predict_from_cfg(model, s.array("image"), s.array("breast"), cfg, device)
              for s in it}
@@ -275,6 +272,7 @@ class CalcSegTrainer:
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
         self.tb = None
         if self.rank == 0 and cfg.SOLVER.TENSORBOARD:
+            # only when logging is on: tensorboard pulls in protobuf and is optional at run time
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(self.out), purge_step=self.start_epoch * self.iters_per_epoch)
@@ -323,8 +321,6 @@ class CalcSegTrainer:
 
     # ------------------------------------------------------------------ loop
     def train_epoch(self, epoch: int, progress: bool = True) -> float:
-        from tqdm import tqdm
-
         self.net.train()
         self.sampler.set_epoch(epoch)
         losses = []

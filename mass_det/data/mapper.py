@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from detectron2.config import configurable
@@ -24,6 +25,8 @@ from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from common.errors import InputError
+from common.io import atomic_write_png
+from common.preprocess import preprocess
 
 from .transforms import gray_to_model_input
 
@@ -103,8 +106,6 @@ def build_mass_augmentations(cfg, is_train: bool) -> list[T.Augmentation]:
 
 def _default_reader(remove_artifacts: bool, normalize_laterality: bool):
     def read(path: str) -> tuple[np.ndarray, bool]:
-        from common.preprocess import preprocess
-
         p = preprocess(
             path, remove_artifacts=remove_artifacts, normalize_laterality=normalize_laterality
         )
@@ -155,8 +156,6 @@ class PreprocessCache:
     def _read_disk(self, key: tuple):
         if self.cache_dir is None:
             return None
-        import cv2
-
         for path, flipped in zip(self._disk_paths(key), (False, True)):
             if path.is_file():
                 image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -167,8 +166,6 @@ class PreprocessCache:
     def _write_disk(self, key: tuple, value: tuple[np.ndarray, bool]) -> None:
         if self.cache_dir is None:
             return
-        from common.io import atomic_write_png
-
         plain, flipped = self._disk_paths(key)
         try:
             atomic_write_png(flipped if value[1] else plain, value[0])
