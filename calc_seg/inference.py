@@ -10,8 +10,15 @@ map that trusts tile centres more (``blend="gaussian"``, nnU-Net / MONAI style).
 a window are zero-padded at the bottom / right and the result cropped back.
 
 Because a tile is skipped only when it has no breast pixel, every breast pixel receives the same set
-of tile predictions as a naive full-frame sliding window: inside the breast both give identical
-output. Pixels covered by no evaluated tile get probability 0.
+of tile predictions as a full-frame sliding window of the same stride: inside the breast both give
+identical output. Pixels covered by no evaluated tile get probability 0.
+
+The shipped configs use ``stride = window`` (``TEST.STRIDE``): the paper's test stage puts each
+patch prediction back at its place, and on the synthetic quality set the overlap of half-window
+tiles bought no sensitivity (``bench/calc_segmentation.py --tiling``). The tiles of several images
+can share forward passes (:func:`predict_images`, :meth:`CalcPredictor.predict_probs`), and the
+forward pass runs in bf16 where the device computes it natively, on channels-last tensors
+(``TEST.AMP``, ``TEST.CHANNELS_LAST``).
 
 :class:`CalcPredictor` is the U-Net's predictor: a pre-processed 8-bit mammogram and its breast mask
 in (:func:`common.preprocess.preprocess`; no pre-processing here), the probability map and its
@@ -22,7 +29,7 @@ laterality and writing outputs belong to ``deeplima`` (``python -m deeplima pred
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +38,7 @@ from torch import nn
 
 from calc_seg.data.labels import LabelParams
 from calc_seg.model import build_model, load_weights, logits_to_prob
+from common.amp import autocast_dtype
 from common.calcifications import describe_components, label_components
 from common.device import select_device
 from common.errors import InputError
@@ -42,6 +50,7 @@ __all__ = [
     "mask_components",
     "predict_from_cfg",
     "predict_image",
+    "predict_images",
     "window_positions",
 ]
 
@@ -96,38 +105,16 @@ def default_to_prob(output: torch.Tensor) -> torch.Tensor:
     return logits_to_prob(output)
 
 
-@torch.inference_mode()
-def predict_image(
-    model: nn.Module,
-    image: np.ndarray,
-    breast_mask: np.ndarray | None = None,
-    window: int = 512,
-    stride: int = 256,
-    batch_size: int = 4,
-    blend: str = "mean",
-    device: str | torch.device | None = None,
-    skip_background: bool = True,
-    to_prob: Callable[[torch.Tensor], torch.Tensor] = default_to_prob,
-) -> np.ndarray:
-    """Calcification probability map of a whole image.
+def _device_of(model) -> torch.device:
+    """The device of a module's first parameter; the CPU for anything else."""
+    p = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    return p.device if p is not None else torch.device("cpu")
 
-    Args:
-        model: maps (N, 1, window, window) float in [0, 1] to (N, C, window, window) output; it is
-            put in eval mode and run on ``device`` (default: the model's own device).
-        image: uint8 (H, W) pre-processed image (``common.preprocess``), original frame; float input
-            is taken as already scaled to [0, 1].
-        breast_mask: bool (H, W); tiles with no breast pixel are skipped when ``skip_background``.
-            None = every tile is evaluated.
-        window, stride: tile size and largest step in pixels (:func:`compute_steps`).
-        batch_size: tiles per forward pass.
-        blend: "mean" or "gaussian".
-        to_prob: output -> (N, window, window) probability; default sigmoid (C=1) / softmax[:, 1].
 
-    Returns:
-        float32 (H, W) probability in the original image frame; 0 where no tile was evaluated.
-    """
-    if blend not in ("mean", "gaussian"):
-        raise ValueError(f"blend must be 'mean' or 'gaussian', got {blend!r}")
+def _prepare(image: np.ndarray, breast_mask: np.ndarray | None, window: int,
+             skip_background: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """(float32 (H', W') image in [0, 1], bool (H', W') breast mask or None) of one input,
+    zero-padded at the bottom / right to at least ``window`` each way (H' = max(H, window))."""
     img = np.asarray(image)
     if img.ndim != 2:
         raise ValueError(f"image must be (H, W), got shape {img.shape}")
@@ -143,37 +130,165 @@ def predict_image(
         x = np.pad(x, ((0, ph - h), (0, pw - w)))
         if mask is not None:
             mask = np.pad(mask, ((0, ph - h), (0, pw - w)))
-    positions = window_positions((ph, pw), window, stride, mask)
+    return x, mask
 
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
-    model.eval()
-    # float64 accumulators on the model's device: a mean of identical values reproduces them
-    # exactly, and the blending stays next to the predictions (no per-tile copies to the host)
-    acc = torch.zeros((ph, pw), dtype=torch.float64, device=device)
-    wsum = torch.zeros((ph, pw), dtype=torch.float64, device=device)
+
+@torch.inference_mode()
+def predict_images(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    images: Sequence[np.ndarray],
+    breast_masks: Sequence[np.ndarray | None] | None = None,
+    window: int = 512,
+    stride: int = 256,
+    batch_size: int = 4,
+    blend: str = "mean",
+    device: str | torch.device | None = None,
+    skip_background: bool = True,
+    to_prob: Callable[[torch.Tensor], torch.Tensor] = default_to_prob,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> list[np.ndarray]:
+    """Calcification probability maps of several whole images, their tiles batched together.
+
+    The tiles of every image (:func:`window_positions`, in image order) form one queue cut into
+    forward passes of ``batch_size`` tiles, so a batch may hold tiles of two or more images (what
+    keeps a GPU busy when the breasts are small). Each tile is predicted on its own (GroupNorm
+    normalises each sample), so the maps are those of :func:`predict_image` image by image, up to
+    the last bits a backend may change with the batch composition. An image's map is finished and
+    its accumulators released as soon as its last tile is in.
+
+    Args:
+        model: maps (N, 1, window, window) float in [0, 1] to (N, C, window, window) output; a
+            module is put in eval mode and run on ``device`` (default: the model's own device),
+            any other callable receives tiles on ``device``.
+        images: uint8 (H_i, W_i) pre-processed images (``common.preprocess``), original frames;
+            float input is taken as already scaled to [0, 1]. Sizes may differ.
+        breast_masks: one bool (H_i, W_i) mask or None per image (None = every tile of that image);
+            tiles with no breast pixel are skipped when ``skip_background``. None = no masks.
+        window, stride: tile size and largest step in pixels (:func:`compute_steps`).
+        batch_size: tiles per forward pass.
+        blend: "mean" or "gaussian".
+        to_prob: output -> (N, window, window) probability; default sigmoid (C=1) / softmax[:, 1].
+            It receives the output in float32 whatever ``amp_dtype`` computed.
+        amp_dtype: None (float32) or the autocast dtype of the forward pass (``torch.bfloat16``
+            where :func:`common.amp.native_bf16`); the blending stays float64.
+        channels_last: NHWC tiles, and the model's parameters converted to channels-last in place
+            (a layout change: the values stay the same).
+
+    Returns:
+        one float32 (H_i, W_i) probability map per image, in its original frame; 0 where no tile was
+        evaluated.
+    """
+    if blend not in ("mean", "gaussian"):
+        raise ValueError(f"blend must be 'mean' or 'gaussian', got {blend!r}")
+    images = list(images)
+    masks = [None] * len(images) if breast_masks is None else list(breast_masks)
+    if len(masks) != len(images):
+        raise ValueError(f"{len(images)} images but {len(masks)} breast masks")
+    prepared = [_prepare(im, m, window, skip_background) for im, m in zip(images, masks)]
+    shapes = [np.asarray(im).shape for im in images]
+    # the queue: (image index, y, x) of every tile to evaluate, image after image
+    queue = [(i, y, x) for i, (xi, mi) in enumerate(prepared)
+             for y, x in window_positions(xi.shape, window, stride, mi)]
+    last_tile = {i: k for k, (i, _, _) in enumerate(queue)}  # images without tiles stay all 0
+
+    device = torch.device(device if device is not None else _device_of(model))
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if isinstance(model, nn.Module):
+        model.eval()
+        if channels_last:
+            model.to(memory_format=fmt)
     weight = gaussian_importance(window) if blend == "gaussian" else np.ones((window, window))
     weight = torch.from_numpy(weight).to(device)
-    xt = torch.from_numpy(x).to(device)
-    for b in range(0, len(positions), batch_size):
-        chunk = positions[b : b + batch_size]
-        batch = torch.stack([xt[y : y + window, xx : xx + window] for y, xx in chunk])[:, None]
-        prob = to_prob(model(batch)).to(torch.float64)
-        for (y, xx), pr in zip(chunk, prob):
-            acc[y : y + window, xx : xx + window] += weight * pr
-            wsum[y : y + window, xx : xx + window] += weight
-    out = torch.where(wsum > 0, acc / wsum.clamp_min(1e-12), torch.zeros_like(acc)).cpu().numpy()
-    return out[:h, :w].astype(np.float32)
+    out: list[np.ndarray | None] = [None] * len(images)
+    live: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def finish(i: int) -> None:
+        h, w = shapes[i]
+        if i in live:
+            _, acc, wsum = live.pop(i)
+            prob = torch.where(wsum > 0, acc / wsum.clamp_min(1e-12), torch.zeros_like(acc))
+            out[i] = prob.cpu().numpy()[:h, :w].astype(np.float32)
+        else:
+            out[i] = np.zeros((h, w), np.float32)
+
+    for b in range(0, len(queue), batch_size):
+        chunk = queue[b : b + batch_size]
+        for i, _, _ in chunk:
+            if i not in live:
+                # float64 accumulators on the model's device: a mean of identical values reproduces
+                # them exactly, and the blending stays next to the predictions
+                xi = torch.from_numpy(prepared[i][0]).to(device)
+                live[i] = (xi, torch.zeros(xi.shape, dtype=torch.float64, device=device),
+                           torch.zeros(xi.shape, dtype=torch.float64, device=device))
+        batch = torch.stack([live[i][0][y : y + window, x : x + window] for i, y, x in chunk])
+        batch = batch[:, None].contiguous(memory_format=fmt)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                            enabled=amp_dtype is not None):
+            logits = model(batch)
+        prob = to_prob(logits.float()).to(torch.float64)
+        for (i, y, x), pr in zip(chunk, prob):
+            _, acc, wsum = live[i]
+            acc[y : y + window, x : x + window] += weight * pr
+            wsum[y : y + window, x : x + window] += weight
+        done = b + len(chunk) - 1
+        for i in [i for i in live if last_tile[i] <= done]:
+            finish(i)
+    for i in range(len(images)):
+        if out[i] is None:
+            finish(i)
+    return out
+
+
+def predict_image(
+    model: nn.Module,
+    image: np.ndarray,
+    breast_mask: np.ndarray | None = None,
+    window: int = 512,
+    stride: int = 256,
+    batch_size: int = 4,
+    blend: str = "mean",
+    device: str | torch.device | None = None,
+    skip_background: bool = True,
+    to_prob: Callable[[torch.Tensor], torch.Tensor] = default_to_prob,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Calcification probability map of a whole image (:func:`predict_images` of one image).
+
+    Args:
+        model: maps (N, 1, window, window) float in [0, 1] to (N, C, window, window) output; it is
+            put in eval mode and run on ``device`` (default: the model's own device).
+        image: uint8 (H, W) pre-processed image (``common.preprocess``), original frame; float input
+            is taken as already scaled to [0, 1].
+        breast_mask: bool (H, W); tiles with no breast pixel are skipped when ``skip_background``.
+            None = every tile is evaluated.
+        window, stride: tile size and largest step in pixels (:func:`compute_steps`).
+        batch_size: tiles per forward pass.
+        blend: "mean" or "gaussian".
+        to_prob: output -> (N, window, window) probability; default sigmoid (C=1) / softmax[:, 1].
+        amp_dtype, channels_last: the forward pass's autocast dtype and memory layout
+            (:func:`predict_images`).
+
+    Returns:
+        float32 (H, W) probability in the original image frame; 0 where no tile was evaluated.
+    """
+    return predict_images(model, [image], [breast_mask], window=window, stride=stride,
+                          batch_size=batch_size, blend=blend, device=device,
+                          skip_background=skip_background, to_prob=to_prob, amp_dtype=amp_dtype,
+                          channels_last=channels_last)[0]
 
 
 def predict_from_cfg(model: nn.Module, image: np.ndarray, breast_mask, cfg,
                      device=None) -> np.ndarray:
-    """:func:`predict_image` with window, stride, batch size and blending from ``cfg.TEST``."""
+    """:func:`predict_image` with window, stride, batch size, blending, autocast and memory
+    layout from ``cfg.TEST`` (the trainer's validation and test path; :class:`CalcPredictor`
+    runs the same settings)."""
     t = cfg.TEST
+    device = device if device is not None else _device_of(model)
     return predict_image(model, image, breast_mask, window=t.WINDOW, stride=t.STRIDE,
-                         batch_size=t.BATCH_SIZE, blend=t.BLEND, device=device)
+                         batch_size=t.BATCH_SIZE, blend=t.BLEND, device=device,
+                         amp_dtype=autocast_dtype(device, t.AMP), channels_last=t.CHANNELS_LAST)
 
 
 def mask_components(prob: np.ndarray, threshold: float = 0.5,
@@ -217,6 +332,8 @@ class CalcPredictor:
         threshold: float = 0.5,
         label_params: LabelParams | None = None,
         device: str | torch.device | None = None,
+        amp: bool = False,
+        channels_last: bool = False,
     ):
         """
         Args:
@@ -228,11 +345,18 @@ class CalcPredictor:
             label_params: component typing thresholds (:class:`calc_seg.data.labels.LabelParams`;
                 None = the defaults).
             device: None / "auto" = CUDA when available (:func:`common.device.select_device`).
+            amp: bf16 autocast where ``device`` computes bf16 natively (``TEST.AMP``;
+                :func:`common.amp.autocast_dtype`), else float32.
+            channels_last: NHWC tiles and weights (``TEST.CHANNELS_LAST``).
         """
         self.device = select_device(device)
         self.model = model.to(self.device).eval()
         self.window, self.stride, self.batch_size, self.blend = window, stride, batch_size, blend
         self.threshold = float(threshold)
+        self.amp_dtype = autocast_dtype(self.device, amp)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.label_params = label_params if label_params is not None else LabelParams()
 
     @classmethod
@@ -263,13 +387,24 @@ class CalcPredictor:
         t = cfg.TEST
         return cls(model, window=int(t.WINDOW), stride=int(t.STRIDE), batch_size=int(t.BATCH_SIZE),
                    blend=str(t.BLEND), threshold=float(t.THRESHOLD),
-                   label_params=LabelParams.from_cfg(cfg), device=device)
+                   label_params=LabelParams.from_cfg(cfg), device=device, amp=bool(t.AMP),
+                   channels_last=bool(t.CHANNELS_LAST))
 
     def predict_prob(self, image: np.ndarray, breast_mask: np.ndarray | None) -> np.ndarray:
         """float32 (H, W) calcification probability of ``image`` (uint8 (H, W)), 0 outside every
         evaluated window; ``breast_mask`` (bool (H, W)) limits the windows to the breast."""
-        return predict_image(self.model, image, breast_mask, window=self.window, stride=self.stride,
-                             batch_size=self.batch_size, blend=self.blend, device=self.device)
+        return self.predict_probs([image], [breast_mask])[0]
+
+    def predict_probs(self, images: Sequence[np.ndarray],
+                      breast_masks: Sequence[np.ndarray | None]) -> list[np.ndarray]:
+        """float32 (H_i, W_i) calcification probability of each uint8 (H_i, W_i) image, with the
+        tiles of all images batched together (``batch_size`` tiles per forward,
+        :func:`predict_images`): the maps :meth:`predict_prob` gives image by image, with fewer,
+        fuller batches. ``breast_masks``: one bool (H_i, W_i) mask or None per image."""
+        return predict_images(self.model, images, breast_masks, window=self.window,
+                              stride=self.stride, batch_size=self.batch_size, blend=self.blend,
+                              device=self.device, amp_dtype=self.amp_dtype,
+                              channels_last=self.channels_last)
 
     def components(self, prob: np.ndarray) -> tuple[np.ndarray, list[dict]]:
         """:func:`mask_components` of ``prob`` at ``threshold``: (int32 (H, W) labels, components

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["native_bf16"]
+__all__ = ["autocast_dtype", "native_bf16"]
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -20,3 +20,9 @@ def native_bf16(device: torch.device | str) -> bool:
         return bool(torch.backends.mkldnn.is_available()
                     and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
+
+
+def autocast_dtype(device: torch.device | str, enabled: bool = True) -> torch.dtype | None:
+    """``torch.bfloat16`` when ``enabled`` and ``device`` computes it natively
+    (:func:`native_bf16`), else None (float32): the dtype to give ``torch.autocast``, or none."""
+    return torch.bfloat16 if enabled and native_bf16(device) else None

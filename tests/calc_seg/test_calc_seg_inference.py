@@ -13,9 +13,11 @@ from calc_seg.inference import (
     mask_components,
     predict_from_cfg,
     predict_image,
+    predict_images,
     window_positions,
 )
 from calc_seg.model import build_model
+from common.amp import autocast_dtype
 from common.errors import InputError
 
 
@@ -122,8 +124,9 @@ def test_mask_components():
 
 
 def test_predictor_from_config_follows_the_test_settings(tmp_path):
-    """from_config: the sliding window, threshold and weights of the config; the same map as
-    predict_from_cfg (the trainer's validation path); weights required and read as data."""
+    """from_config: the sliding window, threshold, autocast, layout and weights of the config; the
+    same map as predict_from_cfg (the trainer's validation path); weights required and read as
+    data."""
     cfg = get_calc_seg_cfg(None, ["MODEL.ENCODER", "vgg11_bn", "MODEL.DECODER_CHANNELS",
                                   "[16, 8, 8]", "TEST.WINDOW", "32", "TEST.STRIDE", "24",
                                   "TEST.THRESHOLD", "0.4"])
@@ -132,6 +135,7 @@ def test_predictor_from_config_follows_the_test_settings(tmp_path):
     torch.save({"model": model.state_dict()}, tmp_path / "w.pth")
     calc = CalcPredictor.from_config(cfg, tmp_path / "w.pth", device="cpu")
     assert (calc.window, calc.stride, calc.threshold) == (32, 24, 0.4)
+    assert calc.amp_dtype == autocast_dtype("cpu") and calc.channels_last  # shipped defaults
     image = _image(40, 56)
     breast = np.zeros(image.shape, bool)
     breast[:, :30] = True
@@ -144,3 +148,76 @@ def test_predictor_from_config_follows_the_test_settings(tmp_path):
         CalcPredictor.from_config(cfg)
     with pytest.raises(InputError, match="weights file not found"):
         CalcPredictor.from_config(cfg, tmp_path / "missing.pth")
+
+
+def _tiny_unet():
+    torch.manual_seed(0)
+    cfg = get_calc_seg_cfg(None, ["MODEL.ENCODER", "vgg11_bn", "MODEL.DECODER_CHANNELS",
+                                  "[16, 8, 8]"])
+    return build_model(cfg).eval()
+
+
+def test_predict_probs_batches_images_together_with_the_per_image_maps(one_thread):
+    """Tiles of several images share forward passes (a batch straddles images); the maps are those
+    of predict_prob image by image, also for an image without breast and one smaller than a tile."""
+    images = [_image(70, 90, seed=1), _image(64, 40, seed=2), _image(20, 30, seed=3),
+              _image(50, 50, seed=4)]
+    masks = [np.ones((70, 90), bool), None, np.ones((20, 30), bool), np.zeros((50, 50), bool)]
+    counter = Identity()
+    maps = predict_images(counter, images, masks, window=32, stride=24, batch_size=5,
+                          to_prob=first_channel)
+    # 3 x 4 + 3 x 2 + 1 (padded to 32 x 32) + 0 (no breast) tiles
+    assert counter.tiles == 19
+    for im, p in zip(images[:3], maps):
+        assert p.shape == im.shape and np.array_equal(p, im.astype(np.float32) / 255)
+    assert maps[3].shape == (50, 50) and not maps[3].any()
+    calc = CalcPredictor(_tiny_unet(), window=32, stride=24, batch_size=3, device="cpu")
+    together = calc.predict_probs(images, masks)
+    for im, m, p in zip(images, masks, together):
+        np.testing.assert_allclose(p, calc.predict_prob(im, m), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="breast masks"):
+        calc.predict_probs(images, masks[:2])
+
+
+@pytest.mark.parametrize("shape", [(128, 96), (150, 100)])
+def test_stride_equal_to_window_tiles_the_image_once(shape):
+    """stride = window (the shipped default): the fewest tiles, ceil(H / w) x ceil(W / w), all
+    inside the image (GroupNorm sees image content only, as in training). Every pixel is predicted
+    exactly once when the window divides the size; otherwise the n * w - size surplus rows (columns)
+    are spread over the tile seams (nnU-Net's even placement) and predicted twice, never more."""
+    window = 32
+    h, w = shape
+    counter = Identity()
+    img = _image(h, w)
+    prob = predict_image(counter, img, None, window, window, to_prob=first_channel)
+    assert np.array_equal(prob, img.astype(np.float32) / 255)
+    ys, xs = compute_steps(h, window, window), compute_steps(w, window, window)
+    assert window_positions(shape, window, window) == [(y, x) for y in ys for x in xs]
+    assert counter.tiles == len(ys) * len(xs) == -(-h // window) * -(-w // window)
+    for size, starts in ((h, ys), (w, xs)):
+        cover = np.zeros(size, int)
+        for s in starts:
+            assert 0 <= s <= size - window
+            cover[s : s + window] += 1
+        assert cover.min() == 1 and cover.max() <= 2
+        assert (cover == 2).sum() == len(starts) * window - size
+        if size % window == 0:
+            assert (cover == 1).all()
+
+
+def test_channels_last_and_bf16_stay_close_to_float32(one_thread):
+    """Execution choices (TEST.CHANNELS_LAST, TEST.AMP) on a tiny GN U-Net with random weights:
+    channels-last changes only the summation order (<= 1e-4 in probability); bf16 autocast, where
+    the CPU computes it natively, stays within 0.05 (its 8-bit mantissa; 0.042 on the trained
+    model, bench/results/calc_tiling_cpu.json)."""
+    img = _image(70, 90, seed=5)
+    ref = predict_image(_tiny_unet(), img, None, 32, 24)
+    cl = predict_image(_tiny_unet(), img, None, 32, 24, channels_last=True)
+    assert 0 < ref.min() and ref.max() < 1
+    assert np.abs(cl - ref).max() <= 1e-4
+    dtype = autocast_dtype("cpu")
+    if dtype is None:
+        pytest.skip("this CPU has no native bf16")
+    bf = predict_image(_tiny_unet(), img, None, 32, 24, amp_dtype=dtype, channels_last=True)
+    assert 0 < np.abs(bf - ref).max() <= 0.05
+
