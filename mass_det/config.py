@@ -15,9 +15,11 @@ from common.errors import yaml_error
 def add_mass_det_config(cfg: CN) -> CN:
     """Add the mass detector's nodes to a detectron2 config (call before ``merge_from_file``).
 
-    New nodes: ``MODEL.NONLOCAL``, ``MODEL.FOCAL_LOSS``, ``SOLVER.OPTIMIZER``, ``INPUT.MAMMO``,
-    ``TEST.FROC``, ``DATASETS.CANONICAL``. Defaults leave detectron2's models unchanged (no non-local
-    blocks, softmax / binary cross-entropy); the YAMLs under ``mass_det/configs`` switch them on.
+    New nodes: ``MODEL.NONLOCAL``, ``MODEL.FOCAL_LOSS``, ``MODEL.INFERENCE``, ``SOLVER.OPTIMIZER``,
+    ``INPUT.MAMMO``, ``TEST.FROC``, ``DATASETS.CANONICAL``. Defaults leave detectron2's models
+    unchanged (no non-local blocks, softmax / binary cross-entropy); the YAMLs under
+    ``mass_det/configs`` switch them on. ``MODEL.INFERENCE`` only changes how the predictor runs
+    the built model (bf16, channels-last, folded FrozenBN), never its weights.
     """
     _C = cfg
 
@@ -84,6 +86,22 @@ def add_mass_det_config(cfg: CN) -> CN:
     # masses, for the same compute; prediction still sees the whole image.
     _C.INPUT.MAMMO.CROP_SIZE = 0
     _C.INPUT.MAMMO.CROP_POSITIVE_PROB = 0.5
+
+    # Prediction fast path of mass_det.inference.MassPredictor (prepare_for_inference); training
+    # and detectron2's evaluator run the model as built. Off, all three give the float32 eager
+    # outputs bit for bit. Measured by `python bench/mass_detection.py --speed` (README).
+    _C.MODEL.INFERENCE = CN()
+    # Backbone (ResNet, non-local blocks, FPN) and RPN head in bfloat16 where the device computes it
+    # natively (common.amp.native_bf16: CUDA with bf16, CPUs with AVX512-BF16 or AMX; float32
+    # elsewhere). Their outputs return as float32, so anchors, proposals, ROI heads, scores and boxes
+    # stay float32. Scores move by about 1e-2 (bf16 keeps 8 significant bits).
+    _C.MODEL.INFERENCE.BF16 = True
+    # Channels-last (NHWC) memory for the same modules: oneDNN / cuDNN convolutions without layout
+    # reorders around every call.
+    _C.MODEL.INFERENCE.CHANNELS_LAST = True
+    # Fold each FrozenBN (the ImageNet ResNet's) into the convolution before it: one pass over the
+    # feature map less per layer, same result up to float rounding; GroupNorm is left as it is.
+    _C.MODEL.INFERENCE.FOLD_FROZEN_BN = True
 
     # FROC / AP evaluation through common.metrics.evaluate_boxes.
     _C.TEST.FROC = CN()
