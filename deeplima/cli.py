@@ -4,10 +4,13 @@ training and dataset conversion are forwarded to their modules.
 
     deeplima predict INPUT... --output DIR --model BUNDLE
         [--threshold T | --target-fp K] [--resume] [--normalize-laterality | --keep-laterality]
+        [--device auto|cpu|cuda|cuda:N] [--batch-size N] [--workers K]
     deeplima predict-mass --config-file CFG --weights W --input INPUT... --output DIR
-        [--threshold T] [--device D] [--trust-pickle] [--resume] [KEY VALUE ...]
+        [--threshold T] [--device D] [--batch-size N] [--workers K] [--trust-pickle] [--resume]
+        [KEY VALUE ...]
     deeplima predict-calc --config-file CFG --weights W --input INPUT... --output DIR
-        [--threshold T] [--device D] [--resume] [KEY VALUE ...]
+        [--threshold T] [--device D] [--batch-size N] [--workers K] [--resume] [KEY VALUE ...]
+    torchrun --nproc_per_node N -m deeplima predict ...    (any predict command, N processes)
     deeplima evaluate --pred DIR --gt CANONICAL_DIR [--split test] --output REPORT_DIR
     deeplima calibrate --model BUNDLE --gt CANONICAL_DIR [--split val] [--fps 0.5,1,2]
     deeplima bundle --mass MASS_OUTPUT_DIR | --mass-config CFG --mass-weights W \\
@@ -22,11 +25,16 @@ training and dataset conversion are forwarded to their modules.
 folders (searched recursively) and glob patterns. The three predict commands write the same
 prediction folder (``deeplima/writer.py``; a single-model run has no entries or files of the other
 model) with the same overlays; ``predict-mass`` / ``predict-calc`` take a config, its weights and
-trailing ``KEY VALUE`` config overrides as the training commands do. ``evaluate`` accepts any folder
-with ``images.json``, ``masses_results.json`` and ``calc_prob/<stem>.png``, so predictions of other
-tools can be scored the same way. ``bundle`` writes the model bundle (``deeplima/bundle.py``) with a
-model card in its ``bundle.json``: weights SHA-256, source folders and checkpoints, and the
-validation figures when it calibrates.
+trailing ``KEY VALUE`` config overrides as the training commands do. How a prediction runs never
+changes the folder: ``--workers K`` pre-processes the next images in K processes (and encodes the
+output PNGs of the last ones in K threads) while the models work, ``--batch-size N`` gives the
+models N images at a time (the U-Net's tiles of all N share forward passes), and under ``torchrun``
+the processes share the images and write one folder (:mod:`deeplima.distributed`; ``--resume``
+completes a run that lost a process, with any number of processes). ``evaluate`` accepts any
+folder with ``images.json``, ``masses_results.json`` and ``calc_prob/<stem>.png``, so predictions
+of other tools can be scored the same way. ``bundle`` writes the model bundle
+(``deeplima/bundle.py``) with a model card in its ``bundle.json``: weights SHA-256, source folders
+and checkpoints, and the validation figures when it calibrates.
 
 Other entry points: ``python -m common.preprocess`` (pre-processing alone), ``python -m
 common.evaluate boxes|masks`` (COCO results or probability maps against ground truth),
@@ -44,6 +52,7 @@ import argparse
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -54,6 +63,7 @@ from common.io import os_error_reason
 
 from .bundle import FILES, build_bundle, calc_source, load_bundle, load_model_cfg, mass_source
 from .calibration import calibrate_bundle
+from .distributed import choose_device, init_ranks
 from .operating_point import OperatingPointError
 from .pipeline import FindingsPredictor, Pipeline, build_calc_pipeline, build_mass_pipeline
 from .report import write_report
@@ -67,6 +77,32 @@ CONVERTERS = ("synthetic", "cbis_ddsm", "inbreast", "bcdr", "mias", "vindr")
 FORWARDED = ("train-mass", "train-calc", "convert")
 KIND_NAMES = {"mass": "mass", "calc": "calcification"}
 DESCRIPTION = "DeepLIMa: mass detection and calcification segmentation in mammograms."
+
+
+def device_arg(text: str) -> str:
+    """argparse ``type`` of ``--device``: auto, cpu, cuda or cuda:N."""
+    name, _, index = text.partition(":")
+    if text in ("auto", "cpu", "cuda") or (name == "cuda" and index.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+def _add_run_options(p: argparse.ArgumentParser, default_device: str) -> None:
+    """How a predict command runs (device, batching, pre-processing workers, threads, progress):
+    none of it changes the prediction folder."""
+    p.add_argument("--device", type=device_arg, metavar="{auto,cpu,cuda,cuda:N}",
+                   help=f"device of the models (default: {default_device}; CPU when CUDA is "
+                        "absent; under torchrun cuda and auto mean cuda:LOCAL_RANK)")
+    p.add_argument("--batch-size", type=number_arg(1, integer=True), default=1, metavar="N",
+                   help="images given to the models together: the calcification U-Net's tiles of "
+                        "N images share forward passes (default 1)")
+    p.add_argument("--workers", type=number_arg(0, integer=True), default=0, metavar="K",
+                   help="processes pre-processing the next images (DICOM read, window, breast, "
+                        "artifacts) and threads encoding the last ones' output PNGs while the "
+                        "models work (default 0: all in this process, one after the other)")
+    p.add_argument("--threads", type=number_arg(0, integer=True), default=0,
+                   help="torch CPU threads (0: torch default)")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def build_parser() -> OneLineArgumentParser:
@@ -102,12 +138,10 @@ def build_parser() -> OneLineArgumentParser:
                           "are mapped back)")
     lat.add_argument("--keep-laterality", dest="laterality", action="store_const", const=False,
                      help="never mirror (default: as the mass model was trained)")
-    p.add_argument("--device", help="cpu / cuda (default: the bundle's, CPU when CUDA is absent)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="accept a bundle whose mass weights are a .pkl (pickle) file; unpickling "
                         "can run any code, so only for bundles you trust")
-    p.add_argument("--threads", type=count, default=0, help="torch CPU threads (0: torch default)")
-    p.add_argument("--no-progress", action="store_true")
+    _add_run_options(p, "the bundle's mass config MODEL.DEVICE")
 
     for kind, name, package in (("mass", "mass detector", "mass_det"),
                                 ("calc", "calcification U-Net", "calc_seg")):
@@ -129,18 +163,13 @@ def build_parser() -> OneLineArgumentParser:
                        help="score threshold of findings (default: 0.5)" if kind == "mass" else
                             "score threshold of findings (default: the config's TEST.THRESHOLD, "
                             "which also makes the components: every component is a finding)")
-        s.add_argument("--device", help="cpu / cuda (default: "
-                       + ("the config's MODEL.DEVICE" if kind == "mass" else "cuda when available")
-                       + ", CPU when CUDA is absent)")
         if kind == "mass":
             s.add_argument("--trust-pickle", action="store_true",
                            help="accept .pkl (pickle) weights from outside detectron2's model zoo; "
                                 "unpickling can run any code, so only for files you trust")
         s.add_argument("--resume", action="store_true",
                        help="skip images whose outputs are complete")
-        s.add_argument("--threads", type=count, default=0,
-                       help="torch CPU threads (0: torch default)")
-        s.add_argument("--no-progress", action="store_true")
+        _add_run_options(s, "the config's MODEL.DEVICE" if kind == "mass" else "auto")
         example = "INPUT.MIN_SIZE_TEST 1000" if kind == "mass" else "TEST.STRIDE 128"
         s.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                        help=f"config overrides, e.g. {example}")
@@ -223,47 +252,64 @@ def _threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def _run_predictions(predictor: FindingsPredictor, inputs: list[str], args) -> int:
-    """Write the prediction folder of ``inputs`` into ``args.output`` and report on the console;
-    returns the exit status."""
-    summary = write_predictions(predictor, inputs, args.output, resume=args.resume,
-                                progress=not args.no_progress)
+def _predict_with(build: Callable[[str], FindingsPredictor], inputs: list[str], args,
+                  default_device: str | None) -> int:
+    """Build the predictor on this process's device (``build(device)``; one GPU per process under
+    torchrun, :mod:`deeplima.distributed`), write the prediction folder of ``inputs`` into
+    ``args.output`` and report on the console (rank 0); returns the exit status, the same on every
+    rank."""
+    _threads(args.threads)
+    device = choose_device(args.device, default_device)
+    ranks = init_ranks(device)
+    try:
+        summary = write_predictions(build(str(device)), inputs, args.output, resume=args.resume,
+                                    progress=not args.no_progress, batch_size=args.batch_size,
+                                    workers=args.workers, ranks=ranks)
+    finally:
+        ranks.close()
+    status = 1 if summary["n_failed"] else 0
+    if ranks.is_main:
+        _report(summary, args.output)
+    return status
+
+
+def _report(summary: dict, output: Path) -> None:
+    """The console summary of a prediction run."""
     t = summary["thresholds"]
     if summary.get("n_ignored_outputs"):
         print(f"note: {summary['n_ignored_outputs']} file(s) of prediction folders not taken as "
               "inputs", file=sys.stderr)
     levels = ", ".join(f"{KIND_NAMES[k]} threshold {t[k]:.3f}" for k in ("mass", "calc") if k in t)
     print(f"{summary['n_done']} image(s) predicted, {summary['n_skipped']} already done, "
-          f"{summary['n_failed']} failed -> {args.output} ({levels}: {t['source']})")
+          f"{summary['n_failed']} failed -> {output} ({levels}: {t['source']})")
     if summary["n_failed"]:
         for line in summary["failures"]:
             print(f"  failed: {line}", file=sys.stderr)
-        print(f"failures listed in {args.output / 'failures.txt'}", file=sys.stderr)
-        return 1
-    return 0
+        print(f"failures listed in {output / 'failures.txt'}", file=sys.stderr)
 
 
 def cmd_predict(args) -> int:
-    _threads(args.threads)
     bundle = load_bundle(args.model, trust_pickle=args.trust_pickle)
-    pipeline = Pipeline(bundle, threshold=args.threshold, target_fp=args.target_fp,
-                        normalize_laterality=args.laterality, device=args.device)
-    return _run_predictions(pipeline, args.inputs, args)
+    return _predict_with(
+        lambda device: Pipeline(bundle, threshold=args.threshold, target_fp=args.target_fp,
+                                normalize_laterality=args.laterality, device=device),
+        args.inputs, args, bundle.mass_cfg().MODEL.DEVICE)
 
 
 def cmd_predict_mass(args) -> int:
-    _threads(args.threads)
     cfg = load_model_cfg("mass", args.config_file, args.opts)  # safe YAML only
-    predictor = build_mass_pipeline(cfg, args.weights, threshold=args.threshold,
-                                    device=args.device, trust_pickle=args.trust_pickle)
-    return _run_predictions(predictor, args.input, args)
+    return _predict_with(
+        lambda device: build_mass_pipeline(cfg, args.weights, threshold=args.threshold,
+                                           device=device, trust_pickle=args.trust_pickle),
+        args.input, args, cfg.MODEL.DEVICE)
 
 
 def cmd_predict_calc(args) -> int:
-    _threads(args.threads)
     cfg = load_model_cfg("calc", args.config_file, args.opts)  # safe YAML only
-    predictor = build_calc_pipeline(cfg, args.weights, threshold=args.threshold, device=args.device)
-    return _run_predictions(predictor, args.input, args)
+    return _predict_with(
+        lambda device: build_calc_pipeline(cfg, args.weights, threshold=args.threshold,
+                                           device=device),
+        args.input, args, "auto")
 
 
 def cmd_evaluate(args) -> int:

@@ -38,6 +38,7 @@ __all__ = [
     "FindingsPredictor",
     "ImageResult",
     "Pipeline",
+    "Preprocessor",
     "build_calc_pipeline",
     "build_mass_pipeline",
     "model_id",
@@ -68,7 +69,8 @@ class ImageResult:
         calc_labels: int32 (H, W), 0 = background, k = component with ``label`` k.
         record: the pre-processing record of :func:`common.preprocess.preprocess`.
         thresholds: {"mass": t, "calc": t} used for ``finding`` (the kinds predicted).
-        timings: seconds per stage: preprocess, mass, calc (the stages run), postprocess.
+        timings: seconds per stage: preprocess, mass, calc (the stages run; calc is the image's
+            share of its batch, :meth:`FindingsPredictor.predict_batch`), postprocess.
     """
 
     source: str
@@ -119,13 +121,39 @@ def model_id(weights: Iterable[str | Path]) -> str:
 
 
 # ---------------------------------------------------------------------------------------- predictor
+@dataclass(frozen=True)
+class Preprocessor:
+    """``Preprocessor(remove_artifacts, normalize_laterality)(path_or_array)`` ->
+    :class:`~common.preprocess.Preprocessed`: :func:`common.preprocess.preprocess` with a
+    predictor's options, picklable so that loader worker processes can run it
+    (:mod:`deeplima.loader`).
+
+    Raises :class:`InputError` (one line naming the file) for a missing, unreadable or unusable
+    input.
+    """
+
+    remove_artifacts: bool = True
+    normalize_laterality: bool = False
+
+    def __call__(self, source: str | Path | np.ndarray) -> Preprocessed:
+        if not isinstance(source, np.ndarray):
+            p = Path(source)
+            if not p.is_file():
+                raise InputError(p, "file not found")
+            source = str(p)
+        return preprocess(source, remove_artifacts=self.remove_artifacts,
+                          normalize_laterality=self.normalize_laterality)
+
+
 class FindingsPredictor:
     """Pre-processing once, then the mass and / or calcification predictor, results in the original
     frame: ``FindingsPredictor(mass, calc, thresholds=...)(path_or_array)`` -> :class:`ImageResult`.
 
-    What :func:`deeplima.writer.write_predictions` runs: besides ``__call__`` it reads
-    ``thresholds``, ``model_id``, ``normalize_laterality`` and ``run_info`` (extra entries of
-    ``run.json``).
+    The call is two stages, which :func:`deeplima.writer.write_predictions` runs apart:
+    :attr:`preprocessor` (CPU; in the loader's worker processes while the models work on earlier
+    images) and :meth:`predict_batch` (the models, several images at a time). The writer also reads
+    ``mass``, ``thresholds``, ``model_id``, ``normalize_laterality`` and ``run_info`` (extra entries
+    of ``run.json``).
     """
 
     def __init__(
@@ -178,16 +206,16 @@ class FindingsPredictor:
         return tuple(k for k, m in (("mass", self.mass), ("calc", self.calc)) if m is not None)
 
     # -------------------------------------------------------------------------------- one image
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """The pre-processing of this predictor as a picklable callable (what the loader's worker
+        processes run, :mod:`deeplima.loader`)."""
+        return Preprocessor(self.remove_artifacts, self.normalize_laterality)
+
     def preprocess(self, source: str | Path | np.ndarray) -> Preprocessed:
         """:func:`common.preprocess.preprocess` with this predictor's options (raises
         InputError)."""
-        if not isinstance(source, np.ndarray):
-            p = Path(source)
-            if not p.is_file():
-                raise InputError(p, "file not found")
-            source = str(p)
-        return preprocess(source, remove_artifacts=self.remove_artifacts,
-                          normalize_laterality=self.normalize_laterality)
+        return self.preprocessor(source)
 
     def __call__(self, source: str | Path | np.ndarray) -> ImageResult:
         """Pre-process once, run the models, return findings in the original frame.
@@ -197,33 +225,75 @@ class FindingsPredictor:
         """
         t0 = time.perf_counter()
         p = self.preprocess(source)
-        flipped = bool(p.record.get("flipped", False))
-        timings = {"preprocess": time.perf_counter() - t0}
-        w = p.image.shape[1]
+        seconds = time.perf_counter() - t0
+        name = "<array>" if isinstance(source, np.ndarray) else str(source)
+        return self.predict_batch([p], [name], [seconds])[0]
 
-        masses = None
+    # ------------------------------------------------------------------------------ pre-processed
+    def predict_batch(self, images: Sequence[Preprocessed], sources: Sequence[str],
+                      preprocess_seconds: Sequence[float] | None = None) -> list[ImageResult]:
+        """Findings of pre-processed images (:meth:`preprocess`), in the original frames.
+
+        The mass detector runs image by image; the calcification U-Net gets the tiles of all the
+        images together (:meth:`calc_seg.inference.CalcPredictor.predict_probs`, fuller forward
+        passes on a GPU). The results are those of calling the predictor on each image alone.
+
+        Args:
+            images: the pre-processing results (uint8 image and bool breast mask in the frame
+                ``record["flipped"]`` says; each record is kept as the result's ``record``).
+            sources: the input path of each image (or "<array>"), for the results.
+            preprocess_seconds: time spent pre-processing each image (``timings["preprocess"]``).
+
+        Returns:
+            one :class:`ImageResult` per image, in order. ``timings["calc"]`` of each is its equal
+            share of the batch's U-Net time.
+        """
+        n = len(images)
+        if len(sources) != n:
+            raise ValueError(f"{n} images but {len(sources)} sources")
+        seconds = [0.0] * n if preprocess_seconds is None else list(preprocess_seconds)
+        timings = [{"preprocess": s} for s in seconds]
+        masses: list[list[dict] | None] = [None] * n
         if self.mass is not None:
+            for k, p in enumerate(images):
+                t = time.perf_counter()
+                boxes, scores = self.mass(p.image)
+                timings[k]["mass"] = time.perf_counter() - t
+                masses[k] = self._masses(boxes, scores, p)
+        probs: list[np.ndarray | None] = [None] * n
+        if self.calc is not None and n:
             t = time.perf_counter()
-            boxes, scores = self.mass(p.image)
-            timings["mass"] = time.perf_counter() - t
-            # float64 before mirroring back (x' = W - x is exact there) and the thresholds
-            boxes = unflip_boxes_xyxy(boxes.astype(np.float64), w, flipped)
-            scores = scores.astype(np.float64)
-            order = np.argsort(-scores, kind="mergesort")
-            masses = [
-                {"bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
-                 "score": float(s), "finding": bool(s >= self.thresholds["mass"])}
-                for b, s in zip(boxes[order], scores[order])
-            ]
-        prob = labels = calcs = None
-        if self.calc is not None:
-            t = time.perf_counter()
-            prob = self.calc.predict_prob(p.image, p.breast_mask)
-            timings["calc"] = time.perf_counter() - t
+            probs = self.calc.predict_probs([p.image for p in images],
+                                            [p.breast_mask for p in images])
+            share = (time.perf_counter() - t) / n
+            for tk in timings:
+                tk["calc"] = share
+        return [self._result(p, src, prob, m, tk)
+                for p, src, prob, m, tk in zip(images, sources, probs, masses, timings)]
 
+    def _masses(self, boxes: np.ndarray, scores: np.ndarray, p: Preprocessed) -> list[dict]:
+        """Mass entries in the original frame, by decreasing score, of the detector's (N, 4) XYXY
+        boxes and (N,) scores in the frame of ``p.image``."""
+        # float64 before mirroring back (x' = W - x is exact there) and the thresholds
+        boxes = unflip_boxes_xyxy(boxes.astype(np.float64), p.image.shape[1],
+                                  bool(p.record.get("flipped", False)))
+        scores = scores.astype(np.float64)
+        order = np.argsort(-scores, kind="mergesort")
+        return [
+            {"bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+             "score": float(s), "finding": bool(s >= self.thresholds["mass"])}
+            for b, s in zip(boxes[order], scores[order])
+        ]
+
+    def _result(self, p: Preprocessed, source: str, prob: np.ndarray | None,
+                masses: list[dict] | None, timings: dict) -> ImageResult:
+        """Map ``p``'s image, mask and probability back to the original frame, label the
+        calcification components there, and assemble the :class:`ImageResult`."""
+        flipped = bool(p.record.get("flipped", False))
         t = time.perf_counter()
         image = np.ascontiguousarray(unflip_mask(p.image, flipped))
         breast = np.ascontiguousarray(unflip_mask(p.breast_mask, flipped))
+        labels = calcs = None
         if prob is not None:
             # components are labelled in the original frame: their labels and points are the file's
             prob = np.ascontiguousarray(unflip_mask(prob, flipped), dtype=np.float32)
@@ -231,11 +301,9 @@ class FindingsPredictor:
             calcs = [{**c, "finding": bool(c["score"] >= self.thresholds["calc"])} for c in comps]
         timings["postprocess"] = time.perf_counter() - t
         return ImageResult(
-            source="<array>" if isinstance(source, np.ndarray) else str(source),
-            image=image, breast_mask=breast, masses=masses, calcifications=calcs,
+            source=source, image=image, breast_mask=breast, masses=masses, calcifications=calcs,
             calc_prob=prob, calc_labels=labels, record=p.record,
-            thresholds={k: self.thresholds[k] for k in self.kinds},
-            timings=timings,
+            thresholds={k: self.thresholds[k] for k in self.kinds}, timings=timings,
         )
 
     def predict_files(self, paths: Iterable[str | Path]
