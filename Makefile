@@ -19,18 +19,42 @@ CONFIG ?=
 OPTS ?=
 OUT ?= output
 
-.PHONY: help install test lint demo data train-mass train-calc ablate-mass ablate-calc bench clean
+# Debian packages the tests and the PACS workflow use: dicom3tools (dciodvfy checks the synthetic DICOM
+# files), Orthanc with its DICOMweb plugin (a local PACS).
+SYSTEM_PACKAGES := dicom3tools orthanc orthanc-dicomweb
+
+.PHONY: help install system-packages test lint demo data train-mass train-calc ablate-mass ablate-calc bench clean
 
 help:
 	@echo "make demo        generate synthetic mammograms and run the pipeline on them"
 	@echo "make test        run the test suite"
 	@echo "make install     create .venv with every dependency (done automatically by other targets)"
+	@echo "                 and install the Debian packages $(SYSTEM_PACKAGES) when missing (as root)"
 	@echo "make data        synthetic training data in $(DATA)"
 	@echo "make train-mass  CONFIG=mass_det/configs/faster_rcnn_R50_FPN_FL_NL.yaml OPTS='KEY VALUE ...'"
 	@echo "make train-calc  CONFIG=calc_seg/configs/unet_gn.yaml OPTS='KEY VALUE ...'"
 	@echo "make bench       run the benchmarks in bench/"
 
-install: $(STAMP)
+install: system-packages $(STAMP)
+
+# Installs what is missing with apt-get when run as root; otherwise says what to install and goes on.
+system-packages:
+	@missing=""; \
+	command -v dciodvfy >/dev/null 2>&1 || missing="$$missing dicom3tools"; \
+	if ! command -v Orthanc >/dev/null 2>&1 && ! test -x /usr/sbin/Orthanc; then \
+	  missing="$$missing orthanc orthanc-dicomweb"; \
+	elif command -v dpkg-query >/dev/null 2>&1 && \
+	     ! dpkg-query -W -f='$${Status}' orthanc-dicomweb 2>/dev/null | grep -q "ok installed"; then \
+	  missing="$$missing orthanc-dicomweb"; \
+	fi; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	else \
+	  echo "missing Debian packages:$$missing (install them as root: apt-get install -y --no-install-recommends$$missing); going on without them"; \
+	fi
 
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)

@@ -61,9 +61,12 @@ class LoadedImage:
     Attributes:
         pixels: float32 (H, W), Modality-LUT output values (DICOM) or raw values (PNG/TIFF).
             Row 0 is the top of the image, column 0 its left edge, as stored in the file.
-        meta: json-able dict: source, pixel_spacing ([row_mm, col_mm] or None), laterality ("L"/"R"/None),
-            view, photometric, presentation_intent, bits_stored, rows, cols, transfer_syntax,
-            window_centers / window_widths (all values from the file, [] when absent), voi_lut (bool).
+        meta: json-able dict: source, pixel_spacing ([row_mm, col_mm] or None), pixel_spacing_source
+            (see :func:`pixel_spacing_info`), modality, sop_class_uid, study_instance_uid,
+            series_instance_uid, sop_instance_uid, frame_of_reference_uid, patient_id (None when
+            absent), laterality ("L"/"R"/None), view (:func:`image_view`), photometric,
+            presentation_intent, bits_stored, rows, cols, transfer_syntax, window_centers /
+            window_widths (all values from the file, [] when absent), voi_lut (bool).
         dataset: the pydicom header (no pixel data) for DICOM input, needed to apply a VOI LUT Sequence;
             None for PNG/TIFF input and arrays.
     """
@@ -114,23 +117,67 @@ def dicom_meta(ds: Any, source: str) -> dict[str, Any]:
         raise InputError(source, f"malformed DICOM header value ({e})") from None
 
 
-def pixel_spacing(ds: Any) -> list[float] | None:
-    """[row_mm, col_mm] of a DICOM header: PixelSpacing, else ImagerPixelSpacing, else None.
+#: Where :func:`pixel_spacing_info` took the spacing from.
+SPACING_SOURCES = (
+    "PixelSpacing",
+    "ImagerPixelSpacing",
+    "ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor",
+)
 
-    The project's one pixel-spacing rule (readers, converters, metrics). A value that is not two
-    positive finite numbers counts as absent.
-    """
-    for key in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(key)
-        if value is None or isinstance(value, (str, bytes)):
-            continue
-        try:
-            row, col = (float(v) for v in value)
-        except (TypeError, ValueError):
-            continue
-        if np.isfinite(row) and np.isfinite(col) and row > 0 and col > 0:
-            return [row, col]
+
+def _spacing_pair(ds: Any, key: str) -> list[float] | None:
+    """Two positive finite numbers from a header element, or None."""
+    value = ds.get(key)
+    if value is None or isinstance(value, (str, bytes)):
+        return None
+    try:
+        row, col = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    if np.isfinite(row) and np.isfinite(col) and row > 0 and col > 0:
+        return [row, col]
     return None
+
+
+def pixel_spacing_info(ds: Any) -> dict[str, Any] | None:
+    """The physical pixel spacing of a DICOM header and where it comes from, or None.
+
+    Returns ``{"spacing_mm": [row_mm, col_mm], "source": ...}`` (``source`` one of
+    :data:`SPACING_SOURCES`):
+
+    * ``PixelSpacing`` when present: the spacing in the patient (for mammograms, at the breast
+      support or corrected by the manufacturer);
+    * else ``ImagerPixelSpacing`` (the spacing at the detector) divided by
+      ``EstimatedRadiographicMagnificationFactor`` when that is a number > 0 (recorded as
+      ``magnification``): the detector spacing brought back to the object;
+    * else ``ImagerPixelSpacing`` as it is.
+
+    A spacing that is not two positive finite numbers counts as absent.
+    """
+    spacing = _spacing_pair(ds, "PixelSpacing")
+    if spacing is not None:
+        return {"spacing_mm": spacing, "source": SPACING_SOURCES[0]}
+    spacing = _spacing_pair(ds, "ImagerPixelSpacing")
+    if spacing is None:
+        return None
+    try:
+        factor = float(ds.get("EstimatedRadiographicMagnificationFactor"))
+    except (TypeError, ValueError):
+        factor = float("nan")
+    if np.isfinite(factor) and factor > 0:
+        return {
+            "spacing_mm": [spacing[0] / factor, spacing[1] / factor],
+            "source": SPACING_SOURCES[2],
+            "magnification": factor,
+        }
+    return {"spacing_mm": spacing, "source": SPACING_SOURCES[1]}
+
+
+def pixel_spacing(ds: Any) -> list[float] | None:
+    """[row_mm, col_mm] of a DICOM header, or None: the project's one pixel-spacing rule (readers,
+    converters, metrics); see :func:`pixel_spacing_info` for the rule and the source."""
+    info = pixel_spacing_info(ds)
+    return info["spacing_mm"] if info else None
 
 
 def read_dicom_header(path: str | Path) -> Any:
@@ -141,15 +188,154 @@ def read_dicom_header(path: str | Path) -> Any:
         raise InputError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from None
 
 
+def _text(ds: Any, keyword: str) -> str | None:
+    """A header value as stripped text (the first of a multi-value), None when absent or empty."""
+    value = _first(ds.get(keyword))
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def sop_class_uid(ds: Any) -> str | None:
+    """SOP Class UID of the data set, else the file meta's Media Storage SOP Class UID."""
+    uid = _text(ds, "SOPClassUID")
+    if uid is None:
+        uid = _text(getattr(ds, "file_meta", None) or {}, "MediaStorageSOPClassUID")
+    return uid
+
+
+def image_laterality(ds: Any) -> str | None:
+    """"L", "R", "B" or "U" from ImageLaterality, else the series' Laterality; None when absent."""
+    value = _text(ds, "ImageLaterality") or _text(ds, "Laterality")
+    return value.upper() if value else None
+
+
+# Mammography views (CID 4014) by code, and by code meaning with case, spaces and hyphens removed.
+_VIEW_BY_CODE = {
+    ("SCT", "399162004"): "CC",
+    ("SCT", "399368009"): "MLO",
+    ("SCT", "399260004"): "ML",
+    ("SCT", "399352003"): "LM",
+    ("SRT", "R-10242"): "CC",
+    ("SRT", "R-10226"): "MLO",
+    ("SRT", "R-10224"): "ML",
+    ("SRT", "R-10228"): "LM",
+}
+_VIEW_BY_MEANING = {
+    "craniocaudal": "CC",
+    "mediolateraloblique": "MLO",
+    "mediolateral": "ML",
+    "lateromedial": "LM",
+    "lateromedialoblique": "LMO",
+    "craniocaudalexaggeratedlaterally": "XCCL",
+    "craniocaudalexaggeratedmedially": "XCCM",
+    "caudocranial(frombelow)": "FB",
+    "superolateraltoinferomedialoblique": "SIO",
+    "cleavage": "CV",
+    "axillarytail": "AT",
+}
+
+
+def image_view(ds: Any) -> str | None:
+    """The view ("CC", "MLO", ...): ViewPosition, else the first item of ViewCodeSequence (by its
+    code, else its code meaning, else the meaning as written); None when neither says."""
+    view = _text(ds, "ViewPosition")
+    if view:
+        return view.upper()
+    items = ds.get("ViewCodeSequence") or []
+    if not items:
+        return None
+    item = items[0]
+    scheme = (_text(item, "CodingSchemeDesignator") or "").upper()
+    key = (scheme, _text(item, "CodeValue") or "")
+    if key in _VIEW_BY_CODE:
+        return _VIEW_BY_CODE[key]
+    meaning = _text(item, "CodeMeaning")
+    if not meaning:
+        return None
+    return _VIEW_BY_MEANING.get("".join(meaning.lower().replace("-", " ").split()), meaning)
+
+
+def image_identity(ds: Any) -> dict[str, str | None]:
+    """Who an image is, from its header: modality, SOP class, study / series / SOP instance and
+    frame-of-reference UIDs, patient ID, laterality and view (None for what is absent)."""
+    return {
+        "modality": _text(ds, "Modality"),
+        "sop_class_uid": sop_class_uid(ds),
+        "study_instance_uid": _text(ds, "StudyInstanceUID"),
+        "series_instance_uid": _text(ds, "SeriesInstanceUID"),
+        "sop_instance_uid": _text(ds, "SOPInstanceUID"),
+        "frame_of_reference_uid": _text(ds, "FrameOfReferenceUID"),
+        "patient_id": _text(ds, "PatientID"),
+        "laterality": image_laterality(ds),
+        "view": image_view(ds),
+    }
+
+
+#: Digital Mammography X-Ray Image Storage - For Presentation / - For Processing.
+MG_FOR_PRESENTATION_SOP = "1.2.840.10008.5.1.4.1.1.1.2"
+MG_FOR_PROCESSING_SOP = "1.2.840.10008.5.1.4.1.1.1.2.1"
+#: Secondary Capture Image Storage and its multi-frame variants.
+SECONDARY_CAPTURE_SOPS = frozenset(
+    ["1.2.840.10008.5.1.4.1.1.7"] + [f"1.2.840.10008.5.1.4.1.1.7.{i}" for i in range(1, 5)]
+)
+
+
+def _sop_name(uid: str | None) -> str:
+    if not uid:
+        return "no SOP Class UID"
+    name = pydicom.uid.UID(uid).name
+    return f"{name} ({uid})" if name != uid else uid
+
+
+def mammogram_skip_reason(ds: Any) -> str | None:
+    """None when a DICOM header is a mammogram to predict on, else the one-line reason why not.
+
+    Predicted on: Modality MG with SOP class Digital Mammography X-Ray Image - For Presentation; and
+    Secondary Captures with Modality MG whose SeriesDescription says "full mammogram" (how
+    CBIS-DDSM stores its digitised films). Not predicted on: For Processing mammograms (raw detector
+    data); Secondary Captures that are ROI masks or lesion crops (SeriesDescription "ROI mask
+    images", "cropped images", or an ImageType / description naming a mask, ROI or crop) and any
+    other Secondary Capture, since screenshots, rendered reports and derived pictures are stored
+    that way too and only a description saying "full mammogram" tells a whole mammogram apart;
+    segmentations, structured reports and every other SOP class; other modalities.
+    """
+    sop = sop_class_uid(ds)
+    modality = (_text(ds, "Modality") or "").upper()
+    what = _sop_name(sop)
+    if sop == MG_FOR_PROCESSING_SOP:
+        return "FOR PROCESSING mammogram (raw detector data); only FOR PRESENTATION images are used"
+    if sop in SECONDARY_CAPTURE_SOPS:
+        if modality != "MG":
+            return f"Secondary Capture of modality {modality or '(none)'}, not a mammogram"
+        description = (_text(ds, "SeriesDescription") or "").lower()
+        image_type = " ".join(str(v) for v in (ds.get("ImageType") or [])).lower()
+        words = f"{description} {image_type}"
+        if "full mammogram" in description:
+            return None
+        if "mask" in words or "roi" in words.split():
+            return (f"ROI mask or lesion crop (Secondary Capture, SeriesDescription "
+                    f"{description!r}), not a mammogram")
+        if "crop" in words:
+            return (f"cropped lesion image (Secondary Capture, SeriesDescription {description!r}), "
+                    "not a whole mammogram")
+        return (f"Secondary Capture (SeriesDescription {description or '(none)'!r}) not described "
+                "as a full mammogram; only acquired mammograms are used")
+    if sop != MG_FOR_PRESENTATION_SOP:
+        return f"{what}, Modality {modality or '(none)'}: not a mammography image"
+    if modality != "MG":
+        return f"Modality {modality or '(none)'} with a mammography SOP class; only MG is used"
+    return None
+
+
 def _dicom_meta(ds: Any, source: str) -> dict[str, Any]:
-    spacing = pixel_spacing(ds)
-    laterality = ds.get("ImageLaterality") or ds.get("Laterality") or None
+    spacing = pixel_spacing_info(ds)
+    identity = image_identity(ds)
     ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     return {
         "source": source,
-        "pixel_spacing": spacing,
-        "laterality": str(laterality).upper() if laterality else None,
-        "view": str(ds.get("ViewPosition")) if ds.get("ViewPosition") else None,
+        "pixel_spacing": spacing["spacing_mm"] if spacing else None,
+        "pixel_spacing_source": spacing["source"] if spacing else None,
+        **identity,
         "photometric": str(ds.get("PhotometricInterpretation", "")) or None,
         "presentation_intent": str(ds.get("PresentationIntentType", "")) or None,
         "bits_stored": int(ds.BitsStored) if ds.get("BitsStored") is not None else None,
@@ -308,6 +494,14 @@ def raster_meta(source: str, shape: tuple[int, int]) -> dict[str, Any]:
     return {
         "source": source,
         "pixel_spacing": None,
+        "pixel_spacing_source": None,
+        "modality": None,
+        "sop_class_uid": None,
+        "study_instance_uid": None,
+        "series_instance_uid": None,
+        "sop_instance_uid": None,
+        "frame_of_reference_uid": None,
+        "patient_id": None,
         "laterality": None,
         "view": None,
         "photometric": "MONOCHROME2",

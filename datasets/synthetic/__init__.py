@@ -30,9 +30,12 @@ and text sizes scale with the image height, so small test images (e.g. 512x416) 
 pixel spacing scales too (a smaller image stands for the same field of view).
 
 Acquisition, drawn per image (``generate`` can force each): BitsStored 12/14/16; MONOCHROME1
-(stored inverted, tissue dark) or MONOCHROME2; RescaleSlope/Intercept, sometimes non-trivial; a
-window that displays the breast (background below ``c - w/2``, calcifications near ``c + w/2``),
-given once, as the first of two values, or absent. Burned-in view label, laterality marker and
+(stored inverted, tissue dark) or MONOCHROME2; a window that displays the breast (background below
+``c - w/2``, calcifications near ``c + w/2``), given once, as the first of two values, or as a VOI
+LUT Sequence tabulating it. Every file is a complete Digital Mammography X-Ray Image - For
+Presentation IOD (Rescale Slope 1 and Intercept 0, as that IOD requires; coded view, laterality,
+anatomy; patient, study, series, equipment and frame of reference), checked with dicom3tools'
+``dciodvfy`` by the tests. Burned-in view label, laterality marker and
 acquisition text lie in the background on the nipple side, at least ~1 % of the height away from
 the breast. In ~30 % of images, the detector artifact of the paper (Fig. 2): isolated 1-pixel
 bright and dark dots on one column.
@@ -56,8 +59,8 @@ Ground truth frames: all boxes ``[x, y, w, h]`` and points ``[x, y]`` are in ori
 coordinates (top-left origin, x along columns), i.e. after the laterality flip.
 
 Same seed, same bytes: every random draw comes from ``numpy.random.default_rng`` seeded by
-``(seed, patient, view)``; UIDs are hashes of the seed and the image identity; no timestamps are
-written.
+``(seed, patient, view)``; UIDs are hashes of the seed and the image identity; dates and times are
+a fixed value, never the clock.
 
 Package layout: :mod:`~datasets.synthetic.anatomy` (the normal breast),
 :mod:`~datasets.synthetic.lesions` (masses, calcifications, their annotations),

@@ -2,7 +2,8 @@
 
 The signal ``s`` (float32 (H, W), 0 = unexposed background, bright = dense) becomes stored pixels
 ``raw_base + s * raw_span``, clipped to BitsStored and inverted for MONOCHROME1; modality values
-are ``stored * rescale_slope + rescale_intercept``. Functions here work in the final image frame
+are ``stored * rescale_slope + rescale_intercept`` with slope 1 and intercept 0, the only values a
+mammography image may carry. Functions here work in the final image frame
 (after the laterality flip) unless noted.
 """
 
@@ -24,9 +25,11 @@ def draw_image_params(rng: np.random.Generator) -> dict:
     maxv = (1 << bits) - 1
     base = float(rng.uniform(0.0, 0.06)) * maxv  # stored value of the background signal s=0
     span = (maxv - base) / S_MAX * float(rng.uniform(0.6, 1.0))  # stored units per unit of signal
-    slope, intercept = [(1.0, 0.0), (1.0, 0.0), (1.0, -1000.0), (0.5, 0.0), (2.0, -512.0)][
-        int(rng.integers(5))
-    ]
+    # The DX/MG pixel module fixes Rescale Slope 1 and Intercept 0 (PS3.3 C.8.11.3), so stored
+    # values are modality values. This draw is unused; it stays so that every later draw of a seed
+    # (and thus every image) is unchanged.
+    rng.integers(5)
+    slope, intercept = 1.0, 0.0
     return {
         "bits_stored": bits,
         "photometric": "MONOCHROME1" if rng.random() < 0.35 else "MONOCHROME2",
@@ -173,8 +176,9 @@ def stored_pixels(signal: np.ndarray, p: dict) -> np.ndarray:
 def display_window(p: dict) -> dict:
     """Window centre/width in modality units (after rescale) displaying signal s_lo..s_hi as 0..255.
 
-    Returns ``mode`` and the lists ``center``/``width`` (one window for "single"; the diagnostic
-    one then a full-range one for "multi"; None for "absent").
+    Returns ``mode`` and the lists ``center``/``width`` (one window for "single" and "voi_lut",
+    whose VOI LUT Sequence tabulates that window; the diagnostic one then a full-range one for
+    "multi").
     """
     maxv = (1 << p["bits_stored"]) - 1
 
@@ -192,6 +196,4 @@ def display_window(p: dict) -> dict:
     if p["window_mode"] == "multi":  # the first window is the diagnostic one; the second shows all
         centers.append(round((full_lo + full_hi) / 2, 2))
         widths.append(round(full_hi - full_lo, 2))
-    if p["window_mode"] == "absent":
-        return {"mode": "absent", "center": None, "width": None}
     return {"mode": p["window_mode"], "center": centers, "width": widths}

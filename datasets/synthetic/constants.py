@@ -16,6 +16,8 @@ DENSE_FRACTION = {
     "D": 0.82,
 }  # share of the breast that is fibroglandular
 MASS_SHAPES = ("round", "oval", "irregular", "spiculated")
-WINDOW_MODES = ("single", "multi", "absent")
+# How the display window is stored: one Window Center/Width pair, two pairs (diagnostic, full
+# range), or a VOI LUT Sequence holding the diagnostic window as a table.
+WINDOW_MODES = ("single", "multi", "voi_lut")
 S_MAX = 1.25  # largest signal the stored range must hold (calcification on dense tissue, text)
 CALC_TYPE_CODE = {"dot": 1, "vessel": 2, "large": 3}  # canonical codes (datasets.canonical)

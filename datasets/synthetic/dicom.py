@@ -1,7 +1,14 @@
-"""The DICOM writer: one Digital Mammography X-Ray Image (For Presentation) per image.
+"""The DICOM writer: one Digital Mammography X-Ray Image - For Presentation IOD per image.
 
-Deterministic: UIDs are hashes of the seed and the image identity, and no date, time or other
-clock-dependent value is written, so the same arguments give the same bytes.
+Each file holds everything that IOD requires (patient, study, series, frame of reference, equipment,
+DX and mammography image modules), as dicom3tools' ``dciodvfy`` checks in
+``tests/datasets/test_synthetic_dciodvfy.py``. View and anatomy are coded (SNOMED CT) beside View
+Position and Image Laterality; Rescale Slope and Intercept are 1 and 0, as the DX Image module
+requires; the display window is a Window Center/Width (one or two) or a VOI LUT Sequence, one of
+which a For Presentation image must have.
+
+Deterministic: UIDs are hashes of the seed and the image identity, and the dates and times are a
+fixed synthetic value (no clock), so the same arguments give the same bytes.
 """
 
 from __future__ import annotations
@@ -13,7 +20,18 @@ import numpy as np
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
-from datasets.synthetic.constants import MG_FOR_PRESENTATION
+from datasets.synthetic.constants import GENERATOR_VERSION, MG_FOR_PRESENTATION
+
+SYNTHETIC_DATE, SYNTHETIC_TIME = "20000101", "120000"
+
+# View Code Sequence (CID 4014, SNOMED CT) per View Position.
+VIEW_CODES = {
+    "CC": ("399162004", "cranio-caudal"),
+    "MLO": ("399368009", "medio-lateral oblique"),
+}
+
+# VOI LUT Sequence entries hold this many bits (LUT Descriptor, third value).
+VOI_LUT_BITS = 12
 
 # DICOM Patient Orientation (row direction, column direction) per laterality and view.
 PATIENT_ORIENTATION = {
@@ -48,6 +66,24 @@ def _code(value: str, meaning: str) -> Dataset:
     return item
 
 
+def _voi_lut_item(center: float, width: float) -> Dataset:
+    """A VOI LUT Sequence item tabulating the window (c, w) over the integer modality values it
+    spans: ``c - w/2`` maps to 0, ``c + w/2`` to the largest entry, linearly; values before the
+    first entry take the first one, values after the last the last one (PS3.3 C.11.2.1.1)."""
+    first = max(0, int(np.floor(center - width / 2.0)))
+    last = int(np.ceil(center + width / 2.0))
+    n = min(max(last - first + 1, 2), 1 << 16)
+    top = (1 << VOI_LUT_BITS) - 1
+    x = np.arange(first, first + n, dtype=np.float64)
+    table = np.clip(np.rint((x - (center - width / 2.0)) / width * top), 0, top).astype("<u2")
+    item = Dataset()
+    # 65536 entries are written as 0 (PS3.3 C.11.2.1.1); first mapped value, bits per entry
+    item.add_new(0x00283002, "US", [n % (1 << 16), first, VOI_LUT_BITS])  # LUT Descriptor
+    item.LUTExplanation = "NORMAL"
+    item.add_new(0x00283006, "OW", table.tobytes())  # LUT Data
+    return item
+
+
 def _file_meta(sop_uid: str) -> FileMetaDataset:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MG_FOR_PRESENTATION
@@ -73,12 +109,15 @@ def _set_identity(
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.SOPClassUID = MG_FOR_PRESENTATION
     ds.SOPInstanceUID = sop_uid
-    ds.StudyDate = ""  # type 2: deliberately empty, the output must not depend on the clock
-    ds.StudyTime = ""
-    ds.AccessionNumber = ""
+    # A fixed date and time: the output must not depend on the clock.
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = SYNTHETIC_DATE
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = SYNTHETIC_TIME
+    ds.AccessionNumber = f"SYN{seed % 100000:05d}{study + 1:06d}"[:16]
     ds.Modality = "MG"
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.Manufacturer = "DeepLIMa synthetic"
+    ds.ManufacturerModelName = "datasets.synthetic"
+    ds.SoftwareVersions = GENERATOR_VERSION
     ds.ReferringPhysicianName = ""
     ds.SeriesDescription = f"{p['laterality']} {p['view']}"
     ds.PatientName = f"SYNTHETIC^{patient_id}"
@@ -98,12 +137,16 @@ def _set_identity(
     ds.ImageLaterality = p["laterality"]
     ds.ViewPosition = p["view"]
     ds.AnatomicRegionSequence = [_code("76752008", "Breast")]
-    ds.ViewCodeSequence = [
-        _code("399162004", "cranio-caudal")
-        if p["view"] == "CC"
-        else _code("399368009", "medio-lateral oblique")
-    ]
+    view = _code(*VIEW_CODES[p["view"]])
+    view.ViewModifierCodeSequence = []  # type 2: no modifier (no spot, magnification, ...)
+    ds.ViewCodeSequence = [view]
     ds.AcquisitionContextSequence = []
+    ds.ContrastBolusAgent = ""  # type 2: no contrast agent
+    ds.DetectorType = "DIRECT"
+    ds.PositionerType = "MAMMOGRAPHIC"
+    ds.OrganExposed = "BREAST"
+    ds.BreastImplantPresent = "NO"
+    ds.PartialView = "NO"
 
 
 def _set_pixel_module(ds: Dataset, pixels: np.ndarray, p: dict) -> None:
@@ -126,14 +169,16 @@ def _set_pixel_module(ds: Dataset, pixels: np.ndarray, p: dict) -> None:
     ds.RescaleSlope = _ds(p["rescale_slope"])
     ds.RescaleType = "US"
     win = p["window"]
-    if win["mode"] != "absent":
-        if win["mode"] == "single":
-            ds.WindowCenter, ds.WindowWidth = _ds(win["center"][0]), _ds(win["width"][0])
-            ds.WindowCenterWidthExplanation = "NORMAL"
-        else:
-            ds.WindowCenter = [_ds(v) for v in win["center"]]
-            ds.WindowWidth = [_ds(v) for v in win["width"]]
-            ds.WindowCenterWidthExplanation = ["NORMAL", "FULL RANGE"]
+    if win["mode"] == "voi_lut":
+        ds.VOILUTSequence = [_voi_lut_item(win["center"][0], win["width"][0])]
+    elif win["mode"] == "single":
+        ds.WindowCenter, ds.WindowWidth = _ds(win["center"][0]), _ds(win["width"][0])
+        ds.WindowCenterWidthExplanation = "NORMAL"
+        ds.VOILUTFunction = "LINEAR"
+    else:
+        ds.WindowCenter = [_ds(v) for v in win["center"]]
+        ds.WindowWidth = [_ds(v) for v in win["width"]]
+        ds.WindowCenterWidthExplanation = ["NORMAL", "FULL RANGE"]
         ds.VOILUTFunction = "LINEAR"
     ds.LossyImageCompression = "00"
     ds.PresentationLUTShape = "INVERSE" if p["photometric"] == "MONOCHROME1" else "IDENTITY"
