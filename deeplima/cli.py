@@ -5,6 +5,9 @@ training and dataset conversion are forwarded to their modules.
     deeplima predict INPUT... --output DIR --model BUNDLE
         [--threshold T | --target-fp K] [--resume] [--normalize-laterality | --keep-laterality]
         [--device auto|cpu|cuda|cuda:N] [--batch-size N] [--workers K]
+        [--dicom-out DICOM_DIR [--dicom-prob]]     (also predict-mass, predict-calc)
+    deeplima predict --dicomweb URL (--study UID... | --since DATE) --output DIR --model BUNDLE
+        [the options of predict]      (the MG images of a PACS; SEG and SR stored back)
     deeplima predict-mass --config-file CFG --weights W --input INPUT... --output DIR
         [--threshold T] [--device D] [--batch-size N] [--workers K] [--trust-pickle] [--resume]
         [KEY VALUE ...]
@@ -42,7 +45,10 @@ common.evaluate boxes|masks`` (COCO results or probability maps against ground t
 
 Exit status: 0 success; 1 some input files failed (listed in DIR/failures.txt, the others are done);
 2 unusable arguments (e.g. a threshold that is not a number in [0, 1]), bundle, config, weights or
-ground truth, or an output folder that cannot be written (one line ``error: ...`` on stderr).
+ground truth, an output folder that cannot be written, or inputs without any mammogram to predict on
+(one line ``error: ...`` on stderr). Input files that are not mammograms for presentation (DICOM
+SEG, SR, FOR PROCESSING...) are skipped and listed in DIR/skipped.txt; an image whose
+``--dicom-out`` files cannot be written (a PNG source) keeps its other outputs and counts as failed.
 Forwarded commands exit with their module's status.
 """
 
@@ -63,7 +69,7 @@ from common.io import os_error_reason
 
 from .bundle import FILES, build_bundle, calc_source, load_bundle, load_model_cfg, mass_source
 from .calibration import calibrate_bundle
-from .distributed import choose_device, init_ranks
+from .distributed import choose_device, init_ranks, launched_world_size
 from .operating_point import OperatingPointError
 from .pipeline import FindingsPredictor, Pipeline, build_calc_pipeline, build_mass_pipeline
 from .report import write_report
@@ -105,6 +111,16 @@ def _add_run_options(p: argparse.ArgumentParser, default_device: str) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_dicom_options(p: argparse.ArgumentParser) -> None:
+    """DICOM outputs of a predict command (deeplima/dicom_out.py)."""
+    p.add_argument("--dicom-out", type=Path, metavar="DICOM_DIR",
+                   help="also write a DICOM Segmentation and Structured Report of the findings of "
+                        "each DICOM input into DICOM_DIR (<stem>_seg.dcm, <stem>_sr.dcm)")
+    p.add_argument("--dicom-prob", action="store_true",
+                   help="with --dicom-out: also a FRACTIONAL SEG of the calcification probability "
+                        "(<stem>_prob_seg.dcm) beside the BINARY SEG of the findings")
+
+
 def build_parser() -> OneLineArgumentParser:
     """The ``deeplima`` parser: usage errors (a bad number, a missing argument) are one ``error:``
     line with exit status 2."""
@@ -120,7 +136,8 @@ def build_parser() -> OneLineArgumentParser:
 
     p = sub.add_parser("predict",
                        help="find masses and calcifications in mammograms (model bundle)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or glob patterns")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="files, folders or glob patterns (none with --dicomweb)")
     p.add_argument("--output", "-o", required=True, type=Path, help="prediction folder")
     p.add_argument("--model", "-m", required=True, type=Path, help="model bundle folder")
     op = p.add_mutually_exclusive_group()
@@ -141,6 +158,21 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--trust-pickle", action="store_true",
                    help="accept a bundle whose mass weights are a .pkl (pickle) file; unpickling "
                         "can run any code, so only for bundles you trust")
+    web = p.add_argument_group(
+        "DICOMweb (a PACS): retrieve the MG images of studies, predict, store their SEG and SR "
+        "back (deeplima/dicomweb.py)")
+    web.add_argument("--dicomweb", metavar="URL",
+                     help="DICOMweb root of the server, e.g. http://pacs:8042/dicom-web (QIDO-RS, "
+                          "WADO-RS, STOW-RS); no INPUT then. Images are retrieved into "
+                          "OUTPUT/dicomweb/, their SEG and SR written into --dicom-out "
+                          "(default OUTPUT/dicom) and stored; OUTPUT/dicomweb.json records what "
+                          "was stored")
+    when = web.add_mutually_exclusive_group()
+    when.add_argument("--study", nargs="+", metavar="UID",
+                      help="StudyInstanceUIDs of the studies to process")
+    when.add_argument("--since", metavar="DATE",
+                      help="process the studies with StudyDate >= DATE (YYYYMMDD or YYYY-MM-DD)")
+    _add_dicom_options(p)
     _add_run_options(p, "the bundle's mass config MODEL.DEVICE")
 
     for kind, name, package in (("mass", "mass detector", "mass_det"),
@@ -169,6 +201,7 @@ def build_parser() -> OneLineArgumentParser:
                                 "unpickling can run any code, so only for files you trust")
         s.add_argument("--resume", action="store_true",
                        help="skip images whose outputs are complete")
+        _add_dicom_options(s)
         _add_run_options(s, "the config's MODEL.DEVICE" if kind == "mass" else "auto")
         example = "INPUT.MIN_SIZE_TEST 1000" if kind == "mass" else "TEST.STRIDE 128"
         s.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -264,7 +297,8 @@ def _predict_with(build: Callable[[str], FindingsPredictor], inputs: list[str], 
     try:
         summary = write_predictions(build(str(device)), inputs, args.output, resume=args.resume,
                                     progress=not args.no_progress, batch_size=args.batch_size,
-                                    workers=args.workers, ranks=ranks)
+                                    workers=args.workers, ranks=ranks, dicom_out=args.dicom_out,
+                                    dicom_fractional=args.dicom_prob)
     finally:
         ranks.close()
     status = 1 if summary["n_failed"] else 0
@@ -279,6 +313,9 @@ def _report(summary: dict, output: Path) -> None:
     if summary.get("n_ignored_outputs"):
         print(f"note: {summary['n_ignored_outputs']} file(s) of prediction folders not taken as "
               "inputs", file=sys.stderr)
+    if summary.get("n_skipped_inputs"):
+        print(f"{summary['n_skipped_inputs']} file(s) skipped (not mammograms to predict on): see "
+              f"{output / 'skipped.txt'}", file=sys.stderr)
     levels = ", ".join(f"{KIND_NAMES[k]} threshold {t[k]:.3f}" for k in ("mass", "calc") if k in t)
     print(f"{summary['n_done']} image(s) predicted, {summary['n_skipped']} already done, "
           f"{summary['n_failed']} failed -> {output} ({levels}: {t['source']})")
@@ -288,12 +325,82 @@ def _report(summary: dict, output: Path) -> None:
         print(f"failures listed in {output / 'failures.txt'}", file=sys.stderr)
 
 
+def _dicomweb_module():
+    """:mod:`deeplima.dicomweb`, imported when ``--dicomweb`` is used (its HTTP client is needed
+    then only)."""
+    try:
+        from . import dicomweb
+    except ImportError as e:
+        raise InputError(None, f"--dicomweb needs the dicomweb-client package ({e})") from None
+    return dicomweb
+
+
+def _check_dicomweb_args(args) -> None:
+    """INPUT or --dicomweb URL with --study or --since, before anything is loaded."""
+    if args.dicomweb is None:
+        if args.study or args.since is not None:
+            raise InputError(None, "--study and --since need --dicomweb URL")
+        if not args.inputs:
+            raise InputError(None, "predict needs INPUT files, folders or patterns (or "
+                                   "--dicomweb URL with --study or --since)")
+        return
+    if args.inputs:
+        raise InputError(None, "--dicomweb takes no INPUT: the images come from the server")
+    if not args.study and args.since is None:
+        raise InputError(None, "--dicomweb needs --study UID... or --since DATE")
+    dicomweb = _dicomweb_module()
+    args.dicomweb = dicomweb.check_url(args.dicomweb)
+    try:
+        for uid in args.study or ():
+            dicomweb.parse_uid(uid)
+    except ValueError as e:
+        raise InputError(None, f"--study: {e}") from None
+    try:
+        if args.since is not None:
+            args.since = dicomweb.parse_date(args.since)
+    except ValueError as e:
+        raise InputError(None, f"--since: {e}") from None
+
+
+def _predict_dicomweb(build: Callable[[str], FindingsPredictor], args,
+                      default_device: str | None) -> int:
+    """``predict --dicomweb``: retrieve the studies' mammograms into the prediction folder,
+    predict, store each image's SEG and SR back (:mod:`deeplima.dicomweb`); returns the exit
+    status."""
+    dicomweb = _dicomweb_module()
+    if launched_world_size() > 1:
+        raise InputError(None, "--dicomweb runs in one process: start it without torchrun")
+    _threads(args.threads)
+    device = choose_device(args.device, default_device)
+    dicom_dir = args.dicom_out or args.output / "dicom"  # the SEG and SR to store
+    run = dicomweb.DicomwebRun(args.dicomweb, args.output, progress=not args.no_progress)
+    files = run.retrieve(run.studies(args.study, args.since))
+    summary = None
+    if files:
+        summary = write_predictions(build(str(device)), files, args.output, resume=args.resume,
+                                    progress=not args.no_progress, batch_size=args.batch_size,
+                                    workers=args.workers, dicom_out=dicom_dir,
+                                    dicom_fractional=args.dicom_prob)
+        _report(summary, args.output)
+        run.store(summary, dicom_dir)
+    for i, line in enumerate(run.report_lines()):
+        print(line, file=sys.stdout if i == 0 else sys.stderr)
+    if run.failures:
+        print(f"DICOMweb failures listed in {args.output / dicomweb.RECORD_NAME}", file=sys.stderr)
+    return 1 if run.failures or (summary is not None and summary["n_failed"]) else 0
+
+
 def cmd_predict(args) -> int:
+    _check_dicomweb_args(args)
     bundle = load_bundle(args.model, trust_pickle=args.trust_pickle)
-    return _predict_with(
-        lambda device: Pipeline(bundle, threshold=args.threshold, target_fp=args.target_fp,
-                                normalize_laterality=args.laterality, device=device),
-        args.inputs, args, bundle.mass_cfg().MODEL.DEVICE)
+
+    def build(device: str) -> Pipeline:
+        return Pipeline(bundle, threshold=args.threshold, target_fp=args.target_fp,
+                        normalize_laterality=args.laterality, device=device)
+
+    if args.dicomweb is not None:
+        return _predict_dicomweb(build, args, bundle.mass_cfg().MODEL.DEVICE)
+    return _predict_with(build, args.inputs, args, bundle.mass_cfg().MODEL.DEVICE)
 
 
 def cmd_predict_mass(args) -> int:

@@ -7,8 +7,9 @@ absent. Each image goes through :func:`common.preprocess.preprocess` ONCE; the s
 breast mask feed both models. When laterality is normalised, both models see the mirrored image and
 every result is mapped back with :mod:`common.laterality`, so everything returned is in the ORIGINAL
 image frame: boxes ``[x, y, w, h]`` in pixels with the top-left origin and x = column, masks and
-maps (H, W) as stored in the file. :class:`Pipeline` is the predictor of a model bundle (both
-models, operating points).
+maps (H, W) as stored in the file. When the input's header gives the pixel spacing, every box
+also comes in millimetres and every calcification area in mm² (:func:`pixel_spacing_of`).
+:class:`Pipeline` is the predictor of a model bundle (both models, operating points).
 
 The prediction folder these results are written to is :mod:`deeplima.writer`'s.
 """
@@ -42,9 +43,52 @@ __all__ = [
     "build_calc_pipeline",
     "build_mass_pipeline",
     "model_id",
+    "pixel_spacing_of",
+    "spacing_record",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------- physical units
+def pixel_spacing_of(record: Mapping | None) -> tuple[float, float] | None:
+    """``(row_mm, col_mm)`` of a pre-processing record (its ``meta["pixel_spacing"]``, taken from
+    the DICOM header by :mod:`common.dicom`), or None when the input gave none (PNG/TIFF, a header
+    without spacing) or the value is not two positive finite numbers."""
+    meta = (record or {}).get("meta") or {}
+    value = meta.get("pixel_spacing") if isinstance(meta, Mapping) else None
+    try:
+        row, col = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    if not (np.isfinite(row) and np.isfinite(col) and row > 0 and col > 0):
+        return None
+    return row, col
+
+
+def spacing_record(record: Mapping | None) -> dict:
+    """``{"spacing_mm": [row_mm, col_mm] | None, "source": ...}`` of a pre-processing record: the
+    header element the spacing came from (``meta["pixel_spacing_source"]``, e.g. ``PixelSpacing``
+    or ``ImagerPixelSpacing``; "DICOM header" when the reader did not say), None without one
+    (sizes are then in pixels only)."""
+    spacing = pixel_spacing_of(record)
+    if spacing is None:
+        return {"spacing_mm": None, "source": None}
+    meta = (record or {}).get("meta") or {}
+    source = meta.get("pixel_spacing_source") if isinstance(meta, Mapping) else None
+    return {"spacing_mm": list(spacing), "source": str(source) if source else "DICOM header"}
+
+
+def box_mm(bbox: Sequence[float], spacing: tuple[float, float]) -> list[float]:
+    """Pixel box ``[x, y, w, h]`` (x = column) in millimetres, to the micrometre."""
+    row, col = spacing
+    x, y, w, h = (float(v) for v in bbox)
+    return [round(x * col, 3), round(y * row, 3), round(w * col, 3), round(h * row, 3)]
+
+
+def area_mm2(area_px: float, spacing: tuple[float, float]) -> float:
+    """An area in pixels in mm² (to 1e-4 mm²)."""
+    return round(float(area_px) * spacing[0] * spacing[1], 4)
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -60,11 +104,13 @@ class ImageResult:
         image: uint8 (H, W) pre-processed image, un-mirrored (for overlays).
         breast_mask: bool (H, W).
         masses: every detection: ``{"bbox": [x, y, w, h] float, "score": float, "finding": bool}``,
-            ``finding`` = score >= the mass threshold; sorted by decreasing score.
+            ``finding`` = score >= the mass threshold; sorted by decreasing score. With a known
+            pixel spacing also ``"bbox_mm"``: the box in millimetres (:func:`pixel_spacing_of`).
         calcifications: 8-connected components of ``calc_prob >= binarize``: ``{"label" (id in
             ``calc_labels``), "bbox" [x, y, w, h] int, "area" (pixels), "score" (max probability),
             "type" ("dot" | "vessel" | "large", shape rule of calc_seg), "point" [x, y] (a pixel
-            inside), "finding": bool}``.
+            inside), "finding": bool}``; with a known pixel spacing also ``"bbox_mm"`` and
+            ``"area_mm2"``.
         calc_prob: float32 (H, W) calcification probability in [0, 1].
         calc_labels: int32 (H, W), 0 = background, k = component with ``label`` k.
         record: the pre-processing record of :func:`common.preprocess.preprocess`.
@@ -87,6 +133,11 @@ class ImageResult:
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.image.shape[0]), int(self.image.shape[1])
+
+    @property
+    def pixel_spacing(self) -> dict:
+        """``{"spacing_mm": [row_mm, col_mm] | None, "source"}`` (:func:`spacing_record`)."""
+        return spacing_record(self.record)
 
     def component_mask(self, label: int) -> np.ndarray:
         """bool (H, W) mask of the calcification component ``label``."""
@@ -279,11 +330,15 @@ class FindingsPredictor:
                                   bool(p.record.get("flipped", False)))
         scores = scores.astype(np.float64)
         order = np.argsort(-scores, kind="mergesort")
-        return [
-            {"bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
-             "score": float(s), "finding": bool(s >= self.thresholds["mass"])}
-            for b, s in zip(boxes[order], scores[order])
-        ]
+        spacing = pixel_spacing_of(p.record)
+        masses = []
+        for b, s in zip(boxes[order], scores[order]):
+            m = {"bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+                 "score": float(s), "finding": bool(s >= self.thresholds["mass"])}
+            if spacing is not None:
+                m["bbox_mm"] = box_mm(m["bbox"], spacing)
+            masses.append(m)
+        return masses
 
     def _result(self, p: Preprocessed, source: str, prob: np.ndarray | None,
                 masses: list[dict] | None, timings: dict) -> ImageResult:
@@ -298,7 +353,11 @@ class FindingsPredictor:
             # components are labelled in the original frame: their labels and points are the file's
             prob = np.ascontiguousarray(unflip_mask(prob, flipped), dtype=np.float32)
             labels, comps = self.calc.components(prob)
-            calcs = [{**c, "finding": bool(c["score"] >= self.thresholds["calc"])} for c in comps]
+            spacing = pixel_spacing_of(p.record)
+            calcs = [{**c, "finding": bool(c["score"] >= self.thresholds["calc"]),
+                      **({} if spacing is None else {"bbox_mm": box_mm(c["bbox"], spacing),
+                                                     "area_mm2": area_mm2(c["area"], spacing)})}
+                     for c in comps]
         timings["postprocess"] = time.perf_counter() - t
         return ImageResult(
             source=source, image=image, breast_mask=breast, masses=masses, calcifications=calcs,

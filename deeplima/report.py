@@ -10,11 +10,16 @@ Input: a prediction folder in the format of :mod:`deeplima.pipeline` (only ``ima
 ``masses_results.json`` and ``calc_prob/<stem>.png`` are read; stems are the canonical stems) and a
 canonical dataset folder (``masses.json``, ``calcifications.json``, ``calc_masks/``).
 
+The report also lists the folder's per-study summaries (``per_study/<StudyInstanceUID>.json`` of
+:mod:`deeplima.writer`) when it has any: per study and breast, the highest mass score and its image,
+the numbers of findings, the calcification area in mm², the views and failed files.
+
 Output folder::
 
     REPORT/
-      index.html          the report (tables, FROC curves, thumbnails)
-      report.json         {"mass": evaluate_boxes report, "calc": evaluate_masks report, ...}
+      index.html          the report (tables, FROC curves, thumbnails, studies)
+      report.json         {"mass": evaluate_boxes report, "calc": evaluate_masks report,
+                           "studies": the per-study summaries, ...}
       froc_masses.png, froc_calcifications.png
       thumbs/*.png
 """
@@ -55,7 +60,7 @@ from common.preprocess import preprocess
 
 from .overlay import CALC_COLOR, GT_COLOR, MASS_COLOR, crop_around, draw_findings, thumbnail
 
-__all__ = ["evaluate_folder", "write_report"]
+__all__ = ["evaluate_folder", "read_study_summaries", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +181,72 @@ def evaluate_folder(
             "settings": {"hit": hit, "iou_thr": iou_thr, "iop_thr": iop_thr, "binarize": binarize,
                          "fps": fps, "gt_labels": gt_labels, "min_area_mm2": min_area_mm2,
                          "min_area": min_area or {}}}
+
+
+# ------------------------------------------------------------------------------------------ studies
+def read_study_summaries(pred_dir: str | Path) -> tuple[list[dict], list[str]]:
+    """(per-study summaries of a prediction folder, sorted by Study Instance UID; one-line notes on
+    the files that could not be read). A folder without ``per_study/`` has none."""
+    folder = Path(pred_dir) / "per_study"
+    studies, notes = [], []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        try:
+            rec = read_json(path)
+        except (InputError, OSError) as e:
+            notes.append(str(e) if isinstance(e, InputError) else f"{path}: unreadable")
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("breasts"), dict):
+            notes.append(f"{path}: not a per-study summary")
+            continue
+        studies.append(rec)
+    return studies, notes
+
+
+def _study_rows(studies: list[dict]) -> list[list[str]]:
+    """One table row per breast of each study (HTML-escaped cells)."""
+
+    def esc(v) -> str:
+        return html.escape(str(v))
+
+    def num(v, digits: int) -> str:
+        return "–" if not isinstance(v, (int, float)) else f"{v:.{digits}f}"
+
+    rows = []
+    for st in studies:
+        failed = st.get("failed") or []
+        for side, b in sorted((st.get("breasts") or {}).items()):
+            if not isinstance(b, dict):
+                continue
+            mass, calc = b.get("mass") or {}, b.get("calc") or {}
+            top = mass.get("max") or {}
+            where = (f"{num(mass.get('max_score'), 3)} ({esc(top.get('stem', ''))})"
+                     if mass.get("max_score") is not None else "–")
+            types = ", ".join(f"{esc(k)} {esc(v)}" for k, v in (calc.get("types") or {}).items())
+            rows.append([
+                f"<code>{esc(st.get('study_instance_uid', ''))}</code>", esc(side),
+                esc(", ".join(map(str, b.get("views") or []))) or "–",
+                esc(", ".join(map(str, b.get("images") or []))),
+                esc(mass.get("n_findings", "–")) if mass else "–", where if mass else "–",
+                esc(calc.get("n_findings", "–")) if calc else "–",
+                num(calc.get("total_area_mm2"), 2) if calc else "–", types or "–",
+                esc("; ".join(f"{f.get('stem') or f.get('file')}: {f.get('reason')}"
+                              for f in failed if isinstance(f, dict))) or "–",
+            ])
+    return rows
+
+
+def _study_section(studies: list[dict], notes: list[str]) -> str:
+    """The report's per-study section (empty when the folder has no per-study summaries)."""
+    if not studies and not notes:
+        return ""
+    rows = _study_rows(studies)
+    table = _table(["study", "breast", "views", "images", "mass findings",
+                    "highest mass score (image)", "calc. findings", "calc. area (mm²)",
+                    "calc. types", "failed"], rows) if rows else "<p>none</p>"
+    bad = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+    return (f"<h2>Studies</h2>\n<p>{len(studies)} stud{'y' if len(studies) == 1 else 'ies'} "
+            f"(per_study/ of the prediction folder): findings at the run's thresholds, per "
+            f"breast.</p>\n{bad}{table}\n")
 
 
 # --------------------------------------------------------------------------------------- thumbnails
@@ -336,9 +407,11 @@ def write_report(
         thresholds = read_json(run).get("thresholds") if run.is_file() else None
         thresholds = thresholds or {"mass": 0.5, "calc": 0.5}
     mass, calc = ev["mass"], ev["calc"]
+    studies, study_notes = read_study_summaries(pred_dir)
     atomic_write_json(out / "report.json", {
         "split": split, "n_images": ev["n_images"], "missing_predictions": ev["missing"],
         "thresholds": thresholds, "settings": ev["settings"], "mass": mass, "calc": calc,
+        "studies": studies,
     })
 
     plot_froc({"masses": mass["froc"]}, out / "froc_masses.png", title="FROC: masses", fps=fps)
@@ -458,6 +531,7 @@ per image on average; per-type rows keep the overall FP axis.</p>
 {mass_grid}
 <h3>Calcifications</h3>
 {calc_grid}
+{_study_section(studies, study_notes)}
 <p>Full numbers: <a href="report.json">report.json</a> (FROC points, counts, per-type curves).</p>
 """
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

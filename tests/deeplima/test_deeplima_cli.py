@@ -121,6 +121,9 @@ def test_evaluate_writes_the_html_report(setup, tmp_path):
     assert set(report["calc"]["per_type"]) >= {"dot", "vessel", "large"}
     for img in html.split('src="')[1:]:
         assert (rep / img.split('"')[0]).is_file()
+    # the per-study summaries of the folder: three one-view studies
+    assert len(report["studies"]) == 3 and "<h2>Studies</h2>" in html
+    assert all(f"<code>{st['study_instance_uid']}</code>" in html for st in report["studies"])
     # calcifications are scored against the processed labels by default, the raw masks on request
     assert report["calc"]["gt_labels"] == "processed" and "processed labels" in html
     lo, hi = report["calc"]["min_area_px"]
