@@ -2,7 +2,8 @@
 
 What DefaultTrainer already gives and we keep: periodic evaluation (``TEST.EVAL_PERIOD``), periodic
 checkpoints (``SOLVER.CHECKPOINT_PERIOD``) and ``--resume`` from ``OUTPUT_DIR/last_checkpoint``,
-TensorBoard/JSON/console writers, DistributedDataParallel under ``detectron2.engine.launch``.
+TensorBoard/JSON/console writers, DistributedDataParallel when several processes train
+(``mass_det.train_net --num-gpus N`` or ``torchrun``), on GPUs (NCCL) or on the CPU (gloo).
 """
 
 from __future__ import annotations
@@ -17,10 +18,18 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.catalog import ModelCatalog
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.engine import DefaultTrainer, SimpleTrainer
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+)
 from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY, ROI_HEADS_REGISTRY
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
 from detectron2.utils.file_io import Detectron2Handler, PathManager
+from detectron2.utils.logger import setup_logger
 from iopath.common.file_io import get_cache_dir
 
 from common.amp import native_bf16
@@ -362,6 +371,34 @@ class CPUAutocastTrainer(SimpleTrainer):
             super().run_step()
 
 
+def wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when several processes train, else ``model`` itself.
+
+    A CUDA model is tied to this process's GPU (``device_ids=[local rank]``, as detectron2 does);
+    a CPU model gets no ``device_ids``, which is how DDP takes CPU modules (gloo backend).
+    """
+    if comm.get_world_size() == 1:
+        return model
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    return create_ddp_model(
+        model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_cuda else None
+    )
+
+
+def _step_trainer(cfg) -> type[SimpleTrainer]:
+    """The class that runs one iteration: detectron2's AMPTrainer (CUDA float16) under
+    ``SOLVER.AMP.ENABLED`` on a GPU, :class:`CPUAutocastTrainer` on a CPU with native bfloat16 (float32
+    SimpleTrainer with a warning on one without), SimpleTrainer otherwise."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return SimpleTrainer
+    if torch.device(cfg.MODEL.DEVICE).type != "cpu":
+        return AMPTrainer
+    if native_bf16("cpu"):
+        return CPUAutocastTrainer
+    logger.warning("SOLVER.AMP.ENABLED: this CPU has no native bfloat16; training in float32")
+    return SimpleTrainer
+
+
 class MassDetTrainer(DefaultTrainer):
     """DefaultTrainer reading mammograms through :class:`MassDatasetMapper` (train and test alike)
     and evaluating with :class:`FROCEvaluator`.
@@ -374,24 +411,25 @@ class MassDetTrainer(DefaultTrainer):
     def __init__(self, cfg):
         check_trainable_init(cfg)
         check_loss_switches(cfg)
-        super().__init__(cfg)
-        if cfg.SOLVER.AMP.ENABLED and torch.device(cfg.MODEL.DEVICE).type == "cpu":
-            # DefaultTrainer built detectron2's CUDA-only AMPTrainer: same model, data and optimizer,
-            # stepped under CPU bf16 autocast instead, or in float32 where the CPU lacks native bf16.
-            t = self._trainer
-            if native_bf16("cpu"):
-                self._trainer = CPUAutocastTrainer(t.model, t.data_loader, t.optimizer)
-            else:
-                logger.warning("SOLVER.AMP.ENABLED: this CPU has no native bfloat16; training in float32")
-                self._trainer = SimpleTrainer(t.model, t.data_loader, t.optimizer)
-
-    def build_hooks(self):
-        # Called by DefaultTrainer.__init__ right after it creates its checkpointer; ours replaces it
-        # before the checkpoint hooks capture it.
-        self.checkpointer = MassDetCheckpointer(
-            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
-        return super().build_hooks()
+        # DefaultTrainer.__init__ with three differences: DDP wraps a CPU model without device_ids
+        # (detectron2 passes [local rank] whatever the device, which DDP refuses), the step trainer
+        # suits the device (detectron2's AMPTrainer is CUDA-only), and the checkpointer is ours, made
+        # before build_hooks hands it to the checkpoint hooks.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = wrap_ddp(model)
+        self._trainer = _step_trainer(cfg)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = MassDetCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     def resume_or_load(self, resume: bool = True):
         if not (resume and self.checkpointer.has_checkpoint()):
