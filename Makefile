@@ -18,22 +18,43 @@ N_STUDIES ?= 50
 CONFIG ?=
 OPTS ?=
 OUT ?= output
+# Schedule of the ablations: empty keeps each script's default (mass_det.ablate: 2000 iterations
+# per detector; calc_seg.ablate: SOLVER.EPOCHS of the config).
+ITERS ?=
+EPOCHS ?=
 
 # Debian packages the tests and the PACS workflow use: dicom3tools (dciodvfy checks the synthetic DICOM
 # files), Orthanc with its DICOMweb plugin (a local PACS).
 SYSTEM_PACKAGES := dicom3tools orthanc orthanc-dicomweb
 
-.PHONY: help install system-packages test lint demo data train-mass train-calc ablate-mass ablate-calc bench clean
+.PHONY: help install system-packages test lint mutation demo data train-mass train-calc ablate-mass ablate-calc bench clean
 
 help:
-	@echo "make demo        generate synthetic mammograms and run the pipeline on them"
-	@echo "make test        run the test suite"
-	@echo "make install     create .venv with every dependency (done automatically by other targets)"
-	@echo "                 and install the Debian packages $(SYSTEM_PACKAGES) when missing (as root)"
-	@echo "make data        synthetic training data in $(DATA)"
-	@echo "make train-mass  CONFIG=mass_det/configs/faster_rcnn_R50_FPN_FL_NL.yaml OPTS='KEY VALUE ...'"
-	@echo "make train-calc  CONFIG=calc_seg/configs/unet_gn.yaml OPTS='KEY VALUE ...'"
-	@echo "make bench       run the benchmarks in bench/"
+	@echo "make demo         generate synthetic mammograms and run the pipeline on them"
+	@echo "make test         run the test suite"
+	@echo "make lint         ruff over the repository"
+	@echo "make mutation     run tools/mutation_check.py"
+	@echo "make install      create .venv with every dependency (done automatically by other targets)"
+	@echo "                  and install the Debian packages $(SYSTEM_PACKAGES) when missing (as root)"
+	@echo "make data         N_STUDIES synthetic studies in DATA (training data of the targets below)"
+	@echo "make train-mass   train the mass detector on DATA: CONFIG (default"
+	@echo "                  mass_det/configs/faster_rcnn_R50_FPN_FL_NL.yaml), OPTS"
+	@echo "make train-calc   train the calcification U-Net on DATA: CONFIG (default"
+	@echo "                  calc_seg/configs/unet_gn.yaml), OPTS"
+	@echo "make ablate-mass  Table 1 (three detectors) on DATA into OUT/ablate_mass: ITERS, OPTS"
+	@echo "make ablate-calc  Tables 3-4 (U-Net BN/LN/GN) on DATA into OUT/ablate_calc: EPOCHS, CONFIG, OPTS"
+	@echo "make bench        run the benchmarks in bench/"
+	@echo "make clean        remove demo_out, output, bench_out"
+	@echo ""
+	@echo "variables (make TARGET NAME=value):"
+	@echo "  DATA=$(DATA)  canonical dataset folder (make data writes it)"
+	@echo "  N_STUDIES=$(N_STUDIES)  studies that make data generates"
+	@echo "  OUT=$(OUT)  output folder of the ablations"
+	@echo "  CONFIG=FILE  YAML config of train-mass / train-calc, base config of ablate-calc"
+	@echo "  OPTS='KEY VALUE ...'  config overrides of train-* and ablate-*"
+	@echo "  ITERS=N  training iterations per detector in ablate-mass (default 2000)"
+	@echo "  EPOCHS=N  epochs per U-Net in ablate-calc (default: the config's SOLVER.EPOCHS)"
+	@echo "  e.g. make ablate-mass ITERS=200 OPTS='MODEL.DEVICE cpu'"
 
 install: system-packages $(STAMP)
 
@@ -76,6 +97,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
+mutation: $(STAMP)
+	$(PY) tools/mutation_check.py
+
 data: $(DATA)/masses.json
 
 # Full-field synthetic studies (two views each); point DATA at a converted public dataset instead.
@@ -93,10 +117,11 @@ train-calc: $(STAMP) $(DATA)/masses.json
 	$(PY) -m calc_seg.train_net --config-file $(or $(CONFIG),calc_seg/configs/unet_gn.yaml) DATA.ROOT $(DATA) $(OPTS)
 
 ablate-mass: $(STAMP) $(DATA)/masses.json
-	$(PY) -m mass_det.ablate --data $(DATA) --out $(OUT)/ablate_mass
+	$(PY) -m mass_det.ablate --data $(DATA) --out $(OUT)/ablate_mass $(if $(ITERS),--iters $(ITERS)) $(OPTS)
 
 ablate-calc: $(STAMP) $(DATA)/masses.json
-	$(PY) -m calc_seg.ablate --data $(DATA) --out $(OUT)/ablate_calc
+	$(PY) -m calc_seg.ablate --data $(DATA) --out $(OUT)/ablate_calc $(if $(EPOCHS),--epochs $(EPOCHS)) \
+	  $(if $(CONFIG),--config-file $(CONFIG)) $(OPTS)
 
 bench: $(STAMP)
 	$(PY) bench/preprocess.py

@@ -10,7 +10,7 @@ Boxes (mass detection)::
 
 Masks (calcification segmentation, the paper's IoP rule)::
 
-    python -m common.evaluate masks (--gt-dir GT/ | --gt-json calcifications.json [--split test])
+    python -m common.evaluate masks (--gt-dir GT/ | --gt-json calcifications.json) [--split test]
         --pred-dir PRED/ [--types TYPES.json] [--iop 0.25] [--binarize 0.5] [--fps 1,2,5,10]
         [--gt-labels processed|raw] [--min-area-mm2 6.5] [--min-area-px 900]
         [--pixel-spacing MM] [--missing-as-empty] [--bootstrap N --seed S] --out REPORT.json
@@ -32,7 +32,10 @@ prediction file is an error unless ``--missing-as-empty`` (then it counts as an 
 prediction, with a warning); a prediction file without GT image is an error, except with
 ``--gt-json ... --split S`` where predictions of the other splits may share the folder and are
 skipped. With ``--gt-json`` images whose ``mask_file`` is null are lesion-free images of the
-evaluation. FP per cm^2 divides by the full image area (``--pixel-spacing`` or the canonical images'
+evaluation. ``--gt-dir`` naming the ``calc_masks/`` folder of a canonical dataset (a
+``calcifications.json`` beside it) reads that ``calcifications.json`` instead, as ``--gt-json`` would
+(its images, lesion-free ones included, pixel spacings and types, ``--split`` if given); ``--split``
+with any other ``--gt-dir`` is an error, as the folder says nothing of splits. FP per cm^2 divides by the full image area (``--pixel-spacing`` or the canonical images'
 spacing).
 
 Probability PNGs are read as value / 255 (8-bit) or value / 65535 (16-bit). A PNG holding only the
@@ -118,9 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("masks", help="calcification segmentation: IoP rule on probability maps")
     g = m.add_mutually_exclusive_group(required=True)
-    g.add_argument("--gt-dir", type=Path, help="GT mask PNGs (non-zero = lesion), one per image")
+    g.add_argument("--gt-dir", type=Path,
+                   help="GT mask PNGs (non-zero = lesion), one per image; a canonical dataset's "
+                        "calc_masks/ folder is read through the calcifications.json beside it "
+                        "(as --gt-json)")
     g.add_argument("--gt-json", type=Path, help="canonical calcifications.json (all its images)")
-    m.add_argument("--split", help="with --gt-json: evaluate only images of this split")
+    m.add_argument("--split",
+                   help="evaluate only the images of this split (train, val, test) and skip "
+                        "predictions of other images; needs --gt-json or --gt-dir CANONICAL/calc_masks")
     m.add_argument(
         "--pred-dir", required=True, type=Path, help="<stem>.png (8/16-bit) or <stem>.npy"
     )
@@ -192,7 +200,22 @@ def _write_error(path: Path, what: str, e: OSError) -> InputError:
     return InputError(path, f"cannot write the {what} ({reason})")
 
 
+def _canonical_json(gt_dir: Path) -> Path | None:
+    """The ``calcifications.json`` of the canonical dataset whose ``calc_masks/`` is ``gt_dir``."""
+    gt_json = gt_dir.resolve().parent / "calcifications.json"
+    if gt_dir.resolve().name == "calc_masks" and gt_json.is_file():
+        return gt_json
+    return None
+
+
 def _run(args) -> dict:
+    if args.mode == "masks" and args.gt_dir is not None:
+        canonical = _canonical_json(args.gt_dir)
+        if canonical is not None:
+            args.gt_dir, args.gt_json = None, canonical
+        elif args.split is not None:
+            raise InputError(args.gt_dir, "--split needs a canonical dataset: use --gt-json "
+                                          f"CANONICAL/calcifications.json --split {args.split}")
     inputs = [getattr(args, k, None) for k in ("gt", "pred", "gt_json", "types")]
     _check_output(args.out, "--out", inputs)
     if args.plot is not None:
@@ -227,10 +250,11 @@ def _run(args) -> dict:
             raise InputError(pred_files[unknown[0]], "prediction for an image without GT mask")
         missing = sorted(set(gt) - set(pred_files))
         if missing and not args.missing_as_empty:
+            hint = "; --split S to score one split" if args.gt_json and args.split is None else ""
             raise InputError(
                 args.pred_dir / f"{missing[0]}.png",
                 f"no prediction (.png or .npy) for GT image {missing[0]!r} "
-                f"({len(missing)} missing; --missing-as-empty to accept)",
+                f"({len(missing)} missing; --missing-as-empty to accept{hint})",
             )
         report = evaluate_masks(
             gt,

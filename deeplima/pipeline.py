@@ -17,6 +17,7 @@ The prediction folder these results are written to is :mod:`deeplima.writer`'s.
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -140,10 +141,25 @@ class ImageResult:
         return spacing_record(self.record)
 
     def component_mask(self, label: int) -> np.ndarray:
-        """bool (H, W) mask of the calcification component ``label``."""
-        if self.calc_labels is None:
-            return np.zeros(self.shape, bool)
-        return self.calc_labels == int(label)
+        """bool (H, W) mask of the calcification component ``label`` (1 to the number of components,
+        the ``label`` of an entry of ``calcifications``).
+
+        Raises:
+            ValueError: ``label`` names no component (0 is the background), or no calcification
+                model ran for this image.
+            TypeError: ``label`` is not an integer.
+        """
+        if isinstance(label, bool):
+            raise TypeError(f"component label must be an integer, got {label!r}")
+        label = operator.index(label)
+        if self.calcifications is None or self.calc_labels is None:
+            raise ValueError("no calcification model ran for this image: it has no components")
+        n = len(self.calcifications)
+        if not 1 <= label <= n:
+            has = (f"{n} calcification component(s), labelled 1 to {n}" if n
+                   else "no calcification component")
+            raise ValueError(f"component label {label} out of range: this image has {has}")
+        return self.calc_labels == label
 
     def calc_mask(self, findings_only: bool = True) -> np.ndarray:
         """bool (H, W): the components marked ``finding`` (or every component); all False when no
