@@ -1,8 +1,8 @@
 """The layering of the tree (README, "Layout"), checked over every import of every module.
 
-Top to bottom: ``scripts/``, ``bench/`` -> ``deeplima/`` -> ``mass_det/`` | ``calc_seg/`` -> ``common/``;
-``datasets/`` sits beside the models and imports ``common`` only. Function-local imports count like
-module-level ones: a rule broken inside a function is broken all the same.
+Top to bottom: ``scripts/``, ``bench/``, ``tools/`` -> ``deeplima/`` -> ``mass_det/`` | ``calc_seg/``
+-> ``common/``; ``datasets/`` sits beside the models and imports ``common`` only. Function-local
+imports count like module-level ones: a rule broken inside a function is broken all the same.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("common", "mass_det", "calc_seg", "datasets", "deeplima", "scripts", "bench", "tests")
+PACKAGES = (
+    "common", "mass_det", "calc_seg", "datasets", "deeplima", "scripts", "bench", "tools", "tests"
+)
 
 # what each layer may import among the project's own packages (third-party imports are free, except
 # the ones named in FORBIDDEN_THIRD_PARTY)
@@ -28,6 +30,7 @@ ALLOWED = {
     "deeplima": {"common", "mass_det", "calc_seg", "deeplima"},
     "scripts": {"common", "mass_det", "calc_seg", "datasets", "deeplima", "scripts"},
     "bench": {"common", "mass_det", "calc_seg", "datasets", "deeplima", "bench"},
+    "tools": {"common", "mass_det", "calc_seg", "datasets", "deeplima", "tools"},
 }
 FORBIDDEN_THIRD_PARTY = {"calc_seg": {"detectron2"}, "common": {"detectron2"}, "datasets": {"detectron2"}}
 # common's command-line modules sit on top of its library: no library module imports them
@@ -107,7 +110,7 @@ def test_the_checker_sees_a_broken_rule(tmp_path, monkeypatch):
         (fake / pkg).mkdir(parents=True)
         (fake / pkg / "__init__.py").write_text("")
         (fake / pkg / "bad.py").write_text(text)
-    for pkg in ("mass_det", "deeplima", "scripts", "bench"):
+    for pkg in ("mass_det", "deeplima", "scripts", "bench", "tools"):
         (fake / pkg).mkdir()
     monkeypatch.setitem(globals(), "REPO", fake)
     found = _violations()

@@ -4,10 +4,14 @@ Paper §2.1.4, eqs. (3)-(4)::
 
     v_i = 1/C(u) * sum_j f(u_i, u_j) g(u_j),     f(u_i, u_j) = theta(u_i)^T phi(u_j),   C(u) = N
 
-with theta, phi, g 1x1 convolutions to ``inter_channels`` and N the number of positions j. The result is
-projected back to the input width by a 1x1 convolution followed by a normalisation layer whose scale
-(gamma) starts at zero, so a new block is an identity mapping (``z = W v + u``) and pre-trained weights of
-the surrounding network keep their meaning when the block is added.
+with theta, phi, g 1x1 convolutions to ``inter_channels`` and N the number of positions j. With
+sub-sampling (``subsample=True``, the default, ``MODEL.NONLOCAL.SUBSAMPLE``) phi and g are 2x2
+max-pooled, so the sum runs over the M pooled positions j (M = ceil(H/2) * ceil(W/2), about N / 4)
+and C(u) = M, the number of terms summed. Either way the affinity is divided by the length of its
+phi axis, as in the reference implementations (``f / f.size(-1)``); the output keeps all N positions
+i. The result is projected back to the input width by a 1x1 convolution followed by a normalisation
+layer whose scale (gamma) starts at zero, so a new block is an identity mapping (``z = W v + u``)
+and pre-trained weights of the surrounding network keep their meaning when the block is added.
 """
 
 from __future__ import annotations
@@ -70,9 +74,8 @@ class NonLocalBlock2D(CNNBlockBase):
             phi = F.max_pool2d(phi, kernel_size=2, ceil_mode=True)
             g = F.max_pool2d(g, kernel_size=2, ceil_mode=True)
         phi, g = phi.flatten(2), g.flatten(2)  # (B, C', M), M = N or about N / 4
-        # f = theta^T phi, normalised by the number of positions it sums over (C(u) = N in eq. 3).
-        # f = theta^T phi / C(u) with C(u) the number of positions summed over (Wang et al., dot-product
-        # form): M = N without sub-sampling, N / 4 with the 2x2 max-pool on phi and g.
+        # f = theta^T phi / C(u), C(u) the number of positions j summed over: M (N without
+        # sub-sampling, ceil(H/2) * ceil(W/2) with the 2x2 max-pool on phi and g)
         affinity = torch.bmm(theta.transpose(1, 2), phi) / phi.shape[-1]  # (B, N, M)
         v = torch.bmm(affinity, g.transpose(1, 2))  # (B, N, C')
         v = v.transpose(1, 2).reshape(b, self.inter_channels, h, w)

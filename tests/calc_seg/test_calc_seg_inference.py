@@ -83,6 +83,24 @@ def test_breast_only_matches_full_frame_inside_breast_and_skips_tiles():
     assert empty.tiles == 0
 
 
+def test_skip_background_false_evaluates_every_tile_despite_the_mask():
+    img = _image(200, 160, seed=1)
+    breast = np.zeros(img.shape, bool)
+    breast[20:120, :70] = True
+    full, model = Identity(), Identity()
+    expect = predict_image(full, img, None, window=48, stride=32, to_prob=first_channel)
+    got = predict_image(model, img, breast, window=48, stride=32, to_prob=first_channel,
+                        skip_background=False)
+    assert model.tiles == full.tiles == len(window_positions(img.shape, 48, 32))
+    assert np.array_equal(got, expect)
+    assert got[199, 159] == img[199, 159] / np.float32(255)
+    # an empty mask is ignored as well
+    empty = Identity()
+    out = predict_images(empty, [img], [np.zeros(img.shape, bool)], window=48, stride=32,
+                         to_prob=first_channel, skip_background=False)[0]
+    assert empty.tiles == full.tiles and np.array_equal(out, expect)
+
+
 def test_small_image_is_padded_and_cropped_back():
     img = _image(30, 50)
     prob = predict_image(Identity(), img, None, window=64, stride=32, to_prob=first_channel)

@@ -32,6 +32,24 @@ def test_thresholds_come_from_params():
     assert classify_component(blob, **LabelParams(large_min_area=5000).type_rule) == "dot"
 
 
+def test_long_but_wide_component_is_not_a_vessel():
+    # a 30 x 100 bar: its skeleton (73 px) is longer than VESSEL_MIN_LENGTH, but length**2 / area
+    # = 73**2 / 3000 = 1.8 is far below VESSEL_MIN_ELONGATION: a large region, not a vessel
+    bar = np.zeros((40, 110), bool)
+    bar[5:35, 5:105] = True
+    p = LabelParams()
+    assert p.vessel_min_length <= 73 and p.vessel_min_elongation > 1.8
+    assert classify_component(bar, **p.type_rule) == "large"
+    # the elongation threshold is inclusive and read from the parameters: 73**2 / 3000 = 1.7763...
+    at = LabelParams(vessel_min_elongation=73 * 73 / 3000)
+    assert classify_component(bar, **at.type_rule) == "vessel"
+    above = LabelParams(vessel_min_elongation=73 * 73 / 3000 + 1e-3)
+    assert classify_component(bar, **above.type_rule) == "large"
+    # the area threshold of a large region is inclusive too
+    assert classify_component(bar, **LabelParams(large_min_area=3000).type_rule) == "large"
+    assert classify_component(bar, **LabelParams(large_min_area=3001).type_rule) == "dot"
+
+
 def test_single_pixel_dilated_to_min_area():
     m = np.zeros((100, 100), bool)
     m[50, 50] = True
@@ -40,6 +58,20 @@ def test_single_pixel_dilated_to_min_area():
     assert 900 <= area <= 900 + 2 * np.pi * 18  # one disc ring at most
     ys, xs = np.nonzero(grown)
     assert abs(ys.mean() - 50) < 0.5 and abs(xs.mean() - 50) < 0.5  # a disc around the dot
+
+
+def test_growth_takes_the_smallest_disc_that_reaches_the_area():
+    # around one pixel the discs hold 1, 5, 9, 13, 21, ... pixels (all pixels at the radius count):
+    # each minimum area gets the first of these counts that reaches it
+    m = np.zeros((60, 60), bool)
+    m[30, 30] = True
+    labels = label_components(m)[0]
+    yy, xx = np.mgrid[:60, :60]
+    d2 = (yy - 30) ** 2 + (xx - 30) ** 2
+    discs = np.array([(d2 <= r2).sum() for r2 in np.unique(d2[d2 <= 15**2])])
+    for min_area in range(2, 200):
+        area = int((grow_small_components(labels, min_area) == 1).sum())
+        assert area == discs[discs >= min_area].min(), min_area
 
 
 def test_dilation_in_corner_is_clipped_but_reaches_area():
@@ -77,6 +109,10 @@ def test_process_mask_types_exclusion_and_canonical_preference():
     assert types == ["dot", "large", "vessel"]
     assert all(c["type_source"] == "shape" for c in out.components)
     assert out.excluded[101, 100] and out.excluded[160, 60] and not out.excluded[20, 20]
+    # the vessel (630 px) grew to the minimum area (rows 80-129 hold nothing else); all of its
+    # grown extent is excluded, not only the annotated pixels
+    grown = out.train_mask[80:130] & ~m[80:130]
+    assert grown.sum() >= 900 - 630 and out.excluded[80:130][grown].all()
     assert out.train_mask.sum() > m.sum()  # the dot grew to 900 px
     for c in out.components:  # the point lies in its component
         x, y = c["point"]

@@ -136,6 +136,20 @@ def test_crowd_region_is_not_a_lesion_and_its_hits_are_ignored():
     assert r["froc"]["sensitivity"] == [0.0, 1.0, 1.0]
 
 
+def test_froc_weights_count_like_repeated_items():
+    # a bootstrap replicate passes multiplicities: weight k must count as k copies of the item
+    rng = np.random.default_rng(5)
+    scores = np.round(rng.random(40), 1)
+    fp = rng.random(40) < 0.5
+    lesions = np.where(rng.random(15) < 0.7, np.round(rng.random(15), 1), -np.inf)
+    pw, lw = rng.integers(1, 4, 40), rng.integers(1, 4, 15)
+    weighted = froc_curve(scores, fp, lesions, 7.0, pred_weights=pw, lesion_weights=lw)
+    repeated = froc_curve(np.repeat(scores, pw), np.repeat(fp, pw), np.repeat(lesions, lw), 7.0)
+    for key in ("thresholds", "fp_per_image", "sensitivity", "n_fp", "n_found"):
+        np.testing.assert_allclose(weighted[key], repeated[key], rtol=0, atol=1e-12, err_msg=key)
+    assert weighted["n_lesions"] == lw.sum()
+
+
 def test_froc_curve_pure_function_and_empty_inputs():
     c = froc_curve([0.2, 0.9, 0.2], [True, False, False], [0.9, 0.2, -np.inf], n_images=2)
     assert c["thresholds"].tolist() == [0.9, 0.2]
@@ -180,6 +194,18 @@ def test_ap_hand_worked_duplicate_is_false_positive_for_ap_only():
     assert r["ap50_voc"] == pytest.approx(0.5 + 0.5 * 2 / 3, abs=1e-12)
     assert r["froc"]["fp_per_image"] == [0.0, 0.0, 0.0]
     assert r["froc"]["sensitivity"] == [0.5, 0.5, 1.0]
+
+
+def test_ap_precision_envelope_lifts_an_early_false_positive():
+    # FP first, then the two lesions: recall 0, 1/2, 1 at precision 0, 1/2, 2/3. The envelope reads
+    # 2/3 at every recall level (COCO and VOC); the raw precision would give less
+    gt = _gt([1], [(1, [0, 0, 10, 10]), (1, [50, 50, 10, 10])])
+    preds = [_p(1, [100, 100, 10, 10], 0.9), _p(1, [0, 0, 10, 10], 0.8),
+             _p(1, [50, 50, 10, 10], 0.7)]
+    r = evaluate_boxes(gt, preds)
+    assert r["ap50_coco"] == pytest.approx(_coco_ap50(gt, preds), abs=1e-12)
+    assert r["ap50_coco"] == pytest.approx(2 / 3, abs=1e-12)
+    assert r["ap50_voc"] == pytest.approx(2 / 3, abs=1e-12)
 
 
 def test_box_iou_matches_pycocotools_including_crowd():
@@ -294,6 +320,31 @@ def test_ap50_coco_tie_order_truncation_and_crowd_match_pycocotools():
     pc = [_p(1, [20, 20, 10, 10], 0.9), _p(1, [30, 30, 10, 10], 0.8), _p(1, [0, 0, 10, 10], 0.7)]
     assert evaluate_boxes(gtc, pc)["ap50_coco"] == pytest.approx(_coco_ap50(gtc, pc), abs=1e-12)
     assert evaluate_boxes(gtc, pc)["ap50_coco"] == pytest.approx(1.0)
+
+
+def test_ap_tied_iou_takes_the_last_gt_like_pycocotools():
+    # the first prediction overlaps A and B equally (IoU 9/11 each); pycocotools keeps the last GT
+    # of equal IoU (B), which leaves A to the second prediction (IoU 7/13 with A, 1/3 with B): two
+    # true positives, AP 1. Taking the first GT (A) instead would make the second prediction a false
+    # positive: recall 1/2 at precision 1, COCO AP 51/101 = 0.505
+    gt = _gt([1], [(1, [10, 0, 10, 10]), (1, [12, 0, 10, 10])])
+    preds = [_p(1, [11, 0, 10, 10], 0.9), _p(1, [7, 0, 10, 10], 0.8)]
+    ious = box_iou([p["bbox"] for p in preds], [a["bbox"] for a in gt["annotations"]])
+    assert ious[0, 0] == ious[0, 1] and ious[1, 0] >= 0.5 > ious[1, 1]
+    r = evaluate_boxes(gt, preds)
+    assert _coco_ap50(gt, preds) == pytest.approx(1.0)
+    assert r["ap50_coco"] == pytest.approx(1.0, abs=1e-12)
+    assert r["ap50_voc"] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_ap_iou_of_exactly_one_half_is_a_match():
+    # [0, 0, 10, 5] against [0, 0, 10, 10]: IoU 50 / 100 = 0.5 exactly, a true positive
+    gt = _gt([1], [(1, [0, 0, 10, 10])])
+    preds = [_p(1, [0, 0, 10, 5], 0.9)]
+    assert box_iou([preds[0]["bbox"]], [[0, 0, 10, 10]])[0, 0] == 0.5
+    r = evaluate_boxes(gt, preds)
+    assert r["ap50_coco"] == pytest.approx(_coco_ap50(gt, preds), abs=1e-12)
+    assert r["ap50_coco"] == pytest.approx(1.0) and r["ap50_voc"] == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------------- errors, bootstrap

@@ -164,6 +164,22 @@ def test_types_from_canonical_calcifications_json_and_fp_per_cm2():
     assert "fp_per_cm2" not in evaluate_masks({"s1": gt}, {"s1": prob})
 
 
+def test_first_listed_type_point_of_a_component_wins():
+    gt, prob = _blank()
+    gt[10:20, 10:20] = True
+    gt[40:42, 40:42] = True
+    points = [
+        {"type": "large", "point": [12, 12]},
+        {"type": "dot", "point": [18, 18]},  # same component: the first point keeps it
+        {"type": "vessel", "point": [30, 30]},  # on no component: ignored
+        {"type": "dot", "point": [41, 40]},
+    ]
+    m = match_image_masks(gt, prob, type_points=points)
+    assert m.lesion_types.tolist() == ["large", "dot"]
+    m = match_image_masks(gt, prob, type_points=points[1:])
+    assert m.lesion_types.tolist() == ["dot", "dot"]
+
+
 def test_no_predictions_and_lesion_free_images():
     gt, prob = _blank()
     gt[1:3, 1:3] = True

@@ -117,6 +117,36 @@ def test_artifact_excess_must_beat_the_floor_strictly():
     h[30] += 0.5
     assert find_artifact_columns(h)[0] == [30]
     assert find_artifact_columns(h, min_excess=401)[0] == []
+    # on a noisy profile the threshold is 10 robust standard deviations, above the floor: an
+    # excess of 800 is then noise, 1800 is not
+    h = 1000 + np.random.default_rng(0).normal(0, 100, 200)
+    h[100] += 800
+    cols, details = find_artifact_columns(h)
+    assert cols == [] and 800 < details["threshold"] == pytest.approx(10 * details["spread"])
+    assert find_artifact_columns(h, k_spread=5)[0] == [100]
+    h[100] += 1000
+    assert find_artifact_columns(h)[0] == [100]
+
+
+def test_artifact_pulse_must_be_sharp_inside_and_few():
+    # a pulse must stand 4 times above the excess beside it: 1200 over a 300 shoulder is, 1199 not
+    h = np.full(200, 1000.0)
+    h[99] += 300
+    h[100] += 1200
+    assert find_artifact_columns(h)[0] == [100]
+    h[100] -= 1
+    assert find_artifact_columns(h)[0] == []
+    # the first and last columns are never reported (their neighbours are edge copies)
+    for border in (0, 199):
+        h = np.full(200, 1000.0)
+        h[border] += 3000
+        assert find_artifact_columns(h)[0] == []
+    # up to max_columns (8) pulses are artifacts; more means a periodic texture: none is reported
+    h = np.full(200, 1000.0)
+    h[10:170:20] += 3000
+    assert find_artifact_columns(h)[0] == list(range(10, 170, 20))
+    h[170] += 3000
+    assert find_artifact_columns(h)[0] == []
 
 
 def test_two_artifact_columns():
@@ -219,6 +249,18 @@ def test_laterality_flip_and_inverse():
     np.testing.assert_allclose(unflip_boxes_xyxy(box, w, False), box)
     np.testing.assert_array_equal(unflip_mask(flipped, True), mask)
     assert unflip_points([[49, 3]], w, True).tolist() == [[0, 3]]
+    # a tie (as many breast pixels in each half; the middle column of an odd width counts for
+    # neither) keeps the chest wall on the left: no flip
+    tie = np.zeros((4, 5), bool)
+    tie[:, [0, 2, 4]] = True
+    assert chest_wall_side(tie) == "left"
+    tie[0, 2] = False
+    tie[0, 4] = False
+    assert chest_wall_side(tie) == "left"
+    tie[1, 0] = False
+    assert chest_wall_side(tie) == "left"
+    tie[2, 0] = False
+    assert chest_wall_side(tie) == "right"
 
 
 def test_preprocess_normalize_laterality():

@@ -174,6 +174,37 @@ def test_assign_splits_patient_disjoint_and_stable():
     assert [im["split"] for im in images] == first
 
 
+def test_patient_split_is_shuffled_by_the_seed():
+    ids = [f"p{i:02d}" for i in range(30)]
+    splits = {seed: patient_split(ids, seed) for seed in range(4)}
+    # each seed gives its own assignment, and none is the sorted order cut in three
+    assert len({tuple(sorted(s.items())) for s in splits.values()}) == 4
+    in_order = {p: "train" if i < 18 else "val" if i < 24 else "test" for i, p in enumerate(ids)}
+    assert all(s != in_order for s in splits.values())
+    # the input order does not matter, only the set of ids and the seed
+    assert patient_split(ids[::-1] + ids[:5], 2) == splits[2]
+
+
+def test_split_ratios_count_patients_not_images():
+    # one patient with 31 images, 19 with one each: 20 patients -> 12 / 4 / 4 patients whatever
+    # the image counts (over the 50 images it would be 30 / 10 / 10)
+    images = [{"patient_id": "big"} for _ in range(31)]
+    images += [{"patient_id": f"p{i}"} for i in range(19)]
+    for seed in range(3):
+        assign_splits(images, seed=seed)
+        by_patient = {im["patient_id"]: im["split"] for im in images}
+        assert len(by_patient) == 20
+        counts = {s: list(by_patient.values()).count(s) for s in ("train", "val", "test")}
+        assert counts == {"train": 12, "val": 4, "test": 4}, seed
+        assert {im["split"] for im in images if im["patient_id"] == "big"} == {by_patient["big"]}
+    assert sorted(patient_split(range(10), 0, (0.5, 0.3, 0.2)).values()) == (
+        ["test"] * 2 + ["train"] * 5 + ["val"] * 3
+    )
+    # counts are rounded, the remainder goes to test: 11 patients -> 6.6 / 2.2 -> 7 / 2 / 2
+    counts = sorted(patient_split(range(11), 0).values())
+    assert counts == ["test"] * 2 + ["train"] * 7 + ["val"] * 2
+
+
 def test_canonical_keeps_every_name_it_exports():
     for name in datasets.canonical.__all__:
         assert getattr(datasets.canonical, name) is not None

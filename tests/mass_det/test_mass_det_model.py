@@ -143,6 +143,28 @@ def test_nonlocal_affinity_is_normalised_by_positions():
         assert torch.allclose(block(x) - x, expected, atol=1e-5)
 
 
+def test_nonlocal_subsampled_affinity_is_normalised_by_the_pooled_positions():
+    """SUBSAMPLE: True: phi and g are 2x2 max-pooled; f is divided by M, the pooled positions."""
+    block = NonLocalBlock2D(32, 16, subsample=True, norm="GN")
+    x = torch.randn(1, 32, 5, 6)  # N = 30 positions, M = 3 * 3 = 9 after the pooling (ceil mode)
+    with torch.no_grad():
+        for conv in (block.theta, block.phi, block.g, block.out):  # outputs of order 1
+            conv.weight.normal_(std=0.3)
+        theta = block.theta(x).flatten(2)[0]
+        phi = torch.nn.functional.max_pool2d(block.phi(x), 2, ceil_mode=True).flatten(2)[0]
+        g = torch.nn.functional.max_pool2d(block.g(x), 2, ceil_mode=True).flatten(2)[0]
+        assert theta.shape == (16, 30) and phi.shape == g.shape == (16, 9)
+        v = (theta.T @ phi / 9) @ g.T  # (N, C'): sum over the M pooled j, divided by M
+        expected = block.out(v.T.reshape(1, 16, 5, 6))
+        block.out_norm = torch.nn.Identity()
+        got = block(x) - x
+        assert got.shape == expected.shape
+        assert expected.abs().max() > 0.1
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        # dividing by N instead would scale the output by M / N = 0.3, far outside the tolerance
+        assert not torch.allclose(got, expected * 9 / 30, rtol=1e-4, atol=1e-5)
+
+
 def test_nonlocal_blocks_sit_after_the_last_blocks_without_renaming():
     cfg = _cfg(FULL, "MODEL.NONLOCAL.STAGES", "['res4', 'res5']", "MODEL.NONLOCAL.NUM_BLOCKS", "2")
     backbone = build_nonlocal_resnet_backbone(cfg, ShapeSpec(channels=3))

@@ -70,14 +70,17 @@ def test_train_mapper_scales_and_flips_boxes(synthetic):
     scale = min(h, w) / min(d["height"], d["width"])
     gt = np.array([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
                    for a in d["annotations"]])
-    assert np.allclose(out["instances"].gt_boxes.tensor.numpy(), gt * scale, atol=1.0)
+    assert len(gt) >= 1
+    np.testing.assert_allclose(out["instances"].gt_boxes.tensor.numpy(), gt * scale,
+                               rtol=0, atol=1.0)
     assert out["instances"].gt_classes.tolist() == [0] * len(gt)
 
     flip = _cfg(synthetic, "INPUT.MAMMO.EXTENT_PROB", "0.0", "INPUT.MAMMO.HFLIP_PROB", "1.0")
     flipped = MassDatasetMapper(flip, is_train=True)(d)
     expect = gt * scale
     expect[:, [0, 2]] = w - expect[:, [2, 0]]
-    assert np.allclose(flipped["instances"].gt_boxes.tensor.numpy(), expect, atol=1.0)
+    np.testing.assert_allclose(flipped["instances"].gt_boxes.tensor.numpy(), expect,
+                               rtol=0, atol=1.0)
     assert torch.equal(flipped["image"], out["image"].flip(-1))
 
 
@@ -123,6 +126,7 @@ def test_train_mapper_crops_around_masses(synthetic):
         assert len(boxes) >= 1 and (boxes >= 0).all() and (boxes <= 96).all()
         # the chosen mass is whole: its crop box has the resized size of an original box
         sizes = (gt[:, 2:] - gt[:, :2]) * 256 / min(d["height"], d["width"])
+        assert boxes.shape[1:] == (4,) and sizes.shape[1:] == (2,)
         assert any(np.allclose(b[2:] - b[:2], s, atol=1.0) for b in boxes for s in sizes)
     assert "instances" not in MassDatasetMapper(cfg, is_train=False)(d)
 
@@ -139,8 +143,11 @@ def test_laterality_normalised_image_gets_mirrored_boxes(synthetic):
     assert out["flipped"] is True
     w = out["image"].shape[2]
     expect = plain["instances"].gt_boxes.tensor.clone()
+    assert expect.shape[0] >= 1
     expect[:, [0, 2]] = w - expect[:, [2, 0]]
-    assert torch.allclose(out["instances"].gt_boxes.tensor, expect, atol=1e-3)
+    # the same number of boxes first: allclose broadcasts, so (0, 4) against (1, 4) would pass
+    assert out["instances"].gt_boxes.tensor.shape == expect.shape
+    torch.testing.assert_close(out["instances"].gt_boxes.tensor, expect, rtol=0, atol=1e-3)
 
 
 def test_translation_and_scaling_keep_boxes_inside(synthetic):
