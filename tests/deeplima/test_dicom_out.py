@@ -81,28 +81,16 @@ def _record(res: ImageResult, stem: str = "img") -> dict:
     return json.loads(json.dumps(image_record(res, stem, 1, {}, "model"), default=float))
 
 
-def _with_known_findings(res: ImageResult) -> ImageResult:
-    """``res`` with two masses (one a finding) and three calcification components (two findings,
-    of two shapes) replacing what the random models found."""
-    h, w = res.shape
-    labels = np.zeros((h, w), np.int32)
-    labels[100:104, 150:153] = 1
-    labels[200, 60] = 2
-    labels[250:262, 180:186] = 3
-    prob = np.where(labels > 0, 0.9, 0.02).astype(np.float32)
-    prob[labels == 2] = 0.4
-    calcs = [
-        {"label": 1, "bbox": [150, 100, 3, 4], "area": 12, "score": 0.9, "type": "dot",
-         "point": [151, 101], "finding": True},
-        {"label": 2, "bbox": [60, 200, 1, 1], "area": 1, "score": 0.4, "type": "dot",
-         "point": [60, 200], "finding": False},
-        {"label": 3, "bbox": [180, 250, 6, 12], "area": 72, "score": 0.9, "type": "large",
-         "point": [181, 251], "finding": True},
-    ]
-    masses = [{"bbox": [40.25, 60.5, 55.125, 70.75], "score": 0.8125, "finding": True},
-              {"bbox": [10.0, 12.0, 20.0, 18.0], "score": 0.125, "finding": False}]
-    return ImageResult(res.source, res.image, res.breast_mask, masses, calcs, prob, labels,
-                       res.record, {"mass": 0.5, "calc": 0.5}, dict(res.timings))
+# two masses (one a finding) and three calcification components (two findings, of two shapes)
+KNOWN_MASSES = [{"bbox": [40.25, 60.5, 55.125, 70.75], "score": 0.8125, "finding": True},
+                {"bbox": [10.0, 12.0, 20.0, 18.0], "score": 0.125, "finding": False}]
+
+
+@pytest.fixture
+def known(with_known_findings):
+    """``res`` with :data:`KNOWN_MASSES` and the known calcification components (scores 0.9) in
+    place of what the random models found."""
+    return lambda res: with_known_findings(res, KNOWN_MASSES, (0.9, 0.9), peak=0.9)
 
 
 # ------------------------------------------------------------------------------------- checks
@@ -187,12 +175,12 @@ def _check_sr(path: Path, src, rec: dict, spacing) -> dict:
 
 # --------------------------------------------------------------------------------------- tests
 @pytest.mark.parametrize("photometric,bits,window", VARIANTS)
-def test_seg_and_sr_of_known_findings(pipeline, identity, synthetic_dataset, tmp_path,
+def test_seg_and_sr_of_known_findings(known, pipeline, identity, synthetic_dataset, tmp_path,
                                       photometric, bits, window):
     path = _source(synthetic_dataset, photometric, bits, window)
     src = pydicom.dcmread(path, stop_before_pixels=True)
     assert src.PhotometricInterpretation == photometric and src.BitsStored == bits
-    res = _with_known_findings(pipeline(path))
+    res = known(pipeline(path))
     rec = _record(res)
     files = write_dicom_outputs(res, rec, tmp_path, "img", identity, fractional=True)
     assert files == {"seg": "img_seg.dcm", "sr": "img_sr.dcm", "prob_seg": "img_prob_seg.dcm"}
@@ -235,10 +223,10 @@ def test_real_pipeline_output_unchanged(pipeline, identity, synthetic_dataset, t
     _check_sr(tmp_path / files["sr"], src, rec, rec["preprocess"]["meta"]["pixel_spacing"])
 
 
-def test_no_findings_still_writes_an_empty_segment(pipeline, identity, synthetic_dataset,
+def test_no_findings_still_writes_an_empty_segment(known, pipeline, identity, synthetic_dataset,
                                                    tmp_path):
     path = _source(synthetic_dataset)
-    res = _with_known_findings(pipeline(path))
+    res = known(pipeline(path))
     for item in res.masses + res.calcifications:
         item["finding"] = False
     rec = _record(res)
@@ -253,11 +241,11 @@ def test_no_findings_still_writes_an_empty_segment(pipeline, identity, synthetic
 
 
 @pytest.mark.parametrize("kind", ["mass", "calc"])
-def test_single_model_results(pipeline, synthetic_dataset, tmp_path, kind):
+def test_single_model_results(known, pipeline, synthetic_dataset, tmp_path, kind):
     """A mass-only prediction has no SEG; a calcification-only one has both files, and the SR says
     nothing about masses. The identity of a single-model predictor names its weights."""
     path = _source(synthetic_dataset)
-    full = _with_known_findings(pipeline(path))
+    full = known(pipeline(path))
     if kind == "mass":
         predictor = FindingsPredictor(pipeline.mass, None, thresholds={"mass": 0.5, "source": "t"},
                                       run_info={"weights": {
@@ -292,12 +280,12 @@ def _walk(items):
         yield from _walk(item.get("ContentSequence", ()))
 
 
-def test_breast_thickness_gives_pixel_measures_and_no_spacing_gives_pixels(
+def test_breast_thickness_gives_pixel_measures_and_no_spacing_gives_pixels(known,
         pipeline, identity, synthetic_dataset, tmp_path):
     """A source with the compressed breast thickness: the SEG's Pixel Measures carry the spacing
     and that thickness. A source without any spacing: areas in pixels, no box sizes in mm."""
     path = _source(synthetic_dataset)
-    res = _with_known_findings(pipeline(path))
+    res = known(pipeline(path))
     ds = pydicom.dcmread(path)
     ds.BodyPartThickness = "45.5"
     thick = tmp_path / "thick.dcm"
@@ -329,9 +317,9 @@ def test_breast_thickness_gives_pixel_measures_and_no_spacing_gives_pixels(
     assert "Width" not in _measurements(groups["rois"][0])
 
 
-def test_a_png_source_is_refused(pipeline, identity, synthetic_dataset, tmp_path):
+def test_a_png_source_is_refused(known, pipeline, identity, synthetic_dataset, tmp_path):
     path = _source(synthetic_dataset)
-    res = _with_known_findings(pipeline(path))
+    res = known(pipeline(path))
     png = tmp_path / "image.png"
     atomic_write_png(png, res.image)
     res.source = str(png)
@@ -357,12 +345,12 @@ def test_identity_of_a_bundle(pipeline):
     assert full["model_id"] == pipeline.model_id
 
 
-def test_spacing_falls_back_to_the_source_header(pipeline, identity, synthetic_dataset,
+def test_spacing_falls_back_to_the_source_header(known, pipeline, identity, synthetic_dataset,
                                                  tmp_path):
     """A record without the pre-processing metadata: sizes in mm from the source's own spacing
     (which building the SEG before the SR must leave in place)."""
     path = _source(synthetic_dataset)
-    res = _with_known_findings(pipeline(path))
+    res = known(pipeline(path))
     rec = _record(res)
     spacing = rec.pop("preprocess")["meta"]["pixel_spacing"]
     files = write_dicom_outputs(res, rec, tmp_path, "s", identity)

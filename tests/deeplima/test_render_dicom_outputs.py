@@ -20,7 +20,7 @@ from common.preprocess import preprocess  # noqa: E402
 from deeplima.bundle import random_bundle  # noqa: E402
 from deeplima.dicom_out import bundle_identity, write_dicom_outputs  # noqa: E402
 from deeplima.overlay import to_rgb  # noqa: E402
-from deeplima.pipeline import ImageResult, Pipeline  # noqa: E402
+from deeplima.pipeline import Pipeline  # noqa: E402
 from deeplima.writer import image_record  # noqa: E402
 from scripts.render_dicom_outputs import main, read_dicom_findings  # noqa: E402
 
@@ -38,39 +38,18 @@ def _threads(one_thread):
     pass
 
 
-def _with_known_findings(res: ImageResult) -> ImageResult:
-    """``res`` with three masses (two findings) and three calcification components (two findings)
-    in place of what the random models found."""
-    h, w = res.shape
-    labels = np.zeros((h, w), np.int32)
-    labels[100:104, 150:153] = 1
-    labels[200, 60] = 2
-    labels[250:262, 180:186] = 3
-    prob = np.where(labels > 0, 0.95, 0.02).astype(np.float32)
-    prob[labels == 2] = 0.4
-    calcs = [
-        {"label": 1, "bbox": [150, 100, 3, 4], "area": 12, "score": 0.9375, "type": "dot",
-         "point": [151, 101], "finding": True},
-        {"label": 2, "bbox": [60, 200, 1, 1], "area": 1, "score": 0.4, "type": "dot",
-         "point": [60, 200], "finding": False},
-        {"label": 3, "bbox": [180, 250, 6, 12], "area": 72, "score": 0.875, "type": "large",
-         "point": [181, 251], "finding": True},
-    ]
-    masses = [{"bbox": list(b[:4]), "score": b[4], "finding": True} for b in MASS_FINDINGS]
-    masses.insert(1, {"bbox": [10.0, 12.0, 20.0, 18.0], "score": 0.125, "finding": False})
-    return ImageResult(res.source, res.image, res.breast_mask, masses, calcs, prob, labels,
-                       res.record, {"mass": 0.5, "calc": 0.5}, dict(res.timings))
-
-
 @pytest.fixture(scope="module")
-def outputs(synthetic_dataset, tmp_path_factory):
+def outputs(synthetic_dataset, tmp_path_factory, with_known_findings):
     """(source DICOM, SEG, SR, the written result) of one synthetic image."""
     torch.set_num_threads(1)
     pipeline = Pipeline(random_bundle(tmp_path_factory.mktemp("bundle"),
                                       mass_opts=TINY_MASS_OPTS), threshold=0.5)
     root = synthetic_dataset(n=1, seed=11, views=("CC",), **SIZE)
     source = sorted((root / "images").glob("*.dcm"))[0]
-    res = _with_known_findings(pipeline(source))
+    masses = [{"bbox": list(b[:4]), "score": b[4], "finding": True} for b in MASS_FINDINGS]
+    masses.insert(1, {"bbox": [10.0, 12.0, 20.0, 18.0], "score": 0.125, "finding": False})
+    res = with_known_findings(pipeline(source), masses, (CALC_FINDINGS[0][4], CALC_FINDINGS[1][4]),
+                              peak=0.95)
     record = json.loads(json.dumps(image_record(res, "img", 1, {}, "model"), default=float))
     out = tmp_path_factory.mktemp("dicom")
     files = write_dicom_outputs(res, record, out, "img", bundle_identity(pipeline))
