@@ -33,7 +33,7 @@ from common.errors import InputError
 # Image files picked up in a folder by their suffix; DICOM files are also picked up by content.
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".tif", ".tiff", ".jpg", ".jpeg"}
 #: Suffixes of plain raster images (processed when found or given; no header to select on).
-RASTER_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg"}
+RASTER_SUFFIXES = IMAGE_SUFFIXES - {".dcm", ".dicom"}
 #: DICOM Part 10 files start with a 128-byte preamble followed by these four bytes.
 DICOM_MAGIC_OFFSET, DICOM_MAGIC = 128, b"DICM"
 

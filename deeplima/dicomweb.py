@@ -264,14 +264,15 @@ class DicomwebRun:
                 found[uid] = next(_value(r, _STUDY_DATE) for r in rows
                                   if _value(r, _STUDY_UID) == uid)
         elif since is not None:
+            since = parse_date(since)
             rows = self._query(f"search for studies since {since}", self.client.search_for_studies,
-                               search_filters={"StudyDate": f"{parse_date(since)}-"})
+                               search_filters={"StudyDate": f"{since}-"})
             dated = []
             for r in rows:
                 uid, date = _value(r, _STUDY_UID), _value(r, _STUDY_DATE)
                 if uid is None or not _UID.fullmatch(uid) or len(uid) > 64:
                     continue  # not a study we could name a folder after
-                if date is None or date < parse_date(since):
+                if date is None or date < since:
                     continue  # a server that matched loosely
                 dated.append((date, uid))
             for date, uid in sorted(set(dated)):

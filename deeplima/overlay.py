@@ -31,7 +31,8 @@ def to_rgb(gray: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(g[:, :, None], 3, axis=2))
 
 
-def _line_width(shape) -> int:
+def line_width(shape) -> int:
+    """Outline width in pixels for an image of ``shape``: 1 per 500 pixels of its shorter side."""
     return max(1, int(round(min(shape[:2]) / 500)))
 
 
@@ -71,7 +72,7 @@ def draw_findings(
         (H, W, 3) uint8 RGB.
     """
     rgb = to_rgb(gray)
-    lw = _line_width(rgb.shape)
+    lw = line_width(rgb.shape)
     text_px = max(10.0, min(rgb.shape[:2]) / 40)
     if gt_mask is not None and np.any(gt_mask):
         contours, _ = cv2.findContours(np.asarray(gt_mask, np.uint8), cv2.RETR_EXTERNAL,

@@ -24,7 +24,7 @@ from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling.poolers import ROIPooler
 from torch import nn
 
-from common.amp import native_bf16
+from common.amp import autocast_dtype
 from common.errors import InputError
 
 from .config import resolve_device
@@ -166,7 +166,7 @@ def prepare_for_inference(model: nn.Module, cfg) -> dict:
     """
     opts = cfg.MODEL.INFERENCE
     folded = fold_frozen_batchnorm(model) if opts.FOLD_FROZEN_BN else 0
-    bf16 = bool(opts.BF16) and native_bf16(cfg.MODEL.DEVICE)
+    bf16 = autocast_dtype(cfg.MODEL.DEVICE, bool(opts.BF16)) is not None
     channels_last = bool(opts.CHANNELS_LAST)
     if bf16 or channels_last:
         convert_trunk(model, torch.bfloat16 if bf16 else torch.float32,

@@ -33,7 +33,7 @@ from common.dicom import read_dicom_header
 from common.errors import InputError
 from common.io import atomic_write_png, os_error_reason
 from common.preprocess import preprocess
-from deeplima.overlay import CALC_COLOR, MASS_COLOR, draw_findings, thumbnail
+from deeplima.overlay import CALC_COLOR, MASS_COLOR, draw_findings, line_width, thumbnail
 
 __all__ = ["draw_dicom_findings", "main", "read_dicom_findings"]
 
@@ -181,7 +181,7 @@ def draw_dicom_findings(gray: np.ndarray, read: dict) -> np.ndarray:
         tint = rgb[mask].astype(np.float32) * (1 - FILL_ALPHA)
         rgb[mask] = (tint + np.float32(FILL_ALPHA) * np.array(CALC_COLOR, np.float32)
                      ).round().astype(np.uint8)
-    lw = max(1, int(round(min(gray.shape[:2]) / 500)))
+    lw = line_width(gray.shape)
     for f in calcs + unscored:
         color = CALC_COLOR if f["kind"] == "calcification" else MASS_COLOR
         line = np.round(f["polyline"]).astype(np.int32).reshape(-1, 1, 2)
