@@ -27,6 +27,7 @@ adds a warning to its record when the window saturates almost every pixel (see
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +187,16 @@ def read_dicom_header(path: str | Path) -> Any:
         return pydicom.dcmread(str(path), stop_before_pixels=True)
     except Exception as e:  # pydicom raises several types for broken files
         raise InputError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from None
+
+
+# A DICOM UID: numeric components separated by dots (PS3.5 9.1), at most 64 characters.
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
+def is_uid(value: Any) -> bool:
+    """Whether ``value`` is a DICOM UID string (digits and dots, at most 64 characters): what may
+    name a file or folder after a UID."""
+    return isinstance(value, str) and len(value) <= 64 and _UID.fullmatch(value) is not None
 
 
 def _text(ds: Any, keyword: str) -> str | None:

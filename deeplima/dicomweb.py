@@ -40,6 +40,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from tqdm import tqdm
 
+from common.dicom import is_uid
 from common.errors import InputError
 from common.io import atomic_write_bytes, atomic_write_json, os_error_reason, read_json
 
@@ -58,7 +59,6 @@ RECORD_NAME = "dicomweb.json"
 #: Sub-folder of the prediction folder holding the retrieved instances.
 RETRIEVED_DIR = "dicomweb"
 
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 # SOP classes of MG series that are not images for the models: raw detector data and tomosynthesis
 _NOT_PROCESSED = {
     "1.2.840.10008.5.1.4.1.1.1.2.1": "a For-Processing mammogram (raw detector data)",
@@ -78,7 +78,7 @@ def parse_uid(text: str) -> str:
     """``text`` if it is a DICOM UID (digits and dots, at most 64 characters), else ValueError.
 
     UIDs name local files, so nothing else may pass."""
-    if len(text) > 64 or not _UID.fullmatch(text):
+    if not is_uid(text):
         raise ValueError(f"not a DICOM UID (digits and dots, at most 64 characters): {text!r}")
     return text
 
@@ -270,7 +270,7 @@ class DicomwebRun:
             dated = []
             for r in rows:
                 uid, date = _value(r, _STUDY_UID), _value(r, _STUDY_DATE)
-                if uid is None or not _UID.fullmatch(uid) or len(uid) > 64:
+                if not is_uid(uid):
                     continue  # not a study we could name a folder after
                 if date is None or date < since:
                     continue  # a server that matched loosely
@@ -294,14 +294,14 @@ class DicomwebRun:
             # a server that ignores the filter must not feed us back our own SEG and SR
             if uid is None or _value(s, _MODALITY) not in (None, "MG"):
                 continue
-            if not _UID.fullmatch(uid) or len(uid) > 64:
+            if not is_uid(uid):
                 continue
             rows = self._query(f"search for the instances of series {uid}",
                                self.client.search_for_instances, study_instance_uid=study,
                                series_instance_uid=uid)
             for r in rows:
                 sop = _value(r, _SOP_UID)
-                if sop is not None and _UID.fullmatch(sop) and len(sop) <= 64:
+                if is_uid(sop):
                     out.append((uid, sop, _value(r, _SOP_CLASS)))
         return list(dict.fromkeys(out))
 

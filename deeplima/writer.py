@@ -66,7 +66,6 @@ are needed (stems must be the canonical dataset's stems).
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
@@ -81,7 +80,7 @@ import numpy as np
 from tqdm import tqdm
 
 import common.io
-from common.dicom import read_dicom_header
+from common.dicom import is_uid, read_dicom_header
 from common.errors import InputError
 from common.inputs import RASTER_SUFFIXES, collect_inputs, select_inputs, unique_stems
 from common.io import (
@@ -122,8 +121,6 @@ OUTPUT_SUBDIRS = ("calc_prob", "calc_mask", "calc_labels", "breast_mask", "overl
 _FILES = {"calc_prob": "calc_prob", "calc_mask": "calc_mask", "calc_labels": "calc_labels",
           "breast_mask": "breast_mask", "overlay": "overlays"}
 _CALC_FILES = ("calc_prob", "calc_mask", "calc_labels")
-#: A DICOM UID as a file name: digits and dots, at most 64 characters (PS3.5 9.1).
-_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 #: The per-image ``study`` entry: key -> key of the pre-processing record's DICOM metadata.
 _IDENTITY = ("study_instance_uid", "series_instance_uid", "sop_instance_uid",
              "frame_of_reference_uid", "modality", "laterality", "view")
@@ -160,7 +157,7 @@ def _identity(record: dict | None) -> dict:
 def study_uid(rec: dict) -> str | None:
     """The Study Instance UID of a per-image record, when it is one that can name a file."""
     uid = ((rec.get("study") or {}) if isinstance(rec, dict) else {}).get("study_instance_uid")
-    return uid if isinstance(uid, str) and len(uid) <= 64 and _UID.fullmatch(uid) else None
+    return uid if is_uid(uid) else None
 
 
 def image_record(res: ImageResult, stem: str, image_id: int, files: dict, model_id: str | None,
@@ -604,7 +601,7 @@ def _header_study_uid(path: str) -> str | None:
     except Exception:  # unreadable: the failure says why; it is in no study
         return None
     uid = str(uid).strip() if uid is not None else ""
-    return uid if len(uid) <= 64 and _UID.fullmatch(uid) else None
+    return uid if is_uid(uid) else None
 
 
 def _new_breast(kinds: dict) -> dict:
@@ -688,7 +685,7 @@ def _write_studies(out: Path, studies: dict[str, dict]) -> None:
         atomic_write_json(folder / f"{uid}.json", rec)
     if folder.is_dir():
         for old in folder.glob("*.json"):
-            if old.stem not in studies and _UID.fullmatch(old.stem):
+            if old.stem not in studies and is_uid(old.stem):
                 old.unlink(missing_ok=True)
 
 
