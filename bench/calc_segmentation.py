@@ -9,7 +9,7 @@ random weights with the last layer biased to background as ``bench/pipeline.py``
 not depend on the weights, and a sparse map keeps the component stage realistic) on one synthetic
 ``--height x --width`` mammogram (default the pipeline benchmark's 3328 x 2560). Stages:
 ``preprocess`` (``common.preprocess`` of the DICOM), ``calc`` (the shipped ``TEST`` settings:
-stride, bf16 autocast, channels-last, tiles over the breast only), ``components`` and, for
+stride, tile placement over the breast, bf16 autocast, channels-last), ``components`` and, for
 reference, ``naive`` (every tile of the frame, background included, at stride = half the window,
 float32, eager) with the same weights. Before that, the seconds per tile of each execution choice
 (float32 / bf16 autocast, contiguous / channels-last) on tiles of the same image. The last output
@@ -20,10 +20,13 @@ Tiling (``--tiling``): the quality run's trained model (trained first when
 ``<out>/quality_run/model_best.pth`` is missing) predicts the held-out test split at window =
 ``PATCH.SIZE`` (GroupNorm sees tiles of the size it was trained on) with strides window/2,
 3·window/4 and window, float32 eager; each stride's seconds per image and IoP FROC (sensitivity at
-1 and 10 FP per image, IoP >= 0.25, processed labels). The chosen stride is the fastest whose
-sensitivity at 1 and at 10 FP/image are within 0.01 of the half-window stride's. At that stride
-each execution choice (bf16 autocast, channels-last) is compared with float32 eager: maximum
-absolute probability difference, identical components at ``TEST.THRESHOLD``, identical FROC.
+1 and 10 FP per image, IoP >= 0.25, processed labels), tiles on the frame grid. The chosen stride is
+the fastest whose sensitivity at 1 and at 10 FP/image are within 0.01 of the half-window stride's.
+At that stride each tile placement (``TEST.PLACEMENT``: the frame grid, the cover that follows the
+breast) is scored the same way and compared with the frame grid's maps; the chosen placement has
+the fewest tiles within 0.01 of the frame grid's sensitivities. With both chosen, each execution
+choice (bf16 autocast, channels-last) is compared with float32 eager: maximum absolute probability
+difference, identical components at ``TEST.THRESHOLD``, identical FROC.
 
 Quality (``--quality``): the GN U-Net of ``unet_gn.yaml`` (paper widths, GroupNorm, Adam at 0.01
 after a warm-up, class weight from the measured positive-pixel fraction) trained from scratch on 30
@@ -65,6 +68,7 @@ from calc_seg.engine.trainer import (  # noqa: E402
     score_studies,
 )
 from calc_seg.inference import (  # noqa: E402
+    PLACEMENTS,
     CalcPredictor,
     mask_components,
     predict_image,
@@ -110,15 +114,17 @@ def _model_copy(cfg, state: dict, device: torch.device) -> torch.nn.Module:
 
 
 def _predictor(cfg, state: dict, device: torch.device, stride: int, choice: str,
-               window: int | None = None) -> CalcPredictor:
+               window: int | None = None, placement: str | None = None) -> CalcPredictor:
     """:class:`CalcPredictor` of ``cfg.TEST`` with fresh weights ``state`` and one execution
-    choice of :data:`CPU_PATH_CHOICES` (window and stride given)."""
+    choice of :data:`CPU_PATH_CHOICES` (window and stride given; placement None =
+    ``TEST.PLACEMENT``)."""
     amp, channels_last = CPU_PATH_CHOICES[choice]
     t = cfg.TEST
     return CalcPredictor(_model_copy(cfg, state, device), window=int(window or t.WINDOW),
                          stride=stride, batch_size=int(t.BATCH_SIZE), blend=str(t.BLEND),
                          threshold=float(t.THRESHOLD), device=device, amp=amp,
-                         channels_last=channels_last)
+                         channels_last=channels_last,
+                         placement=str(placement or t.PLACEMENT))
 
 
 def _choice_of(cfg) -> str:
@@ -166,7 +172,8 @@ def bench_speed(args) -> dict:
     state = {k: v.clone() for k, v in model.state_dict().items()}
 
     # seconds per tile of each execution choice, on breast tiles of this image
-    pos = window_positions(image.shape, window, stride, breast)
+    placement = str(t.PLACEMENT)
+    pos = window_positions(image.shape, window, stride, breast, placement)
     pick = [pos[i] for i in np.linspace(0, len(pos) - 1, int(t.BATCH_SIZE)).round().astype(int)]
     x = torch.from_numpy(image.astype(np.float32) / 255.0)
     tiles = torch.stack([x[y : y + window, xx : xx + window] for y, xx in pick])[:, None]
@@ -209,13 +216,16 @@ def bench_speed(args) -> dict:
         "threads": torch.get_num_threads(),
         "image": [int(image.shape[0]), int(image.shape[1])],
         "breast_fraction": round(float(breast.mean()), 4),
-        "config": f"{GN_CONFIG.name}: window {window}, stride {stride}, AMP {bool(t.AMP)} "
+        "config": f"{GN_CONFIG.name}: window {window}, stride {stride}, placement {placement}, "
+                  f"AMP {bool(t.AMP)} "
                   f"({str(calc.amp_dtype).replace('torch.', '') if calc.amp_dtype else 'fp32'}), "
                   f"CHANNELS_LAST {bool(t.CHANNELS_LAST)}, batch {int(t.BATCH_SIZE)}",
         "default_choice": _choice_of(cfg),
         "weights": "random init, last layer biased to background (timing only)",
         "cpu_path_s_per_tile": per_tile,
-        "tiles": {"default": n_default, "naive": n_naive},
+        "tiles": {"default": n_default, "naive": n_naive,
+                  "frame_grid_over_breast": len(window_positions(image.shape, window, stride,
+                                                                 breast, "frame"))},
         "setup_s": round(t_setup, 2),
         "stages_s": {"preprocess": round(t_pre, 2), "calc": round(t_calc, 2),
                      "components": round(t_comp, 2), "naive": round(t_naive, 2)},
@@ -255,9 +265,10 @@ def bench_tiling(args) -> dict:
     window = int(cfg.PATCH.SIZE)
     thr = float(cfg.TEST.THRESHOLD)
 
-    def run(stride: int, choice: str):
-        """({stem: prob}, seconds per image, FROC report) of one stride and execution choice."""
-        calc = _predictor(cfg, state, device, stride, choice, window=window)
+    def run(stride: int, choice: str, placement: str = "frame"):
+        """({stem: prob}, seconds per image, FROC report) of one stride, execution choice and
+        tile placement."""
+        calc = _predictor(cfg, state, device, stride, choice, window=window, placement=placement)
         calc.predict_prob(test[0].array("image")[:window, :window], None)  # warm-up
         _sync(device)
         t0 = time.perf_counter()
@@ -287,12 +298,40 @@ def bench_tiling(args) -> dict:
     chosen = min(ok, key=lambda r: r["s_per_image"])["stride"]
     print(f"  chosen stride: {chosen} (= {chosen / window:g} x window)", flush=True)
 
-    ref_probs, ref_rep = fp32_maps[chosen]
+    # tile placement at that stride: the frame grid against the cover that follows the breast
+    placements = {}
+    maps = {"frame": fp32_maps[chosen]}
+    for placement in PLACEMENTS:
+        if placement != "frame":
+            probs, sec, rep = run(chosen, "fp32", placement)
+            maps[placement] = (probs, rep)
+        else:
+            probs, rep = maps["frame"]
+            sec = next(r["s_per_image"] for r in rows if r["stride"] == chosen)
+        placements[placement] = {
+            "s_per_image": round(sec, 2),
+            "tiles": sum(len(window_positions(s.array("image").shape, window, chosen,
+                                              s.array("breast"), placement)) for s in test),
+            "sens_at_1fp": round(recall_at(rep, 1), 4),
+            "sens_at_10fp": round(recall_at(rep, 10), 4),
+            "max_abs_prob_diff_vs_frame": float(max(
+                np.abs(probs[k] - maps["frame"][0][k]).max() for k in probs)),
+            **findings_diff(maps["frame"][0], probs, thr),
+        }
+        print(f"  placement {placement:6s}: {placements[placement]}", flush=True)
+    ref = placements["frame"]
+    ok = [p for p, r in placements.items()
+          if abs(r["sens_at_1fp"] - ref["sens_at_1fp"]) <= 0.01
+          and abs(r["sens_at_10fp"] - ref["sens_at_10fp"]) <= 0.01]
+    chosen_placement = min(ok, key=lambda p: placements[p]["tiles"])
+    print(f"  chosen placement: {chosen_placement}", flush=True)
+
+    ref_probs, ref_rep = maps[chosen_placement]
     choices = {}
     for name in CPU_PATH_CHOICES:
         if name == "fp32":
             continue
-        probs, sec, rep = run(chosen, name)
+        probs, sec, rep = run(chosen, name, chosen_placement)
         choices[name] = {
             "s_per_image": round(sec, 2),
             "max_abs_prob_diff": float(max(np.abs(probs[k] - ref_probs[k]).max() for k in probs)),
@@ -310,6 +349,8 @@ def bench_tiling(args) -> dict:
         "device": str(device), "threads": torch.get_num_threads(),
         "window": window, "strides": rows, "chosen_stride": chosen,
         "rule": "fastest stride with |sens@1 - sens@1(window/2)| <= 0.01 and the same at 10 FP",
+        "placements_at_chosen_stride": placements, "chosen_placement": chosen_placement,
+        "placement_rule": "fewest tiles with sens@1 and sens@10 within 0.01 of the frame grid's",
         "cpu_path_at_chosen_stride": choices,
     }
 

@@ -6,8 +6,9 @@ speed-ups of both models over the baselines they are measured against, in the sa
 
 Builds a bundle from the paper's configs as shipped (mass: ``faster_rcnn_R50_FPN_FL_NL.yaml``,
 short edge 1200, with the predictor's fast path ``MODEL.INFERENCE``; calcifications:
-``unet_gn.yaml``, 512-pixel tiles at its ``TEST.STRIDE`` over the breast, ``TEST.AMP``,
-``TEST.CHANNELS_LAST``) with RANDOMLY INITIALISED weights: the cost of a forward pass does not
+``unet_gn.yaml``, 512-pixel tiles at its ``TEST.STRIDE`` placed by its ``TEST.PLACEMENT``,
+``TEST.AMP``, ``TEST.CHANNELS_LAST``; the tile count of each image under each placement is
+reported) with RANDOMLY INITIALISED weights: the cost of a forward pass does not
 depend on the weight values. The U-Net's last layer is biased towards background so that the
 calcification map is sparse as with a trained model (a random map would be one image-sized
 component and time the shape classifier instead). Synthetic full-field DICOMs come from
@@ -52,7 +53,7 @@ from detectron2.engine import DefaultPredictor  # noqa: E402
 
 import calc_seg  # noqa: E402
 import mass_det  # noqa: E402
-from calc_seg.inference import predict_image  # noqa: E402
+from calc_seg.inference import PLACEMENTS, predict_image, window_positions  # noqa: E402
 from datasets.synthetic import generate  # noqa: E402
 from deeplima.bundle import random_bundle  # noqa: E402
 from deeplima.pipeline import Pipeline  # noqa: E402
@@ -148,6 +149,8 @@ def main(argv=None) -> int:
         pipe(sorted((warm / "images").glob("*.dcm"))[0])
 
         totals = {"preprocess": 0.0, "mass": 0.0, "calc": 0.0, "postprocess": 0.0}
+        calc_test = pipe.calc_cfg.TEST
+        tiles = {p: [] for p in PLACEMENTS}  # 512 px tiles of each image by placement
         wall = 0.0
         first = None
         for b in range(0, len(files), args.batch_size):
@@ -162,6 +165,11 @@ def main(argv=None) -> int:
             dt = time.perf_counter() - t
             wall += dt
             first = first or prepared[0]
+            for p in prepared:
+                for placement in PLACEMENTS:
+                    tiles[placement].append(len(window_positions(
+                        p.image.shape, int(calc_test.WINDOW), int(calc_test.STRIDE),
+                        p.breast_mask, placement)))
             for f, res in zip(group, results):
                 for k, v in res.timings.items():
                     totals[k] += v
@@ -186,7 +194,8 @@ def main(argv=None) -> int:
         "stages_share": {k: round(v / stage_sum, 3) for k, v in per.items()},
         "mass_input_short_edge": int(pipe.mass_cfg.INPUT.MIN_SIZE_TEST),
         "mass_fast_path": getattr(pipe.mass.predictor, "fast_path", None),
-        "calc": {"window": int(t.WINDOW), "stride": int(t.STRIDE), "amp": bool(t.AMP),
+        "calc": {"window": int(t.WINDOW), "stride": int(t.STRIDE),
+                 "placement": str(t.PLACEMENT), "tiles_by_placement": tiles, "amp": bool(t.AMP),
                  "bf16": pipe.calc.amp_dtype is not None, "channels_last": bool(t.CHANNELS_LAST),
                  "batch_size": int(t.BATCH_SIZE)},
         "targets": TARGETS,

@@ -127,16 +127,26 @@ _C.TEST.WINDOW = 512
 # kept sensitivity at 1 and 10 FP/image within 0.01 of half-window overlap at about 1/3.4 of the
 # time; WINDOW / 2 is the training patches' overlap.
 _C.TEST.STRIDE = 512
+# Where the tiles go over an image with a breast mask (calc_seg.inference.window_positions):
+# "frame" = the frame grid's tiles that hold breast (inside the breast, the output of a full-frame
+# sliding window); "breast" = the cover with the fewest tiles among the frame grid and bands of
+# tiles that follow the breast's outline: 17 and 22 tiles of 512 px instead of 22 and 25 on the two
+# full-field images of bench/pipeline.py (25.1 instead of 31.1 s per image on the 2-core CPU). On
+# the synthetic quality set (bench/calc_segmentation.py --tiling, 128 px tiles): 352 instead of 399
+# tiles, sensitivity 0.9936 instead of 0.9873 at 1 and 10 FP/image; the maps differ where the model
+# depends on a tile's position (max |dp| 0.99, 118 components at TEST.THRESHOLD instead of 90).
+_C.TEST.PLACEMENT = "breast"
 _C.TEST.BATCH_SIZE = 4  # tiles per forward pass; CalcPredictor.predict_probs fills it across images
 _C.TEST.BLEND = "mean"  # "mean" or "gaussian" weighting of overlapping windows
 # bf16 autocast of the forward pass where the device computes bf16 natively (common.amp.native_bf16;
 # elsewhere float32); the blending stays float64. On the 2-core AVX512-BF16 CPU a 512 px tile of the
-# paper's U-Net takes 1.09 s instead of 2.65 s (with CHANNELS_LAST; bench/calc_segmentation.py
-# --speed). On the quality set (--tiling) the probabilities move by <= 0.042: the same 90 components
-# at TEST.THRESHOLD (outlines move by a pixel here and there: 226 of 10 M pixels) and the same FROC.
+# paper's U-Net takes 1.17 s instead of 2.52 s (with CHANNELS_LAST; bench/calc_segmentation.py
+# --speed). On the quality set (--tiling) the probabilities move by <= 0.050: 122 components at
+# TEST.THRESHOLD instead of 118 (outlines move by a pixel here and there: 258 of 10 M pixels) and the
+# same sensitivity at 1 and 10 FP/image.
 _C.TEST.AMP = True
 # NHWC tiles and weights (oneDNN / cuDNN layouts; the values are NCHW's up to summation order,
-# <= 6e-4 in probability): 1.35x faster with bf16 and 1.24x in float32 on that CPU.
+# <= 7e-4 in probability): 1.57x faster with bf16 and 1.28x in float32 on that CPU.
 _C.TEST.CHANNELS_LAST = True
 # IoP ground truth of validation and test: "processed" = the training target (small components grown
 # to LABELS.MIN_AREA_MM2, common.calcifications), "raw" = the masks as annotated.
@@ -193,5 +203,7 @@ def check_cfg(cfg: CN) -> None:
         raise ValueError(f"TEST.GT_LABELS must be processed or raw, got {cfg.TEST.GT_LABELS!r}")
     if cfg.TEST.BLEND not in ("mean", "gaussian"):
         raise ValueError(f"TEST.BLEND must be mean or gaussian, got {cfg.TEST.BLEND!r}")
+    if cfg.TEST.PLACEMENT not in ("frame", "breast"):
+        raise ValueError(f"TEST.PLACEMENT must be frame or breast, got {cfg.TEST.PLACEMENT!r}")
     if not 0 < cfg.TEST.STRIDE <= cfg.TEST.WINDOW or not 0 < cfg.PATCH.STRIDE <= cfg.PATCH.SIZE:
         raise ValueError("strides must be in (0, window size]")

@@ -1,17 +1,21 @@
 """Whole-image inference by a sliding window over the breast (paper §2.2.2, test stage).
 
-The image is covered by ``window x window`` tiles whose starts are spread evenly between 0 and
-``size - window`` with at most ``stride`` between neighbours (nnU-Net's
-``compute_steps_for_sliding_window`` placement, so the last tile is flush with the edge and no tile
-hangs over it). Tiles that contain no breast pixel are skipped: the model never sees the empty
-background, which on a mammogram is often half of the frame. The remaining tiles run in batches;
+The image is covered by ``window x window`` tiles, every one inside the frame, at most ``stride``
+apart; on the frame grid their starts are spread evenly between 0 and ``size - window`` (nnU-Net's
+``compute_steps_for_sliding_window`` placement, so the last tile is flush with the edge). Tiles that
+contain no breast pixel are never evaluated: the model does not see the empty background, which on
+a mammogram is often half of the frame. The remaining tiles run in batches;
 overlapping predictions are blended by averaging (``blend="mean"``) or with a Gaussian importance
 map that trusts tile centres more (``blend="gaussian"``, nnU-Net / MONAI style). Images smaller than
 a window are zero-padded at the bottom / right and the result cropped back.
 
-Because a tile is skipped only when it has no breast pixel, every breast pixel receives the same set
-of tile predictions as a full-frame sliding window of the same stride: inside the breast both give
-identical output. Pixels covered by no evaluated tile get probability 0.
+Where the tiles go is ``placement`` (``TEST.PLACEMENT``, :func:`window_positions`). ``"frame"``
+keeps the frame grid's tiles that hold a breast pixel, so every breast pixel receives the same set of
+tile predictions as a full-frame sliding window of the same stride: inside the breast both give
+identical output. ``"breast"`` (the shipped configs) lays bands of tiles along the breast's outline
+instead and keeps the cover with the fewest tiles; every breast pixel is still predicted, by tiles
+that sit where the breast is rather than on the frame grid. Pixels covered by no evaluated tile get
+probability 0.
 
 The shipped configs use ``stride = window`` (``TEST.STRIDE``): the paper's test stage puts each
 patch prediction back at its place, and on the synthetic quality set the overlap of half-window
@@ -44,6 +48,7 @@ from common.device import select_device
 from common.errors import InputError
 
 __all__ = [
+    "PLACEMENTS",
     "CalcPredictor",
     "compute_steps",
     "gaussian_importance",
@@ -70,25 +75,90 @@ def compute_steps(size: int, window: int, stride: int) -> list[int]:
     return [int(round(step * i)) for i in range(n)]
 
 
+PLACEMENTS = ("frame", "breast")
+
+
+def _span_steps(lo: int, hi: int, size: int, window: int, stride: int,
+                anchor: str = "even") -> list[int]:
+    """Tile starts covering [lo, hi) along an axis of length ``size >= window``, every tile inside
+    [0, size), steps <= ``stride``: spread evenly between the span's ends (:func:`compute_steps`,
+    ``anchor="even"``), or ``stride`` apart from ``lo`` on (``"start"``) or from ``hi`` back
+    (``"end"``), where the last tile may reach past the span but not past the frame. A span shorter
+    than the window is widened at its end (at its start by the frame's far edge)."""
+    span = max(hi - lo, window)
+    start = min(lo, size - span)
+    steps = compute_steps(span, window, stride)
+    if anchor == "start":
+        return [min(start + k * stride, size - window) for k in range(len(steps))]
+    if anchor == "end":
+        return [max(start + span - window - k * stride, 0) for k in reversed(range(len(steps)))]
+    return [start + s for s in steps]
+
+
+def _band_covers(mask: np.ndarray, window: int, stride: int) -> list[list[tuple[int, int]]]:
+    """(y, x) tiles of bands of rows over the mask's rows, each band's tiles spread over the mask's
+    columns in that band, one cover per band anchoring (:func:`_span_steps`): every True pixel lies
+    in a tile of each cover."""
+    h, w = mask.shape
+    rows = mask.any(1)
+    first = np.where(rows, mask.argmax(1), w)  # first and last True column of each row
+    last = np.where(rows, w - 1 - mask[:, ::-1].argmax(1), -1)
+    lo, hi = int(np.argmax(rows)), int(h - np.argmax(rows[::-1]))
+    covers = []
+    for anchor in ("even", "start", "end"):
+        tiles = []
+        for y in _span_steps(lo, hi, h, window, stride, anchor):
+            x0, x1 = int(first[y : y + window].min()), int(last[y : y + window].max()) + 1
+            if x1 > x0:
+                tiles += [(y, x) for x in _span_steps(x0, x1, w, window, stride)]
+        covers.append(tiles)
+    return covers
+
+
 def window_positions(
-    shape: tuple[int, int], window: int, stride: int, breast_mask: np.ndarray | None = None
+    shape: tuple[int, int], window: int, stride: int, breast_mask: np.ndarray | None = None,
+    placement: str = "frame",
 ) -> list[tuple[int, int]]:
-    """Top-left (y, x) of the tiles over an (H, W) frame (H, W >= window), skipping tiles with no
-    breast pixel when ``breast_mask`` (bool (H, W)) is given."""
+    """Top-left (y, x) of the tiles over an (H, W) frame (H, W >= window), sorted.
+
+    Without ``breast_mask`` (bool (H, W)): the frame grid (:func:`compute_steps` both ways). With
+    it, only tiles holding a breast pixel, placed by ``placement``:
+
+    - ``"frame"``: the frame grid's tiles that hold a breast pixel. Every breast pixel gets the
+      predictions the full-frame sliding window of the same stride gives it.
+    - ``"breast"``: the cover with the fewest tiles (ties to the frame grid) among the frame grid
+      and band covers: bands of rows over the breast's rows (spread evenly between its first and
+      last row, or ``stride`` apart from the first row on, or from the last row back), each band's
+      tiles spread over the breast's columns within that band; the same with rows and columns
+      swapped. The bands follow the breast's outline, so the rows near the nipple and the axilla
+      need fewer tiles than the frame grid gives them. Every breast pixel lies in a tile; tiles sit
+      where the breast is, not on the frame grid.
+    """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     h, w = shape
-    ys, xs = compute_steps(h, window, stride), compute_steps(w, window, stride)
+    grid = [(y, x) for y in compute_steps(h, window, stride) for x in compute_steps(w, window, stride)]
     if breast_mask is None:
-        return [(y, x) for y in ys for x in xs]
+        return grid
+    mask = np.asarray(breast_mask, dtype=bool)
+    if mask.shape != (h, w):
+        raise ValueError(f"breast_mask shape {mask.shape} differs from the frame {(h, w)}")
+    if not mask.any():
+        return []
     # summed-area table: O(1) "any breast pixel in this tile" per tile
-    sat = np.pad(np.asarray(breast_mask, dtype=bool).cumsum(0, dtype=np.int64).cumsum(1),
-                 ((1, 0), (1, 0)))
-    out = []
-    for y in ys:
-        for x in xs:
-            s = sat[y + window, x + window] - sat[y, x + window] - sat[y + window, x] + sat[y, x]
-            if s > 0:
-                out.append((y, x))
-    return out
+    sat = np.pad(mask.cumsum(0, dtype=np.int64).cumsum(1), ((1, 0), (1, 0)))
+
+    def holding_breast(tiles):
+        return sorted({(y, x) for y, x in tiles
+                       if sat[y + window, x + window] - sat[y, x + window] - sat[y + window, x]
+                       + sat[y, x] > 0})
+
+    covers = [holding_breast(grid)]
+    if placement == "breast":
+        covers += [holding_breast(c) for c in _band_covers(mask, window, stride)]
+        covers += [holding_breast((y, x) for x, y in c)
+                   for c in _band_covers(mask.T, window, stride)]
+    return min(covers, key=len)
 
 
 def gaussian_importance(window: int, sigma_scale: float = 1.0 / 8) -> np.ndarray:
@@ -147,6 +217,7 @@ def predict_images(
     to_prob: Callable[[torch.Tensor], torch.Tensor] = default_to_prob,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    placement: str = "frame",
 ) -> list[np.ndarray]:
     """Calcification probability maps of several whole images, their tiles batched together.
 
@@ -174,6 +245,8 @@ def predict_images(
             where :func:`common.amp.native_bf16`); the blending stays float64.
         channels_last: NHWC tiles, and the model's parameters converted to channels-last in place
             (a layout change: the values stay the same).
+        placement: where the tiles of an image with a breast mask go: "frame" (the frame grid) or
+            "breast" (the fewest tiles covering the breast; :func:`window_positions`).
 
     Returns:
         one float32 (H_i, W_i) probability map per image, in its original frame; 0 where no tile was
@@ -189,7 +262,7 @@ def predict_images(
     shapes = [np.asarray(im).shape for im in images]
     # the queue: (image index, y, x) of every tile to evaluate, image after image
     queue = [(i, y, x) for i, (xi, mi) in enumerate(prepared)
-             for y, x in window_positions(xi.shape, window, stride, mi)]
+             for y, x in window_positions(xi.shape, window, stride, mi, placement)]
     last_tile = {i: k for k, (i, _, _) in enumerate(queue)}  # images without tiles stay all 0
 
     device = torch.device(device if device is not None else _device_of(model))
@@ -253,6 +326,7 @@ def predict_image(
     to_prob: Callable[[torch.Tensor], torch.Tensor] = default_to_prob,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    placement: str = "frame",
 ) -> np.ndarray:
     """Calcification probability map of a whole image (:func:`predict_images` of one image).
 
@@ -269,6 +343,7 @@ def predict_image(
         to_prob: output -> (N, window, window) probability; default sigmoid (C=1) / softmax[:, 1].
         amp_dtype, channels_last: the forward pass's autocast dtype and memory layout
             (:func:`predict_images`).
+        placement: "frame" or "breast" tile placement (:func:`window_positions`).
 
     Returns:
         float32 (H, W) probability in the original image frame; 0 where no tile was evaluated.
@@ -276,19 +351,20 @@ def predict_image(
     return predict_images(model, [image], [breast_mask], window=window, stride=stride,
                           batch_size=batch_size, blend=blend, device=device,
                           skip_background=skip_background, to_prob=to_prob, amp_dtype=amp_dtype,
-                          channels_last=channels_last)[0]
+                          channels_last=channels_last, placement=placement)[0]
 
 
 def predict_from_cfg(model: nn.Module, image: np.ndarray, breast_mask, cfg,
                      device=None) -> np.ndarray:
-    """:func:`predict_image` with window, stride, batch size, blending, autocast and memory
-    layout from ``cfg.TEST`` (the trainer's validation and test path; :class:`CalcPredictor`
+    """:func:`predict_image` with window, stride, placement, batch size, blending, autocast and
+    memory layout from ``cfg.TEST`` (the trainer's validation and test path; :class:`CalcPredictor`
     runs the same settings)."""
     t = cfg.TEST
     device = device if device is not None else _device_of(model)
     return predict_image(model, image, breast_mask, window=t.WINDOW, stride=t.STRIDE,
                          batch_size=t.BATCH_SIZE, blend=t.BLEND, device=device,
-                         amp_dtype=autocast_dtype(device, t.AMP), channels_last=t.CHANNELS_LAST)
+                         amp_dtype=autocast_dtype(device, t.AMP), channels_last=t.CHANNELS_LAST,
+                         placement=t.PLACEMENT)
 
 
 def mask_components(prob: np.ndarray, threshold: float = 0.5,
@@ -334,6 +410,7 @@ class CalcPredictor:
         device: str | torch.device | None = None,
         amp: bool = False,
         channels_last: bool = False,
+        placement: str = "frame",
     ):
         """
         Args:
@@ -348,13 +425,18 @@ class CalcPredictor:
             amp: bf16 autocast where ``device`` computes bf16 natively (``TEST.AMP``;
                 :func:`common.amp.autocast_dtype`), else float32.
             channels_last: NHWC tiles and weights (``TEST.CHANNELS_LAST``).
+            placement: "frame" or "breast" tile placement (``TEST.PLACEMENT``,
+                :func:`window_positions`).
         """
+        if placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
         self.device = select_device(device)
         self.model = model.to(self.device).eval()
         self.window, self.stride, self.batch_size, self.blend = window, stride, batch_size, blend
         self.threshold = float(threshold)
         self.amp_dtype = autocast_dtype(self.device, amp)
         self.channels_last = bool(channels_last)
+        self.placement = placement
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.label_params = label_params if label_params is not None else LabelParams()
@@ -365,8 +447,8 @@ class CalcPredictor:
         """The predictor of a calc_seg config (:func:`calc_seg.config.get_calc_seg_cfg`).
 
         Args:
-            cfg: the config: ``MODEL`` (architecture), ``TEST`` (window, stride, batch size,
-                blending, threshold), ``LABELS`` (component typing). Not modified.
+            cfg: the config: ``MODEL`` (architecture), ``TEST`` (window, stride, placement, batch
+                size, blending, threshold), ``LABELS`` (component typing). Not modified.
             weights: checkpoint of :mod:`calc_seg.train_net`; None = ``cfg.MODEL.WEIGHTS``. Read as
                 data (``torch.load(weights_only=True)``) and required to set every parameter
                 (:func:`calc_seg.model.load_weights`).
@@ -388,7 +470,7 @@ class CalcPredictor:
         return cls(model, window=int(t.WINDOW), stride=int(t.STRIDE), batch_size=int(t.BATCH_SIZE),
                    blend=str(t.BLEND), threshold=float(t.THRESHOLD),
                    label_params=LabelParams.from_cfg(cfg), device=device, amp=bool(t.AMP),
-                   channels_last=bool(t.CHANNELS_LAST))
+                   channels_last=bool(t.CHANNELS_LAST), placement=str(t.PLACEMENT))
 
     def predict_prob(self, image: np.ndarray, breast_mask: np.ndarray | None) -> np.ndarray:
         """float32 (H, W) calcification probability of ``image`` (uint8 (H, W)), 0 outside every
@@ -404,7 +486,7 @@ class CalcPredictor:
         return predict_images(self.model, images, breast_masks, window=self.window,
                               stride=self.stride, batch_size=self.batch_size, blend=self.blend,
                               device=self.device, amp_dtype=self.amp_dtype,
-                              channels_last=self.channels_last)
+                              channels_last=self.channels_last, placement=self.placement)
 
     def components(self, prob: np.ndarray) -> tuple[np.ndarray, list[dict]]:
         """:func:`mask_components` of ``prob`` at ``threshold``: (int32 (H, W) labels, components

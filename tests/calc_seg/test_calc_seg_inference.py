@@ -9,6 +9,7 @@ from torch import nn
 from calc_seg.config import get_calc_seg_cfg
 from calc_seg.inference import (
     CalcPredictor,
+    _span_steps,
     compute_steps,
     mask_components,
     predict_from_cfg,
@@ -153,6 +154,7 @@ def test_predictor_from_config_follows_the_test_settings(tmp_path):
     torch.save({"model": model.state_dict()}, tmp_path / "w.pth")
     calc = CalcPredictor.from_config(cfg, tmp_path / "w.pth", device="cpu")
     assert (calc.window, calc.stride, calc.threshold) == (32, 24, 0.4)
+    assert calc.placement == "breast"  # the shipped default
     assert calc.amp_dtype == autocast_dtype("cpu") and calc.channels_last  # shipped defaults
     image = _image(40, 56)
     breast = np.zeros(image.shape, bool)
@@ -173,6 +175,103 @@ def _tiny_unet():
     cfg = get_calc_seg_cfg(None, ["MODEL.ENCODER", "vgg11_bn", "MODEL.DECODER_CHANNELS",
                                   "[16, 8, 8]"])
     return build_model(cfg).eval()
+
+
+@pytest.mark.parametrize("anchor", ["even", "start", "end"])
+def test_span_steps_cover_the_span_inside_the_frame(anchor):
+    """Each band anchoring of the breast cover: tiles inside the frame, no step above the stride,
+    the span [lo, hi) covered; as many tiles as the even placement needs."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        window = int(rng.integers(4, 40))
+        stride = int(rng.integers(1, window + 1))
+        size = int(rng.integers(window, 200))
+        lo = int(rng.integers(0, size))
+        hi = int(rng.integers(lo + 1, size + 1))
+        steps = _span_steps(lo, hi, size, window, stride, anchor)
+        assert steps == sorted(steps) and 0 <= steps[0] and steps[-1] <= size - window
+        assert all(b - a <= stride for a, b in zip(steps, steps[1:]))
+        cover = np.zeros(size, bool)
+        for s in steps:
+            cover[s : s + window] = True
+        assert cover[lo:hi].all()
+        assert len(steps) == len(_span_steps(lo, hi, size, window, stride))
+
+
+def _half_ellipse(h, w, chest_wall="left"):
+    """A breast-like mask: the half ellipse on the chest wall (left or top edge) of an (h, w)
+    frame, as on a CC view, with a strip of background beyond the nipple."""
+    y, x = np.mgrid[:h, :w].astype(float)
+    if chest_wall == "left":
+        return ((y - h / 2) / (0.45 * h)) ** 2 + (x / (0.8 * w)) ** 2 <= 1
+    return (y / (0.8 * h)) ** 2 + ((x - w / 2) / (0.45 * w)) ** 2 <= 1
+
+
+def _masks():
+    rng = np.random.default_rng(3)
+    two = np.zeros((150, 170), bool)
+    two[10:40, 5:50] = two[100:140, 120:165] = True  # two regions: a band with a gap
+    corner = np.zeros((97, 131), bool)
+    corner[-1, -1] = True
+    blobs = np.zeros((160, 140), bool)
+    for cy, cx, r in rng.integers(5, 130, (6, 3)):
+        yy, xx = np.ogrid[:160, :140]
+        blobs |= (yy - cy) ** 2 + (xx - cx) ** 2 <= (r % 30) ** 2
+    return {"cc_left": _half_ellipse(300, 220), "cc_top": _half_ellipse(220, 300, "top"),
+            "two_regions": two, "corner_pixel": corner, "blobs": blobs,
+            "full": np.ones((100, 90), bool), "small_frame": np.ones((32, 40), bool)}
+
+
+@pytest.mark.parametrize("name", list(_masks()))
+@pytest.mark.parametrize("stride", [32, 24])
+def test_breast_placement_covers_every_breast_pixel_with_no_more_tiles(name, stride):
+    """TEST.PLACEMENT "breast": every tile inside the frame and holding breast, every breast pixel
+    in a tile, never more tiles than the frame grid's tiles that hold breast, and fewer on a
+    breast-shaped mask."""
+    window = 32
+    mask = _masks()[name]
+    tiles = window_positions(mask.shape, window, stride, mask, "breast")
+    frame = window_positions(mask.shape, window, stride, mask, "frame")
+    assert tiles == sorted(set(tiles))
+    assert 0 < len(tiles) <= len(frame)
+    cover = np.zeros(mask.shape, int)
+    for y, x in tiles:
+        assert 0 <= y <= mask.shape[0] - window and 0 <= x <= mask.shape[1] - window
+        assert mask[y : y + window, x : x + window].any()
+        cover[y : y + window, x : x + window] += 1
+    assert (cover[mask] > 0).all()
+    if name.startswith("cc_"):
+        assert len(tiles) < len(frame)
+    if name == "corner_pixel":
+        assert tiles == frame == [(mask.shape[0] - window, mask.shape[1] - window)]
+
+
+def test_breast_placement_predicts_every_breast_pixel_with_fewer_tiles():
+    """The identity model through a breast cover gives the image back inside the breast (each pixel
+    is the mean of identical tile values), with fewer forward tiles than the frame grid; no breast,
+    no tiles; an unknown placement is refused."""
+    img = _image(300, 220, seed=4)
+    breast = _half_ellipse(*img.shape)
+    frame, cover = Identity(), Identity()
+    by_frame = predict_image(frame, img, breast, 32, 32, to_prob=first_channel)
+    by_cover = predict_image(cover, img, breast, 32, 32, to_prob=first_channel,
+                             placement="breast")
+    assert np.array_equal(by_cover[breast], img[breast].astype(np.float32) / 255)
+    assert np.array_equal(by_cover[breast], by_frame[breast])
+    assert cover.tiles == len(window_positions(img.shape, 32, 32, breast, "breast"))
+    assert cover.tiles < frame.tiles == len(window_positions(img.shape, 32, 32, breast))
+    empty = Identity()
+    assert not predict_image(empty, img, np.zeros(img.shape, bool), 32, 32, to_prob=first_channel,
+                             placement="breast").any()
+    assert empty.tiles == 0
+    # without a mask there is nothing to follow: the frame grid
+    assert window_positions(img.shape, 32, 32, None, "breast") == window_positions(img.shape, 32, 32)
+    with pytest.raises(ValueError, match="placement"):
+        window_positions(img.shape, 32, 32, breast, "grid")
+    with pytest.raises(ValueError, match="placement"):
+        CalcPredictor(Identity(), placement="grid")
+    with pytest.raises(ValueError, match="TEST.PLACEMENT"):
+        get_calc_seg_cfg(None, ["TEST.PLACEMENT", "grid"])
 
 
 def test_predict_probs_batches_images_together_with_the_per_image_maps(one_thread):
