@@ -27,6 +27,7 @@ adds a warning to its record when the window saturates almost every pixel (see
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -191,6 +192,13 @@ def read_dicom_header(path: str | Path) -> Any:
 
 # A DICOM UID: numeric components separated by dots (PS3.5 9.1), at most 64 characters.
 _UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+
+
+def dicom_bytes(ds: Any) -> bytes:
+    """The DICOM Part 10 file bytes (preamble, file meta, data set) of the pydicom dataset ``ds``."""
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
 
 
 def is_uid(value: Any) -> bool:

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -62,7 +61,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from common.dicom import RASTER_SUFFIXES, pixel_spacing, read_dicom_header
+from common.dicom import RASTER_SUFFIXES, dicom_bytes, pixel_spacing, read_dicom_header
 from common.errors import InputError
 from common.io import atomic_write_bytes, sha256_file, write_together
 from mass_det.engine.trainer import resolve_weights_file
@@ -229,12 +228,6 @@ def _equipment(ds: pydicom.Dataset, identity: Mapping, description: str) -> None
     ds.ManufacturerModelName = _lo(identity["name"])
     ds.SoftwareVersions = _lo(identity["version"])
     ds.DeviceSerialNumber = _serial(identity)
-
-
-def _encode(ds: pydicom.Dataset) -> bytes:
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------- segmentation
@@ -460,7 +453,7 @@ def write_dicom_outputs(result: ImageResult, record: Mapping, out_dir: str | Pat
                 objects["prob_seg"] = _segmentation(src, prob, fractional=True, identity=identity,
                                                     params=params, tracking_uid=generate_uid())
         objects["sr"] = _structured_report(src, record, identity, thresholds, how, calc_uid)
-        encoded = {kind: _encode(ds) for kind, ds in objects.items()}
+        encoded = {kind: dicom_bytes(ds) for kind, ds in objects.items()}
     except InputError:
         raise
     except (ValueError, TypeError, AttributeError, KeyError) as e:

@@ -28,7 +28,6 @@ retrieval, its storage) is listed for that instance and the run goes on.
 from __future__ import annotations
 
 import datetime
-import io
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -40,7 +39,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from tqdm import tqdm
 
-from common.dicom import is_uid
+from common.dicom import dicom_bytes, is_uid
 from common.errors import InputError
 from common.io import atomic_write_bytes, atomic_write_json, os_error_reason, read_json
 
@@ -315,11 +314,9 @@ class DicomwebRun:
         if getattr(ds, "SOPInstanceUID", None) != sop or getattr(
                 ds, "StudyInstanceUID", None) != study:
             raise ValueError("the server sent another instance than the one asked for")
-        buf = io.BytesIO()
-        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
         path = self._path(study, sop)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, dicom_bytes(ds))
         return path
 
     def retrieve(self, studies: Iterable[str]) -> list[Path]:

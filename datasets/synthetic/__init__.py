@@ -72,6 +72,7 @@ window), :mod:`~datasets.synthetic.dicom` (the DICOM writer), :mod:`~datasets.sy
 
 from __future__ import annotations
 
+from common.dicom import dicom_bytes
 from datasets.synthetic.constants import (
     CALC_TYPE_CODE,
     DENSE_FRACTION,
@@ -84,7 +85,7 @@ from datasets.synthetic.constants import (
     VIEWS,
     WINDOW_MODES,
 )
-from datasets.synthetic.dicom import PATIENT_ORIENTATION, build_dicom, dicom_bytes
+from datasets.synthetic.dicom import PATIENT_ORIENTATION, build_dicom
 from datasets.synthetic.generation import generate, main, render_image
 
 __all__ = [

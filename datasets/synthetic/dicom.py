@@ -14,7 +14,6 @@ fixed synthetic value (no clock), so the same arguments give the same bytes.
 from __future__ import annotations
 
 import hashlib
-import io
 
 import numpy as np
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
@@ -212,8 +211,3 @@ def build_dicom(
     return ds
 
 
-def dicom_bytes(ds) -> bytes:
-    """The DICOM Part 10 file bytes (preamble, file meta, data set) of ``ds``."""
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()

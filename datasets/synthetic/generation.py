@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from common.dicom import dicom_bytes
 from common.io import atomic_write_bytes, atomic_write_json, atomic_write_png
 from datasets.canonical import DEFAULT_RATIOS, patient_split, write_canonical
 from datasets.synthetic.acquisition import (
@@ -35,7 +36,7 @@ from datasets.synthetic.constants import (
     VIEWS,
     WINDOW_MODES,
 )
-from datasets.synthetic.dicom import build_dicom, dicom_bytes
+from datasets.synthetic.dicom import build_dicom
 from datasets.synthetic.lesions import (
     Lesions,
     calc_annotations,
