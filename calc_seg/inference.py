@@ -78,6 +78,11 @@ def compute_steps(size: int, window: int, stride: int) -> list[int]:
 PLACEMENTS = ("frame", "breast")
 
 
+def _check_placement(placement: str) -> None:
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+
+
 def _span_steps(lo: int, hi: int, size: int, window: int, stride: int,
                 anchor: str = "even") -> list[int]:
     """Tile starts covering [lo, hi) along an axis of length ``size >= window``, every tile inside
@@ -134,8 +139,7 @@ def window_positions(
       need fewer tiles than the frame grid gives them. Every breast pixel lies in a tile; tiles sit
       where the breast is, not on the frame grid.
     """
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+    _check_placement(placement)
     h, w = shape
     grid = [(y, x) for y in compute_steps(h, window, stride) for x in compute_steps(w, window, stride)]
     if breast_mask is None:
@@ -428,8 +432,7 @@ class CalcPredictor:
             placement: "frame" or "breast" tile placement (``TEST.PLACEMENT``,
                 :func:`window_positions`).
         """
-        if placement not in PLACEMENTS:
-            raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+        _check_placement(placement)
         self.device = select_device(device)
         self.model = model.to(self.device).eval()
         self.window, self.stride, self.batch_size, self.blend = window, stride, batch_size, blend

@@ -63,10 +63,15 @@ def test_identity_reconstructs_whole_image(blend):
     assert np.array_equal(np.round(prob * 255).astype(np.uint8), img)
 
 
-def test_breast_only_matches_full_frame_inside_breast_and_skips_tiles():
+def _image_with_rectangular_breast():
     img = _image(200, 160, seed=1)
     breast = np.zeros(img.shape, bool)
     breast[20:120, :70] = True
+    return img, breast
+
+
+def test_breast_only_matches_full_frame_inside_breast_and_skips_tiles():
+    img, breast = _image_with_rectangular_breast()
     full_model, breast_model = Identity(), Identity()
     full = predict_image(full_model, img, None, window=48, stride=32, to_prob=first_channel)
     part = predict_image(breast_model, img, breast, window=48, stride=32, to_prob=first_channel)
@@ -85,9 +90,7 @@ def test_breast_only_matches_full_frame_inside_breast_and_skips_tiles():
 
 
 def test_skip_background_false_evaluates_every_tile_despite_the_mask():
-    img = _image(200, 160, seed=1)
-    breast = np.zeros(img.shape, bool)
-    breast[20:120, :70] = True
+    img, breast = _image_with_rectangular_breast()
     full, model = Identity(), Identity()
     expect = predict_image(full, img, None, window=48, stride=32, to_prob=first_channel)
     got = predict_image(model, img, breast, window=48, stride=32, to_prob=first_channel,
