@@ -58,7 +58,7 @@ import argparse
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -295,16 +295,21 @@ def _predict_with(build: Callable[[str], FindingsPredictor], inputs: list[str], 
     device = choose_device(args.device, default_device)
     ranks = init_ranks(device)
     try:
-        summary = write_predictions(build(str(device)), inputs, args.output, resume=args.resume,
-                                    progress=not args.no_progress, batch_size=args.batch_size,
-                                    workers=args.workers, ranks=ranks, dicom_out=args.dicom_out,
-                                    dicom_fractional=args.dicom_prob)
+        summary = _write(build(str(device)), inputs, args, ranks=ranks, dicom_out=args.dicom_out)
     finally:
         ranks.close()
     status = 1 if summary["n_failed"] else 0
     if ranks.is_main:
         _report(summary, args.output)
     return status
+
+
+def _write(predictor: FindingsPredictor, inputs: Sequence, args, **kw) -> dict:
+    """:func:`write_predictions` of ``inputs`` into ``args.output`` with the run options of the
+    command line (resume, progress, batch size, workers, probability SEG); ``kw``: the rest."""
+    return write_predictions(predictor, inputs, args.output, resume=args.resume,
+                             progress=not args.no_progress, batch_size=args.batch_size,
+                             workers=args.workers, dicom_fractional=args.dicom_prob, **kw)
 
 
 def _report(summary: dict, output: Path) -> None:
@@ -377,10 +382,7 @@ def _predict_dicomweb(build: Callable[[str], FindingsPredictor], args,
     files = run.retrieve(run.studies(args.study, args.since))
     summary = None
     if files:
-        summary = write_predictions(build(str(device)), files, args.output, resume=args.resume,
-                                    progress=not args.no_progress, batch_size=args.batch_size,
-                                    workers=args.workers, dicom_out=dicom_dir,
-                                    dicom_fractional=args.dicom_prob)
+        summary = _write(build(str(device)), files, args, dicom_out=dicom_dir)
         _report(summary, args.output)
         run.store(summary, dicom_dir)
     for i, line in enumerate(run.report_lines()):
