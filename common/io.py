@@ -21,6 +21,11 @@ import numpy as np
 from common.errors import InputError
 from common.limits import check_raster_size
 
+# suffixes of the hidden temporaries (".NAME.<random>.tmp", ".NAME.<pid>.staged") that the
+# atomic writers rename into place; remove_stale_temporaries finds a killed process's leftovers by them
+_TMP_SUFFIX = ".tmp"
+_STAGED_SUFFIX = ".staged"
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -35,7 +40,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -141,7 +146,7 @@ def write_together(items: Sequence[tuple[Path, Callable[[Path], Any]]],
     try:
         for path, writer in items:
             path = Path(path)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.staged")
+            tmp = path.with_name(f".{path.name}.{os.getpid()}{_STAGED_SUFFIX}")
             staged.append((tmp, path))
             writer(tmp)
         for path in invalidate:
@@ -155,6 +160,18 @@ def write_together(items: Sequence[tuple[Path, Callable[[Path], Any]]],
             except OSError:
                 pass
     return [path for _, path in staged]
+
+
+def remove_stale_temporaries(folder: str | Path) -> None:
+    """Delete the hidden temporaries of :func:`atomic_write_bytes` and :func:`write_together` (and
+    the writers built on them) that a killed process left in ``folder``. Only safe when no other
+    process is writing into ``folder``; a file that cannot be removed is left alone."""
+    for suffix in (_TMP_SUFFIX, _STAGED_SUFFIX):
+        for tmp in Path(folder).glob(f".*{suffix}"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass  # not ours to remove after all: harmless beside the outputs
 
 
 def os_error_reason(e: OSError) -> str:

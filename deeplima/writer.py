@@ -89,6 +89,7 @@ from common.io import (
     encode_png,
     os_error_reason,
     read_json,
+    remove_stale_temporaries,
     write_together,
 )
 
@@ -319,12 +320,7 @@ def _remove_stale_temporaries(out: Path) -> None:
     writes, so none of them is another writer's file in progress."""
     for folder in (out, out / "per_image", out / "per_study",
                    *(out / sub for sub in OUTPUT_SUBDIRS)):
-        for pattern in (".*.tmp", ".*.staged"):
-            for tmp in folder.glob(pattern):
-                try:
-                    tmp.unlink()
-                except OSError:
-                    pass  # not ours to remove after all: harmless beside the outputs
+        remove_stale_temporaries(folder)
 
 
 def _inside(path: Path, folder: Path | None) -> bool:
