@@ -103,6 +103,21 @@ class InputSelection:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
+def dicom_header(path: str | Path) -> Any | None:
+    """The header of a DICOM file (recognised by content; pixel data not read, pydicom's warnings
+    silenced), or None for anything else: a raster suffix, a missing file, other content, a header
+    that cannot be read."""
+    path = Path(path)
+    if path.suffix.lower() in RASTER_SUFFIXES or not path.is_file() or not is_dicom_file(path):
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return read_dicom_header(path)
+    except InputError:
+        return None
+
+
 def skip_reason(path: str | Path) -> str | None:
     """Why a file is not an image to process (one line), or None when it is one.
 
@@ -112,15 +127,9 @@ def skip_reason(path: str | Path) -> str | None:
     so that the batch command reports those as failures with their reason instead of dropping them.
     A DICOM header without a SOP Class UID counts as unreadable.
     """
-    path = Path(path)
-    if path.suffix.lower() in RASTER_SUFFIXES or not path.is_file() or not is_dicom_file(path):
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = read_dicom_header(path)
-    except InputError:
-        return None  # a broken DICOM file: reading it for prediction reports why
+    ds = dicom_header(path)
+    if ds is None:
+        return None  # not DICOM, or a broken DICOM file: reading it for prediction reports why
     if sop_class_uid(ds) is None:
         return None  # a header that does not say what it is: broken, reported by the reader
     try:
@@ -160,14 +169,8 @@ def group_by_study(paths: Iterable[str | Path]) -> dict[str | None, list[dict[st
     groups: dict[str | None, list[dict[str, Any]]] = {}
     for path in paths:
         path = Path(path)
-        identity: dict[str, Any] = {}
-        if path.is_file() and path.suffix.lower() not in RASTER_SUFFIXES and is_dicom_file(path):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    identity = image_identity(read_dicom_header(path))
-            except InputError:
-                identity = {}
+        ds = dicom_header(path)
+        identity: dict[str, Any] = image_identity(ds) if ds is not None else {}
         entry = {"path": path, **identity}
         groups.setdefault(identity.get("study_instance_uid"), []).append(entry)
     return groups

@@ -80,9 +80,15 @@ import numpy as np
 from tqdm import tqdm
 
 import common.io
-from common.dicom import is_uid, read_dicom_header
+from common.dicom import is_uid
 from common.errors import InputError
-from common.inputs import RASTER_SUFFIXES, collect_inputs, select_inputs, unique_stems
+from common.inputs import (
+    RASTER_SUFFIXES,
+    collect_inputs,
+    dicom_header,
+    select_inputs,
+    unique_stems,
+)
 from common.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -590,10 +596,9 @@ def _image_summary(rec: dict, stem: str) -> dict | None:
 def _header_study_uid(path: str) -> str | None:
     """The Study Instance UID in the header of a DICOM file that failed (None when there is none
     to read), so that the file is listed with its study."""
-    if Path(path).suffix.lower() in RASTER_SUFFIXES:
-        return None
     try:
-        uid = read_dicom_header(path).get("StudyInstanceUID")
+        ds = dicom_header(path)
+        uid = ds.get("StudyInstanceUID") if ds is not None else None
     except Exception:  # unreadable: the failure says why; it is in no study
         return None
     uid = str(uid).strip() if uid is not None else ""
