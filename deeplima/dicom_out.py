@@ -67,7 +67,7 @@ from common.io import atomic_write_bytes, sha256_file, write_together
 from mass_det.engine.trainer import resolve_weights_file
 
 from .bundle import NAMES, Bundle
-from .pipeline import FindingsPredictor, ImageResult
+from .pipeline import FindingsPredictor, ImageResult, pixel_spacing_of
 
 __all__ = [
     "MANUFACTURER",
@@ -326,7 +326,7 @@ def _structured_report(src: pydicom.Dataset, record: Mapping, identity: Mapping,
                        thresholds: Mapping, how: str, calc_tracking_uid: str
                        ) -> hd.sr.ComprehensiveSR:
     meta = (record.get("preprocess") or {}).get("meta") or {}
-    spacing = meta.get("pixel_spacing") or pixel_spacing(src)
+    spacing = pixel_spacing_of(record.get("preprocess")) or pixel_spacing(src)
     sites = _finding_sites({"laterality": meta.get("laterality") or src.get("ImageLaterality")})
     region_source = hd.sr.SourceImageForRegion(src.SOPClassUID, src.SOPInstanceUID)
     group_source = [hd.sr.SourceImageForMeasurementGroup(src.SOPClassUID, src.SOPInstanceUID)]

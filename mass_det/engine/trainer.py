@@ -377,8 +377,6 @@ def wrap_ddp(model: torch.nn.Module) -> torch.nn.Module:
     A CUDA model is tied to this process's GPU (``device_ids=[local rank]``, as detectron2 does);
     a CPU model gets no ``device_ids``, which is how DDP takes CPU modules (gloo backend).
     """
-    if comm.get_world_size() == 1:
-        return model
     on_cuda = next(model.parameters()).device.type == "cuda"
     return create_ddp_model(
         model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_cuda else None
