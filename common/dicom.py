@@ -127,8 +127,9 @@ SPACING_SOURCES = (
 )
 
 
-def _spacing_pair(ds: Any, key: str) -> list[float] | None:
-    """Two positive finite numbers from a header element, or None."""
+def spacing_pair(ds: Any, key: str) -> list[float] | None:
+    """Two positive finite numbers from element ``key`` of a header (or any mapping with ``get``:
+    a pre-processing record's meta), or None."""
     value = ds.get(key)
     if value is None or isinstance(value, (str, bytes)):
         return None
@@ -156,10 +157,10 @@ def pixel_spacing_info(ds: Any) -> dict[str, Any] | None:
 
     A spacing that is not two positive finite numbers counts as absent.
     """
-    spacing = _spacing_pair(ds, "PixelSpacing")
+    spacing = spacing_pair(ds, "PixelSpacing")
     if spacing is not None:
         return {"spacing_mm": spacing, "source": SPACING_SOURCES[0]}
-    spacing = _spacing_pair(ds, "ImagerPixelSpacing")
+    spacing = spacing_pair(ds, "ImagerPixelSpacing")
     if spacing is None:
         return None
     try:

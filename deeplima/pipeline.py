@@ -27,6 +27,7 @@ import numpy as np
 
 from calc_seg.inference import CalcPredictor
 from common.device import select_device
+from common.dicom import spacing_pair
 from common.errors import InputError
 from common.laterality import unflip_boxes_xyxy, unflip_mask
 from common.preprocess import Preprocessed, preprocess
@@ -57,14 +58,8 @@ def pixel_spacing_of(record: Mapping | None) -> tuple[float, float] | None:
     the DICOM header by :mod:`common.dicom`), or None when the input gave none (PNG/TIFF, a header
     without spacing) or the value is not two positive finite numbers."""
     meta = (record or {}).get("meta") or {}
-    value = meta.get("pixel_spacing") if isinstance(meta, Mapping) else None
-    try:
-        row, col = (float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    if not (np.isfinite(row) and np.isfinite(col) and row > 0 and col > 0):
-        return None
-    return row, col
+    pair = spacing_pair(meta, "pixel_spacing") if isinstance(meta, Mapping) else None
+    return tuple(pair) if pair is not None else None
 
 
 def spacing_record(record: Mapping | None) -> dict:
